@@ -1,0 +1,296 @@
+"""The ``.ekb`` bundle format: bytes in, :class:`VerifiedBundle` out, or a named error.
+
+A bundle is a ZIP of *stored* members read into memory one by one and never extracted by
+name. ``manifest.json`` lists every other member with its size and SHA-256 (the allow-list)
+and ``manifest.sig`` holds Ed25519 signatures over the exact manifest bytes. Nothing here
+opens a file or a socket, so the same code verifies on the device, on the host
+(``edgekit verify``) and in tests that play the attacker.
+
+Verification order: size limits → member structure → signature with a trusted key →
+strict JSON → name / compat / expiry → version floor → each file's size and hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import __version__
+from .errors import (
+    BundleMalformed,
+    BundleTooLarge,
+    Expired,
+    HashMismatch,
+    Incompatible,
+    ManifestInvalid,
+    MissingSignature,
+    ProtocolError,
+    SizeMismatch,
+    UnlistedMember,
+    VersionConflict,
+    VersionRollback,
+)
+from .protocol import check_id, dumps, loads_object, loads_strict
+from .trust import MANIFEST_DOMAIN, ROLE_BUNDLE, Trust
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+MODEL = "model.onnx"
+REFERENCE = "reference.json"
+HEALTH = "health.json"
+REQUIRED_FILES = (MODEL, REFERENCE, HEALTH)
+_FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # deterministic archives: same inputs, same bytes
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bundle_bytes: int = 256 * 1024 * 1024  # bytes
+    max_manifest_bytes: int = 256 * 1024  # bytes
+    max_members: int = 16
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    type: str  # "numeric" (categorical arrives with per-column graph inputs)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the device needs to feed the model and read its answer."""
+
+    task: str  # "classification" | "regression"
+    features: tuple[Feature, ...]
+    input_name: str
+    input_dtype: str
+    label_output: str
+    proba_output: str | None
+    classes: tuple[Any, ...]
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelSpec:
+        model = manifest.get("model")
+        if not isinstance(model, dict):
+            raise ManifestInvalid("manifest has no 'model' object")
+        try:
+            task = model["task"]
+            feats = tuple(Feature(str(f["name"]), str(f["type"])) for f in model["features"])
+            inp = model["input"]
+            outs = model["outputs"]
+            spec = cls(
+                task=str(task),
+                features=feats,
+                input_name=str(inp["name"]),
+                input_dtype=str(inp["dtype"]),
+                label_output=str(outs["label"]),
+                proba_output=None if outs.get("probabilities") is None else str(outs["probabilities"]),
+                classes=tuple(model.get("classes") or ()),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ManifestInvalid(f"manifest 'model' is incomplete: {exc}") from None
+        if spec.task not in ("classification", "regression"):
+            raise ManifestInvalid(f"unknown task {spec.task!r}")
+        if not spec.features or any(f.type != "numeric" for f in spec.features):
+            raise Incompatible("this agent serves numeric features only")
+        if spec.input_dtype not in ("float32", "float64"):
+            raise Incompatible(f"unsupported input dtype {spec.input_dtype!r}")
+        if spec.task == "classification" and not spec.classes:
+            raise ManifestInvalid("a classifier's manifest must list its classes")
+        return spec
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    name: str
+    version: int
+    sha256: str  # of the whole .ekb
+    size: int
+    keyid: str
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    files: dict[str, bytes] = field(repr=False)
+    spec: ModelSpec
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    def json_file(self, name: str) -> Any:
+        return loads_strict(self.files[name], max_bytes=64 << 20, what=name)
+
+
+@dataclass(frozen=True)
+class FloorEntry:
+    """The highest version of a bundle name this device has accepted, and its hash."""
+
+    version: int
+    sha256: str
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_time(value: str) -> float:
+    text = value[:-1] + "+00:00" if value.endswith("Z") else value
+    stamp = datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def pack(manifest_bytes: bytes, signatures: list[dict[str, str]], files: Mapping[str, bytes]) -> bytes:
+    """Write a bundle archive: stored members, fixed timestamps, manifest first."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        members = [(MANIFEST, manifest_bytes), (SIGNATURE, dumps(signatures))]
+        members += sorted(files.items())
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+            info.compress_type = zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
+    """Every member's bytes, after structural checks; nothing is trusted yet."""
+    if len(data) > limits.max_bundle_bytes:
+        raise BundleTooLarge(f"bundle is {len(data)} bytes, above the limit of {limits.max_bundle_bytes}")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+        if len(infos) > limits.max_members:
+            raise BundleMalformed(f"bundle has {len(infos)} members, more than {limits.max_members}")
+        members: dict[str, bytes] = {}
+        total = 0
+        for info in infos:
+            name = info.filename
+            if name in members:
+                raise BundleMalformed(f"duplicate member {name!r}")
+            if not name or "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+                raise BundleMalformed(f"member name {name!r} is not a plain file name")
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+                raise BundleMalformed(f"member {name!r} is compressed; bundles store members uncompressed")
+            total += info.file_size
+            if total > len(data):
+                raise BundleMalformed("members claim more bytes than the archive holds")
+            members[name] = zf.read(info)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise BundleMalformed(f"not a readable bundle archive: {exc}") from None
+    return members
+
+
+def read_unverified(data: bytes, limits: Limits = Limits()) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Manifest and members *without* any trust decision: for ``inspect`` and diagnostics."""
+    members = read_members(data, limits)
+    if MANIFEST not in members:
+        raise BundleMalformed("bundle has no manifest.json")
+    try:
+        manifest = loads_object(members[MANIFEST], limits.max_manifest_bytes, "manifest.json")
+    except ProtocolError as exc:
+        raise ManifestInvalid(str(exc)) from None
+    return manifest, members
+
+
+def verify(
+    data: bytes,
+    trust: Trust,
+    *,
+    now: float,
+    floor: Mapping[str, FloorEntry] | None = None,
+    expect_name: str | None = None,
+    limits: Limits = Limits(),
+    agent_version: str = __version__,
+) -> VerifiedBundle:
+    """Check everything that can be checked without running the model."""
+    members = read_members(data, limits)
+    manifest_bytes = members.get(MANIFEST)
+    if manifest_bytes is None:
+        raise BundleMalformed("bundle has no manifest.json")
+    if len(manifest_bytes) > limits.max_manifest_bytes:
+        raise BundleTooLarge(f"manifest is {len(manifest_bytes)} bytes, above {limits.max_manifest_bytes}")
+    if SIGNATURE not in members:
+        raise MissingSignature("bundle has no manifest.sig")
+    keyid = trust.verify(ROLE_BUNDLE, MANIFEST_DOMAIN, manifest_bytes, members[SIGNATURE])
+
+    try:
+        manifest = loads_object(manifest_bytes, limits.max_manifest_bytes, "manifest.json")
+        name = check_id("bundle name", manifest.get("name", ""))
+    except ProtocolError as exc:
+        raise ManifestInvalid(str(exc)) from None
+    if manifest.get("format") != FORMAT:
+        raise Incompatible(f"bundle format {manifest.get('format')!r}; this agent reads format {FORMAT}")
+    version = manifest.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ManifestInvalid("manifest 'version' must be a positive integer")
+    if expect_name is not None and name != expect_name:
+        raise ManifestInvalid(f"bundle is named {name!r}, expected {expect_name!r}")
+
+    compat = manifest.get("compat") or {}
+    if not isinstance(compat, dict):
+        raise ManifestInvalid("manifest 'compat' must be an object")
+    min_agent = compat.get("min_agent")
+    if isinstance(min_agent, str) and _version_tuple(min_agent) > _version_tuple(agent_version):
+        raise Incompatible(f"bundle needs agent {min_agent} or newer; this is {agent_version}")
+    expires = manifest.get("expires")
+    if expires is not None:
+        try:
+            expired = parse_time(str(expires)) <= now
+        except ValueError:
+            raise ManifestInvalid(f"manifest 'expires' is not an ISO 8601 time: {expires!r}") from None
+        if expired:
+            raise Expired(f"bundle {name} v{version} expired at {expires}")
+
+    digest = sha256_hex(data)
+    held = (floor or {}).get(name)
+    if held is not None:
+        if version < held.version:
+            raise VersionRollback(f"bundle {name} v{version} is older than v{held.version}, already accepted")
+        if version == held.version and digest != held.sha256:
+            raise VersionConflict(f"bundle {name} v{version} differs from the v{version} already accepted")
+
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise ManifestInvalid("manifest 'files' must be an object")
+    present = set(members) - {MANIFEST, SIGNATURE}
+    unlisted = sorted(present - set(listed))
+    if unlisted:
+        raise UnlistedMember(f"bundle carries members not in the manifest: {', '.join(unlisted)}")
+    files: dict[str, bytes] = {}
+    for fname, entry in listed.items():
+        if fname not in members:
+            raise BundleMalformed(f"manifest lists {fname!r} but the bundle does not contain it")
+        if not isinstance(entry, dict):
+            raise ManifestInvalid(f"manifest entry for {fname!r} must be an object")
+        blob = members[fname]
+        if entry.get("size") != len(blob):
+            raise SizeMismatch(f"{fname} is {len(blob)} bytes, manifest says {entry.get('size')}")
+        if entry.get("sha256") != sha256_hex(blob):
+            raise HashMismatch(f"{fname} does not match its SHA-256 in the manifest")
+        files[fname] = blob
+    missing = [f for f in REQUIRED_FILES if f not in files]
+    if missing:
+        raise ManifestInvalid(f"bundle lacks required files: {', '.join(missing)}")
+    spec = ModelSpec.from_manifest(manifest)
+    return VerifiedBundle(
+        name=name,
+        version=version,
+        sha256=digest,
+        size=len(data),
+        keyid=keyid,
+        manifest=manifest,
+        manifest_bytes=manifest_bytes,
+        files=files,
+        spec=spec,
+    )

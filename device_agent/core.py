@@ -1,0 +1,627 @@
+"""The agent's protocol logic as a pure state machine: ``handle(event, now) -> [Action]``.
+
+No sockets, files or threads here. The paho adapter (:mod:`device_agent.mqtt`) turns
+callbacks into events and executes the actions; tests and the fleet simulator drive the
+same class directly. Deployment phases move along one table::
+
+    idle ──desired──► downloading ──all chunks──► verifying ──ok──► installing ──ok──► active
+      ▲                   │                          │                   │
+      └──────────── failed(code) ◄───────────────────┴───────────────────┘
+                    (the previous model keeps serving in every failed case)
+
+Every phase change is reported on the retained ``reported`` topic and every failure is
+an event with a stable code, delivered through the durable outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .bundle import FloorEntry, Limits, VerifiedBundle, verify
+from .errors import AgentError, ChunkRejected, DesiredRejected, HashMismatch, ProtocolError, TrustError
+from .protocol import Topics, check_id, dumps, req_int, req_obj, req_str
+from .transfer import Assembly, TransferInfo
+from .trust import DESIRED_DOMAIN, ROLE_BUNDLE, ROLE_DEPLOY, TRANSFER_DOMAIN, Trust, open_envelope
+
+# ── events ──────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Connected:
+    max_packet_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retained: bool = False
+
+
+@dataclass(frozen=True)
+class Tick:
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowRejected:
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class DriftReady:
+    bundle: Mapping[str, Any]
+    report: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class InstallDone:
+    """The adapter's answer to :class:`Install`: model loaded, health checked, slot switched."""
+
+    sha256: str
+    ok: bool
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Stopping:
+    reason: str = "shutdown"
+
+
+Event = Connected | Disconnected | Message | Tick | RowRejected | DriftReady | InstallDone | Stopping
+
+# ── actions ─────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Fire now if connected; state that is superseded by newer state (birth, reported, hb)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class Send:
+    """Must reach the host: goes through the durable outbox, in order, with an id."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Install:
+    """Load the verified bundle, run its health samples, switch slots atomically."""
+
+    bundle: VerifiedBundle
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Write the small persistent state (desired sequence numbers) durably."""
+
+    desired_seq: Mapping[str, int]
+
+
+Action = Publish | Send | Subscribe | Unsubscribe | Install | Persist
+
+# ── phases ──────────────────────────────────────────────────────────────────────────
+
+IDLE, DOWNLOADING, VERIFYING, INSTALLING, ACTIVE, FAILED = (
+    "idle",
+    "downloading",
+    "verifying",
+    "installing",
+    "active",
+    "failed",
+)
+TRANSITIONS: dict[str, frozenset[str]] = {
+    IDLE: frozenset({DOWNLOADING, FAILED}),
+    DOWNLOADING: frozenset({DOWNLOADING, VERIFYING, FAILED, ACTIVE, IDLE}),
+    VERIFYING: frozenset({INSTALLING, FAILED, ACTIVE}),
+    INSTALLING: frozenset({ACTIVE, FAILED}),
+    ACTIVE: frozenset({DOWNLOADING, FAILED}),
+    FAILED: frozenset({DOWNLOADING, FAILED, ACTIVE}),
+}
+
+
+@dataclass(frozen=True)
+class Desired:
+    target: str  # "device" or "group:<g>"
+    seq: int
+    name: str
+    version: int
+    sha256: str
+    size: int
+
+    @property
+    def ref(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+@dataclass
+class Persisted:
+    """What the adapter loads from the state dir before the core starts."""
+
+    active: dict[str, Any] | None = None
+    previous: dict[str, Any] | None = None
+    floor: dict[str, FloorEntry] = field(default_factory=dict)
+    desired_seq: dict[str, int] = field(default_factory=dict)
+    bdseq: int = 0
+
+
+class AgentCore:
+    def __init__(
+        self,
+        device_id: str,
+        *,
+        trust: Trust | None,
+        persisted: Persisted,
+        boot_id: str,
+        groups: tuple[str, ...] = (),
+        topics: Topics | None = None,
+        heartbeat_interval: float = 5.0,
+        chunk_window: int = 8,
+        transfer_timeout: float = 120.0,
+        max_payload: int = 1 << 20,
+        max_chunk: int = 4 << 20,
+        reported_min_interval: float = 1.0,
+        limits: Limits | None = None,
+        trust_error: str = "",
+    ) -> None:
+        self.device = check_id("device id", device_id)
+        self.groups = tuple(check_id("group", g) for g in groups)
+        self.topics = topics or Topics()
+        self.trust = trust
+        self.trust_error = trust_error
+        self.boot_id = boot_id
+        self.bdseq = persisted.bdseq
+        self.active = persisted.active
+        self.previous = persisted.previous
+        self.floor = dict(persisted.floor)
+        self.desired_seq = dict(persisted.desired_seq)
+        self.heartbeat_interval = heartbeat_interval
+        self.chunk_window = max(1, chunk_window)
+        self.transfer_timeout = transfer_timeout
+        self.max_payload = max_payload
+        self.max_chunk = max_chunk
+        self.reported_min_interval = reported_min_interval
+        self.limits = limits or Limits()
+
+        self.phase = ACTIVE if self.active else IDLE
+        self.connected = False
+        self.desired: dict[str, Desired] = {}  # by target
+        self.goal: Desired | None = None
+        self.transfer: Assembly | None = None
+        self.inflight: set[int] = set()
+        self.last_progress = 0.0
+        self.last_error: dict[str, Any] | None = None
+        self.last_drift: dict[str, Any] | None = None
+        self.failures: dict[str, int] = {}
+        self.seq = 0
+        self.stats: Mapping[str, Any] = {}
+        self._last_hb = -1e18
+        self._last_reported = -1e18
+        self._reported_dirty = True
+
+    # ── public surface ──────────────────────────────────────────────────────────────
+
+    def will_payload(self) -> bytes:
+        return dumps({"online": False, "bdseq": self.bdseq, "boot_id": self.boot_id, "groups": list(self.groups)})
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        out: list[Action] = []
+        if isinstance(event, Connected):
+            self._on_connected(event, now, out)
+        elif isinstance(event, Disconnected):
+            self.connected = False
+            self.inflight.clear()  # clean session: subscriptions are gone
+        elif isinstance(event, Message):
+            self._on_message(event, now, out)
+        elif isinstance(event, Tick):
+            self._on_tick(event, now, out)
+        elif isinstance(event, RowRejected):
+            self._fail_event(out, now, event.code, event.detail)
+        elif isinstance(event, DriftReady):
+            self._on_drift(event, now, out)
+        elif isinstance(event, InstallDone):
+            self._on_install_done(event, now, out)
+        elif isinstance(event, Stopping):
+            self._last_hb = -1e18  # a final heartbeat and summary carry the last counters
+            self._on_tick(Tick(self.stats), now, out)
+            out.append(self._reported(now))
+            out.append(
+                Publish(
+                    self.topics.state(self.device),
+                    dumps(
+                        {
+                            "online": False,
+                            "bdseq": self.bdseq,
+                            "boot_id": self.boot_id,
+                            "groups": list(self.groups),
+                            "reason": event.reason,
+                        }
+                    ),
+                    retain=True,
+                )
+            )
+        if self._reported_dirty and self.connected and now - self._last_reported >= self.reported_min_interval:
+            out.append(self._reported(now))
+        return out
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """The retained 'reported' document: what a late subscriber needs to know."""
+        progress = None
+        if self.transfer is not None:
+            progress = {"received": self.transfer.received, "total": self.transfer.total}
+        return {
+            "ts": now,
+            "boot_id": self.boot_id,
+            "agent": __version__,
+            "phase": self.phase,
+            "active": self.active,
+            "previous": self.previous,
+            "desired": self.goal.ref if self.goal else None,
+            "progress": progress,
+            "last_error": self.last_error,
+            "last_drift": self.last_drift,
+            "failures": dict(self.failures),
+            "counters": dict(self.stats.get("counters", {})),
+        }
+
+    # ── connection ──────────────────────────────────────────────────────────────────
+
+    def _on_connected(self, event: Connected, now: float, out: list[Action]) -> None:
+        self.connected = True
+        out.append(
+            Publish(
+                self.topics.state(self.device),
+                dumps(
+                    {
+                        "online": True,
+                        "bdseq": self.bdseq,
+                        "boot_id": self.boot_id,
+                        "agent": __version__,
+                        "active": self.active,
+                        "groups": list(self.groups),
+                        "ts": now,
+                    }
+                ),
+                retain=True,
+            )
+        )
+        subs = [self.topics.desired_device(self.device)]
+        subs += [self.topics.desired_group(g) for g in self.groups]
+        out.append(Subscribe(tuple(subs)))
+        if self.trust is None:
+            self._fail_event(out, now, TrustError.code, self.trust_error or "no trust file")
+        if self.goal is not None and self.phase == DOWNLOADING:
+            self.inflight.clear()
+            if self.transfer is None:
+                out.append(Subscribe((self.topics.bundle_manifest(self.goal.name, self.goal.version),)))
+            else:
+                self._request_chunks(out)
+        self._reported_dirty = True
+
+    # ── messages ────────────────────────────────────────────────────────────────────
+
+    def _on_message(self, msg: Message, now: float, out: list[Action]) -> None:
+        topic = msg.topic
+        try:
+            if len(msg.payload) > max(self.max_payload, self.max_chunk):
+                raise ProtocolError(f"message of {len(msg.payload)} bytes is above the limit")
+            if topic == self.topics.desired_device(self.device):
+                self._on_desired("device", msg.payload, now, out)
+                return
+            for g in self.groups:
+                if topic == self.topics.desired_group(g):
+                    self._on_desired(f"group:{g}", msg.payload, now, out)
+                    return
+            goal = self.goal
+            if goal is not None and topic == self.topics.bundle_manifest(goal.name, goal.version):
+                self._on_transfer_doc(msg.payload, now, out)
+                return
+            chunk = self.topics.parse_chunk_topic(topic)
+            if chunk is not None:
+                self._on_chunk(chunk, msg.payload, now, out)
+        except AgentError as exc:
+            self._fail_event(out, now, exc.code, f"{topic}: {exc.detail}")
+
+    def _on_desired(self, target: str, payload: bytes, now: float, out: list[Action]) -> None:
+        if not payload:  # retained document cleared by the host
+            self.desired.pop(target, None)
+            return
+        if self.trust is None:
+            raise TrustError(self.trust_error or "no trust file: desired state cannot be verified")
+        body, _ = open_envelope(self.trust, ROLE_DEPLOY, DESIRED_DOMAIN, payload, "desired state", self.max_payload)
+        what = "desired state"
+        seq = req_int(body, "seq", what, 1)
+        aimed = req_str(body, "target", what)
+        if aimed != (f"device:{self.device}" if target == "device" else target):
+            raise DesiredRejected(f"document is addressed to {aimed!r}, not to this topic's {target!r}")
+        expires = body.get("expires")
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool) and expires <= now:
+            raise DesiredRejected(f"desired state seq {seq} expired")
+        known = self.desired_seq.get(target, 0)
+        if seq < known:
+            raise DesiredRejected(f"desired state seq {seq} is older than seq {known}, already accepted")
+        bundle = req_obj(body, "bundle", what)
+        desired = Desired(
+            target=target,
+            seq=seq,
+            name=check_id("bundle name", req_str(bundle, "name", what)),
+            version=req_int(bundle, "version", what, 1),
+            sha256=req_str(bundle, "sha256", what),
+            size=req_int(bundle, "size", what, 1),
+        )
+        fresh = seq > known
+        if fresh:
+            self.desired_seq[target] = seq
+            out.append(Persist(dict(self.desired_seq)))
+        self.desired[target] = desired
+        self._pursue(now, out, retry=fresh)
+
+    def _effective(self) -> Desired | None:
+        if "device" in self.desired:
+            return self.desired["device"]
+        groups = [d for t, d in self.desired.items() if t.startswith("group:")]
+        return max(groups, key=lambda d: d.seq) if groups else None
+
+    def _pursue(self, now: float, out: list[Action], retry: bool) -> None:
+        """Move toward the effective desired bundle. A failed bundle is retried only when a
+        newer desired document asks again (``retry``), never on a retained redelivery."""
+        goal = self._effective()
+        if goal is None:
+            return
+        if self.active is not None and self.active.get("sha256") == goal.sha256:
+            if self.goal is not None and self.goal != goal:
+                self._abandon(out)
+            self.goal = goal
+            if self.phase != ACTIVE:
+                self._phase(ACTIVE)
+            return
+        if self.goal is not None and self.goal.sha256 == goal.sha256:
+            self.goal = goal
+            if self.phase in (DOWNLOADING, VERIFYING, INSTALLING):
+                return  # already on its way
+            failed_here = self.last_error is not None and self.last_error.get("sha256") == goal.sha256
+            if self.phase == FAILED and failed_here and not retry:
+                return  # this exact bundle already failed; wait for a new desired state
+        held = self.floor.get(goal.name)
+        if held is not None and goal.version < held.version:
+            self._abandon(out)
+            self.goal = goal
+            self._fail_event(
+                out,
+                now,
+                "bundle.version_rollback",
+                f"desired {goal.name} v{goal.version} is older than v{held.version}, already accepted",
+                sha256=goal.sha256,
+            )
+            return
+        self._abandon(out)
+        self.goal = goal
+        self.last_progress = now
+        self._phase(DOWNLOADING)
+        out.append(Subscribe((self.topics.bundle_manifest(goal.name, goal.version),)))
+
+    def _abandon(self, out: list[Action]) -> None:
+        if self.goal is None:
+            return
+        topics = [self.topics.bundle_manifest(self.goal.name, self.goal.version)]
+        topics += [self.topics.bundle_chunk(self.goal.name, self.goal.version, i) for i in sorted(self.inflight)]
+        out.append(Unsubscribe(tuple(topics)))
+        self.transfer = None
+        self.inflight.clear()
+
+    def _on_transfer_doc(self, payload: bytes, now: float, out: list[Action]) -> None:
+        goal = self.goal
+        if goal is None or self.phase != DOWNLOADING or self.transfer is not None:
+            return
+        if self.trust is None:
+            raise TrustError(self.trust_error or "no trust file: bundles cannot be verified")
+        try:
+            body, _ = open_envelope(
+                self.trust, ROLE_BUNDLE, TRANSFER_DOMAIN, payload, "transfer document", self.max_payload
+            )
+            info = TransferInfo.from_json(body, self.max_chunk)
+        except AgentError as exc:
+            self._fail(out, now, exc.code, f"transfer document: {exc.detail}", goal.sha256)
+            return
+        if (info.name, info.version, info.sha256, info.size) != (goal.name, goal.version, goal.sha256, goal.size):
+            self._fail(
+                out, now, "transfer.mismatch", "transfer document does not describe the desired bundle", goal.sha256
+            )
+            return
+        if info.size > self.limits.max_bundle_bytes:
+            self._fail(
+                out, now, "bundle.too_large", f"bundle is {info.size} bytes, above this device's limit", goal.sha256
+            )
+            return
+        out.append(Unsubscribe((self.topics.bundle_manifest(goal.name, goal.version),)))
+        self.transfer = Assembly(info)
+        self.last_progress = now
+        self._reported_dirty = True
+        self._request_chunks(out)
+
+    def _request_chunks(self, out: list[Action]) -> None:
+        assert self.transfer is not None and self.goal is not None
+        room = self.chunk_window - len(self.inflight)
+        if room <= 0:
+            return
+        wanted = self.transfer.missing(room, exclude=self.inflight)
+        if wanted:
+            self.inflight.update(wanted)
+            out.append(Subscribe(tuple(self.topics.bundle_chunk(self.goal.name, self.goal.version, i) for i in wanted)))
+
+    def _on_chunk(self, where: tuple[str, int, int], payload: bytes, now: float, out: list[Action]) -> None:
+        name, version, index = where
+        goal, transfer = self.goal, self.transfer
+        if goal is None or transfer is None or (name, version) != (goal.name, goal.version):
+            return  # a chunk of another transfer, e.g. delivered just before an unsubscribe
+        if index not in self.inflight:
+            return
+        self.inflight.discard(index)
+        out.append(Unsubscribe((self.topics.bundle_chunk(name, version, index),)))
+        try:
+            if transfer.accept(index, payload):
+                self.last_progress = now
+                self._reported_dirty = True
+        except ChunkRejected as exc:
+            # Counted and reported; the chunk is asked for again on the next window.
+            self._fail_event(out, now, exc.code, exc.detail)
+        if transfer.complete:
+            self._finish_transfer(now, out)
+        else:
+            self._request_chunks(out)
+
+    def _finish_transfer(self, now: float, out: list[Action]) -> None:
+        assert self.transfer is not None and self.goal is not None
+        goal = self.goal
+        data = self.transfer.assemble()
+        self.transfer = None
+        self.inflight.clear()
+        self._phase(VERIFYING)
+        try:
+            if hashlib.sha256(data).hexdigest() != goal.sha256:
+                raise HashMismatch("assembled bundle does not match the SHA-256 in the desired state")
+            if self.trust is None:
+                raise TrustError(self.trust_error or "no trust file: bundles cannot be verified")
+            bundle = verify(data, self.trust, now=now, floor=self.floor, expect_name=goal.name, limits=self.limits)
+            if bundle.version != goal.version:
+                raise HashMismatch(f"bundle says v{bundle.version}, desired state says v{goal.version}")
+        except AgentError as exc:
+            self._fail(out, now, exc.code, exc.detail, goal.sha256)
+            return
+        self._phase(INSTALLING)
+        out.append(Install(bundle, data))
+
+    # ── installation results ────────────────────────────────────────────────────────
+
+    def _on_install_done(self, event: InstallDone, now: float, out: list[Action]) -> None:
+        goal = self.goal
+        if goal is None or event.sha256 != goal.sha256 or self.phase != INSTALLING:
+            return
+        if not event.ok:
+            self._fail(out, now, event.code, event.detail, goal.sha256)
+            return
+        ref = {"name": goal.name, "version": goal.version, "sha256": goal.sha256}
+        if self.active is not None and self.active.get("sha256") != goal.sha256:
+            self.previous = self.active
+        self.active = ref
+        held = self.floor.get(goal.name)
+        if held is None or goal.version >= held.version:
+            self.floor[goal.name] = FloorEntry(goal.version, goal.sha256)
+        self.last_error = None
+        self._phase(ACTIVE)
+        self._event(out, now, "bundle.activated", f"{goal.name} v{goal.version} is active", ref)
+
+    # ── periodic work ───────────────────────────────────────────────────────────────
+
+    def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
+        self.stats = event.stats
+        if self.phase == DOWNLOADING and self.goal is not None and now - self.last_progress > self.transfer_timeout:
+            goal = self.goal
+            self._abandon(out)
+            self.goal = goal
+            self._fail(out, now, "transfer.timeout", f"no progress for {self.transfer_timeout:.0f} s", goal.sha256)
+        if self.connected and now - self._last_hb >= self.heartbeat_interval:
+            self._last_hb = now
+            hb = {
+                "ts": now,
+                "interval": self.heartbeat_interval,
+                "boot_id": self.boot_id,
+                "phase": self.phase,
+                "active": self.active,
+            }
+            hb.update(self.stats)
+            # Retained so `edgekit fleet status` sees counters and last-seen without waiting.
+            out.append(Publish(self.topics.hb(self.device), dumps(hb), qos=0, retain=True))
+
+    def _on_drift(self, event: DriftReady, now: float, out: list[Action]) -> None:
+        report = dict(event.report)
+        self.last_drift = {
+            "ts": now,
+            "bundle": dict(event.bundle),
+            "verdict": report.get("verdict"),
+            "drifted": report.get("drifted", []),
+            "n": report.get("n"),
+        }
+        self._reported_dirty = True
+        self.seq += 1
+        msg = {
+            "id": f"{self.boot_id}-{self.seq}",
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "ts": now,
+            "device": self.device,
+            "bundle": dict(event.bundle),
+            "window": report,
+        }
+        out.append(Send(self.topics.drift(self.device), dumps(msg)))
+
+    # ── helpers ─────────────────────────────────────────────────────────────────────
+
+    def _phase(self, phase: str) -> None:
+        if phase != self.phase and phase not in TRANSITIONS[self.phase]:
+            raise RuntimeError(f"illegal phase change {self.phase} -> {phase}")
+        self.phase = phase
+        self._reported_dirty = True
+
+    def _fail(self, out: list[Action], now: float, code: str, detail: str, sha256: str) -> None:
+        """A deployment failed: the previous model keeps serving; report it and wait."""
+        self.transfer = None
+        self.inflight.clear()
+        self._phase(FAILED)
+        self._fail_event(out, now, code, detail, sha256=sha256)
+
+    def _fail_event(self, out: list[Action], now: float, code: str, detail: str, *, sha256: str = "") -> None:
+        """Count and report a failure; the deployment phase is the caller's business."""
+        self.failures[code] = self.failures.get(code, 0) + 1
+        bundle = self.goal.ref if (self.goal is not None and sha256) else None
+        self.last_error = {"ts": now, "code": code, "detail": detail[:500], "sha256": sha256 or None, "bundle": bundle}
+        self._reported_dirty = True
+        self._event(out, now, code, detail, bundle)
+
+    def _event(self, out: list[Action], now: float, code: str, detail: str, bundle: Any = None) -> None:
+        self.seq += 1
+        msg = {
+            "id": f"{self.boot_id}-{self.seq}",
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "ts": now,
+            "device": self.device,
+            "code": code,
+            "detail": detail[:500],
+            "bundle": bundle,
+        }
+        out.append(Send(self.topics.events(self.device), dumps(msg)))
+
+    def _reported(self, now: float) -> Publish:
+        self._last_reported = now
+        self._reported_dirty = False
+        return Publish(self.topics.reported(self.device), dumps(self.summary(now)), retain=True)

@@ -1,0 +1,320 @@
+"""The paho adapter: callbacks become core events, core actions become MQTT operations.
+
+It does no thinking. paho's network thread only enqueues events (never blocks in a
+callback); one worker thread owns the core, the outbox and the slots, and executes
+actions in order. Durable messages (events, drift windows) go to the outbox first and
+leave it only when the broker has acknowledged them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from .bundle import FloorEntry, verify
+from .config import AgentConfig
+from .core import (
+    Action,
+    AgentCore,
+    Connected,
+    Disconnected,
+    Event,
+    Install,
+    InstallDone,
+    Message,
+    Persist,
+    Persisted,
+    Publish,
+    Send,
+    Stopping,
+    Subscribe,
+    Tick,
+    Unsubscribe,
+)
+from .engine import InferenceEngine
+from .errors import AgentError, TrustError
+from .outbox import Outbox
+from .protocol import Topics
+from .runtime import LoadedModel
+from .slots import Slots
+from .trust import Trust
+
+log = logging.getLogger("edgekit.agent")
+
+
+class _Acked:
+    """paho confirmed a QoS 1 publish (internal to the adapter, not a core event)."""
+
+    def __init__(self, mid: int) -> None:
+        self.mid = mid
+
+
+class _Stop:
+    pass
+
+
+class Agent:
+    """One device: state dir, trust, core, engine and an MQTT connection."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.events: queue.Queue[Event | _Acked | _Stop] = queue.Queue()
+        self.slots = Slots(config.state_dir)
+        self.persisted = self.slots.load()
+        self.persisted.bdseq += 1
+        self.slots.save(self.persisted)
+        self.outbox = Outbox(Path(config.state_dir) / "outbox.sqlite", config.outbox_max_rows)
+        trust: Trust | None
+        trust_error = ""
+        try:
+            trust = Trust.load(config.trust_path)
+        except TrustError as exc:
+            trust, trust_error = None, exc.detail
+            log.error("%s; every bundle will be refused until the trust file is fixed", exc.detail)
+        self.trust = trust
+        self.engine = InferenceEngine(
+            self.events.put,
+            batch_rows=config.batch_rows,
+            window_rows=config.drift_window_rows,
+            min_rows=config.drift_min_rows,
+            flush_s=config.drift_flush_s,
+        )
+        self.core = AgentCore(
+            config.device_id,
+            trust=trust,
+            trust_error=trust_error,
+            persisted=self.persisted,
+            boot_id=uuid.uuid4().hex[:12],
+            groups=config.groups,
+            topics=Topics(config.prefix),
+            heartbeat_interval=config.heartbeat_interval_s,
+            chunk_window=config.chunk_window,
+            transfer_timeout=config.transfer_timeout_s,
+            max_payload=config.max_payload_bytes,
+            max_chunk=config.max_chunk_bytes,
+            reported_min_interval=config.reported_min_interval_s,
+            limits=config.limits,
+        )
+        self._restore_active()
+        self.client = self._make_client()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._recent: list[paho.MQTTMessageInfo] = []  # last publishes, awaited at shutdown
+        self._last_sent = 0
+        self._connected = False
+        self._worker = threading.Thread(target=self._run, name="edgekit-agent-worker", daemon=True)
+        self._stopped = threading.Event()
+
+    # ── start-up ────────────────────────────────────────────────────────────────────
+
+    def _restore_active(self) -> None:
+        """Serve the bundle that was active before the restart, re-verified from disk."""
+        active = self.core.active
+        if active is None:
+            return
+        try:
+            if self.trust is None:
+                raise TrustError(self.core.trust_error)
+            data = self.slots.read_bundle(str(active["sha256"]))
+            bundle = verify(data, self.trust, now=time.time(), floor=self.core.floor, limits=self.config.limits)
+            model = LoadedModel(bundle, self.config.intra_op_threads)
+            model.health_check()
+            self.engine.activate(model)
+            log.info("serving %s v%s from the state dir", bundle.name, bundle.version)
+        except AgentError as exc:
+            log.error("cannot restore the active bundle: %s", exc.detail)
+            self.core.last_error = {"ts": time.time(), "code": exc.code, "detail": exc.detail, "sha256": None}
+
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"edgekit-{self.config.device_id}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.will_set(Topics(self.config.prefix).state(self.config.device_id), self.core.will_payload(), 1, True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def start(self) -> None:
+        self._worker.start()
+        self.client.connect_async(
+            self.config.broker_host, self.config.broker_port, keepalive=self.config.keepalive_s, clean_start=True
+        )
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Report the last partial drift window, say goodbye, drain what can be drained."""
+        self.engine.close()
+        stats = self.engine.stats()
+        stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped}
+        self.events.put(Tick(stats))
+        self.events.put(Stopping())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._connected and (len(self.outbox) or not self.events.empty()):
+            time.sleep(0.05)
+        self.events.put(_Stop())
+        self._worker.join(timeout=max(0.1, deadline - time.monotonic()))
+        for info in list(self._recent):
+            with contextlib.suppress(Exception):
+                info.wait_for_publish(max(0.05, deadline - time.monotonic()))
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        with contextlib.suppress(Exception):
+            self.client.loop_stop()
+        self.outbox.close()
+
+    # ── paho callbacks (network thread): enqueue only ───────────────────────────────
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            sock = client.socket()
+            if isinstance(sock, socket.socket):  # Nagle delays every subscribe round trip by ~40 ms
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+        self.events.put(Connected(max_packet_size=max_packet))
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        self.events.put(Disconnected(str(reason)))
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self.events.put(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties | None
+    ) -> None:
+        self.events.put(_Acked(mid))
+
+    # ── the worker ──────────────────────────────────────────────────────────────────
+
+    def _run(self) -> None:
+        next_tick = 0.0
+        while True:
+            now_m = time.monotonic()
+            try:
+                item = self.events.get(timeout=max(0.0, next_tick - now_m))
+            except queue.Empty:
+                item = None
+            if isinstance(item, _Stop):
+                return
+            try:
+                if isinstance(item, _Acked):
+                    row = self._inflight.pop(item.mid, None)
+                    if row is not None:
+                        self.outbox.ack(row)
+                elif item is not None:
+                    self._handle(item)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.config.tick_interval_s
+                    self.engine.tick()
+                    stats = self.engine.stats()
+                    stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped}
+                    self._handle(Tick(stats))
+                self._drain()
+            except Exception:  # the worker must survive anything one message can do
+                log.exception("agent worker error")
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Connected):
+            self._connected = True
+            self._inflight.clear()
+            self._last_sent = 0
+        elif isinstance(event, Disconnected):
+            self._connected = False
+        for action in self.core.handle(event, time.time()):
+            self._execute(action)
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, Send):
+            self.outbox.put(action.topic, action.payload)
+        elif isinstance(action, Publish):
+            info = self.client.publish(action.topic, action.payload, qos=action.qos, retain=action.retain)
+            self._recent.append(info)
+            del self._recent[:-16]
+        elif isinstance(action, Subscribe):
+            if action.topics:
+                self.client.subscribe([(t, 1) for t in action.topics])
+        elif isinstance(action, Unsubscribe):
+            if action.topics:
+                self.client.unsubscribe(list(action.topics))
+        elif isinstance(action, Persist):
+            self.persisted.desired_seq = dict(action.desired_seq)
+            self._save()
+        elif isinstance(action, Install):
+            self._install(action)
+
+    def _save(self) -> None:
+        self.persisted.active = self.core.active
+        self.persisted.previous = self.core.previous
+        self.persisted.floor = dict(self.core.floor)
+        self.persisted.desired_seq = dict(self.core.desired_seq)
+        self.slots.save(self.persisted)
+
+    def _install(self, action: Install) -> None:
+        bundle = action.bundle
+        try:
+            model = LoadedModel(bundle, self.config.intra_op_threads)
+            model.health_check()
+            self.slots.store_bundle(bundle.sha256, action.data)
+            # The switch: state.json names the new bundle only after it is whole on disk.
+            previous = self.core.active
+            saved = Persisted(
+                active=bundle.ref,
+                previous=previous if previous and previous.get("sha256") != bundle.sha256 else self.core.previous,
+                floor={**self.core.floor},
+                desired_seq=dict(self.core.desired_seq),
+                bdseq=self.persisted.bdseq,
+            )
+            held = saved.floor.get(bundle.name)
+            if held is None or bundle.version >= held.version:
+                saved.floor[bundle.name] = FloorEntry(bundle.version, bundle.sha256)
+            self.slots.save(saved)
+            self.persisted = saved
+            self.engine.activate(model)
+            keep = {str(r["sha256"]) for r in (saved.active, saved.previous) if r}
+            self.slots.prune(keep)
+        except AgentError as exc:
+            log.error("install of %s v%s failed: %s", bundle.name, bundle.version, exc.detail)
+            self._handle(InstallDone(bundle.sha256, False, exc.code, exc.detail))
+            return
+        except Exception as exc:  # anything unexpected still must not take the old model down
+            log.exception("install failed")
+            self._handle(InstallDone(bundle.sha256, False, "install.failed", str(exc)))
+            return
+        log.info("activated %s v%s", bundle.name, bundle.version)
+        self._handle(InstallDone(bundle.sha256, True))
+
+    def _drain(self) -> None:
+        """Publish queued durable messages in order, a bounded number in flight."""
+        if not self._connected:
+            return
+        room = self.config.outbox_batch - len(self._inflight)
+        if room <= 0:
+            return
+        for row_id, topic, payload in self.outbox.peek(room, after=self._last_sent):
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                break
+            self._inflight[info.mid] = row_id
+            self._last_sent = row_id

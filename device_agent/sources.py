@@ -1,0 +1,112 @@
+"""Where rows come from: JSON lines on stdin, or a CSV file replayed at a rate.
+
+Each input row gets exactly one JSON line on stdout: the prediction, or an error with its
+code. A row is either a JSON list of numbers in the model's feature order, or an object
+``{"id": ..., "features": [...]}`` or ``{"id": ..., "values": {name: number}}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from .engine import InferenceEngine
+from .errors import BadValue, RowError, WrongShape
+
+
+def _as_row(obj: Any, engine: InferenceEngine) -> tuple[Any, list[Any]]:
+    if isinstance(obj, list):
+        return None, obj
+    if isinstance(obj, dict):
+        rid = obj.get("id")
+        if isinstance(obj.get("features"), list):
+            return rid, obj["features"]
+        values = obj.get("values")
+        model = engine.model
+        if isinstance(values, dict) and model is not None:
+            missing = [f.name for f in model.spec.features if f.name not in values]
+            if missing:
+                raise WrongShape(f"row lacks features: {', '.join(missing[:5])}")
+            return rid, [values[f.name] for f in model.spec.features]
+    raise WrongShape("a row is a JSON list of numbers or an object with 'features' or 'values'")
+
+
+def answer(engine: InferenceEngine, rid: Any, row: list[Any]) -> dict[str, Any]:
+    try:
+        pred = engine.serve(row)
+    except RowError as exc:
+        out: dict[str, Any] = {"error": exc.code, "detail": exc.detail}
+    else:
+        model = engine.model
+        out = {"prediction": pred.label}
+        if not math.isnan(pred.confidence):
+            out["confidence"] = round(pred.confidence, 6)
+        if model is not None:
+            out["bundle"] = f"{model.bundle.name}@{model.bundle.version}"
+    if rid is not None:
+        out["id"] = rid
+    return out
+
+
+def serve_lines(engine: InferenceEngine, lines: Iterator[str], out: TextIO) -> int:
+    count = 0
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        count += 1
+        try:
+            rid, row = _as_row(json.loads(line), engine)
+        except ValueError:
+            err = BadValue("input line is not valid JSON")
+            engine.reject(err)
+            result: dict[str, Any] = {"error": err.code, "detail": err.detail}
+        except RowError as exc:
+            engine.reject(exc)
+            result = {"error": exc.code, "detail": exc.detail}
+        else:
+            result = answer(engine, rid, row)
+        out.write(json.dumps(result, default=str) + "\n")
+        out.flush()
+    return count
+
+
+def serve_stdin(engine: InferenceEngine) -> int:
+    return serve_lines(engine, iter(sys.stdin.readline, ""), sys.stdout)
+
+
+def csv_rows(path: str) -> Iterator[dict[str, str]]:
+    with open(path, newline="") as fh:
+        yield from csv.DictReader(fh)
+
+
+def serve_csv(engine: InferenceEngine, path: str, rate: float, out: TextIO, wait_model_s: float = 600.0) -> int:
+    """Replay a CSV at ``rate`` rows/s (0 = as fast as possible), columns matched by name."""
+    deadline = time.monotonic() + wait_model_s
+    while engine.model is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    count = 0
+    start = time.monotonic()
+    for record in csv_rows(path):
+        model = engine.model
+        values: list[Any] = []
+        if model is not None:
+            for feature in model.spec.features:
+                raw = record.get(feature.name)
+                try:
+                    values.append(float(raw) if raw not in (None, "") else None)
+                except ValueError:
+                    values.append(raw)
+        out.write(json.dumps(answer(engine, count, values), default=str) + "\n")
+        count += 1
+        if rate > 0:
+            delay = start + count / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    out.flush()
+    return count

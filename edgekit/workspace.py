@@ -1,0 +1,102 @@
+"""The workspace: ``edgekit.toml`` plus a ``.edgekit/`` folder holding keys, runs and bundles.
+
+Found by walking up from the current directory (like git), or named with ``--workspace``
+or ``EDGEKIT_WORKSPACE``, so every command works from anywhere inside a project.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device_agent.protocol import DEFAULT_PREFIX
+
+from .errors import WorkspaceError
+
+CONFIG = "edgekit.toml"
+STATE = ".edgekit"
+
+_TEMPLATE = """# edgekit workspace
+[fleet]
+broker = "{broker}"   # MQTT broker the CLI talks to (deploy, fleet status)
+prefix = "{prefix}"        # topic prefix: one prefix per fleet
+
+[train]
+seed = 0
+test_size = 0.25
+
+[policy]
+drift_window = 200          # rows per drift window reported by devices
+low_confidence = 0.6        # predictions below this confidence are counted (and later captured)
+"""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    config: dict[str, Any]
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state / "keys"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state / "runs"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.state / "bundles"
+
+    def setting(self, section: str, key: str, default: Any) -> Any:
+        value = self.config.get(section, {}).get(key, default)
+        return default if value is None else value
+
+    @property
+    def broker(self) -> str:
+        return str(os.environ.get("EDGEKIT_BROKER") or self.setting("fleet", "broker", "mqtt://127.0.0.1:1883"))
+
+    @property
+    def prefix(self) -> str:
+        return str(self.setting("fleet", "prefix", DEFAULT_PREFIX))
+
+
+def init(root: Path, broker: str = "mqtt://127.0.0.1:1883", prefix: str = DEFAULT_PREFIX) -> Workspace:
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / CONFIG
+    if not cfg.exists():
+        cfg.write_text(_TEMPLATE.format(broker=broker, prefix=prefix))
+    for sub in ("keys", "runs", "bundles"):
+        (root / STATE / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / STATE / "keys", 0o700)
+    return load(root)
+
+
+def load(root: Path) -> Workspace:
+    path = root / CONFIG
+    try:
+        config = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise WorkspaceError(f"no {CONFIG} in {root}", "run 'edgekit init' there first") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise WorkspaceError(f"{path} is not valid TOML: {exc}", "fix or delete the file") from None
+    return Workspace(root, config)
+
+
+def find(start: Path | None = None) -> Workspace:
+    env = os.environ.get("EDGEKIT_WORKSPACE")
+    if env:
+        return load(Path(env).resolve())
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG).is_file():
+            return load(folder)
+    raise WorkspaceError(f"no edgekit workspace in {here} or above", "run 'edgekit init' to create one")
