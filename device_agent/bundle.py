@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -163,6 +164,33 @@ def pack(manifest_bytes: bytes, signatures: list[dict[str, str]], files: Mapping
     return buf.getvalue()
 
 
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+
+
+def _stored_bytes(data: bytes, info: zipfile.ZipInfo) -> bytes:
+    """A stored member's bytes, straight from its local header, with no CRC check.
+
+    The CRC-32 is not a security check (an attacker recomputes it); skipping it lets a
+    changed byte surface as the precise error — bad signature, hash mismatch — instead of
+    a generic "bad CRC".
+    """
+    start = info.header_offset
+    head = data[start : start + _LOCAL_HEADER.size]
+    if len(head) != _LOCAL_HEADER.size:
+        raise BundleMalformed(f"member {info.filename!r} points outside the archive")
+    sig, _, _, method, _, _, _, _, _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+    if sig != b"PK\x03\x04" or method != zipfile.ZIP_STORED:
+        raise BundleMalformed(f"member {info.filename!r} has a bad local header")
+    name = data[start + _LOCAL_HEADER.size : start + _LOCAL_HEADER.size + name_len]
+    if name != info.filename.encode("utf-8"):
+        raise BundleMalformed(f"member {info.filename!r} is named differently in its local header")
+    begin = start + _LOCAL_HEADER.size + name_len + extra_len
+    end = begin + info.compress_size
+    if end > len(data):
+        raise BundleMalformed(f"member {info.filename!r} runs past the end of the archive")
+    return data[begin:end]
+
+
 def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
     """Every member's bytes, after structural checks; nothing is trusted yet."""
     if len(data) > limits.max_bundle_bytes:
@@ -185,7 +213,7 @@ def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
             total += info.file_size
             if total > len(data):
                 raise BundleMalformed("members claim more bytes than the archive holds")
-            members[name] = zf.read(info)
+            members[name] = _stored_bytes(data, info)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError) as exc:
         raise BundleMalformed(f"not a readable bundle archive: {exc}") from None
     return members

@@ -16,14 +16,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device_agent.bundle import read_unverified
+from device_agent.bundle import read_unverified, verify
 from device_agent.errors import AgentError
 from device_agent.protocol import Topics, check_id, loads_object
 from device_agent.transfer import TransferInfo, split
-from device_agent.trust import DESIRED_DOMAIN, TRANSFER_DOMAIN, seal
+from device_agent.trust import DESIRED_DOMAIN, TRANSFER_DOMAIN, Trust, seal
 
 from ..errors import FleetError
-from .client import collect, connect, publish_all
+from .client import Connection, collect, connect, publish_all
 
 DEFAULT_CHUNK = 256 * 1024  # bytes
 PACKET_OVERHEAD = 1024  # bytes kept free for topic and properties under the broker's packet limit
@@ -72,6 +72,41 @@ def chunk_size_for(max_packet: int | None, wanted: int = DEFAULT_CHUNK) -> int:
     return wanted
 
 
+def publish_bundle(
+    conn: Connection,
+    topics: Topics,
+    data: bytes,
+    name: str,
+    version: int,
+    bundle_key: Ed25519PrivateKey,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> TransferInfo:
+    """Retain the bundle's chunks and its signed transfer document on the broker (idempotent)."""
+    size = chunk_size_for(conn.max_packet_size, chunk_size)
+    parts = split(data, size)
+    sha = hashlib.sha256(data).hexdigest()
+    info = TransferInfo(name, version, len(data), sha, size, tuple(hashlib.sha256(p).hexdigest() for p in parts))
+    items = [(topics.bundle_chunk(name, version, i), p, True) for i, p in enumerate(parts)]
+    items.append((topics.bundle_manifest(name, version), seal(bundle_key, TRANSFER_DOMAIN, info.to_json()), True))
+    publish_all(conn, items)
+    return info
+
+
+def publish_desired(
+    conn: Connection, topics: Topics, target: Target, info: TransferInfo, deploy_key: Ed25519PrivateKey
+) -> int:
+    """Point the target at a published bundle with a signed, ever-increasing desired state."""
+    seq = time.time_ns() // 1000  # microseconds: increases across hosts without shared state
+    desired = {
+        "seq": seq,
+        "target": target.label,
+        "bundle": {"name": info.name, "version": info.version, "sha256": info.sha256, "size": info.size},
+        "issued": time.time(),
+    }
+    publish_all(conn, [(target.topic(topics), seal(deploy_key, DESIRED_DOMAIN, desired), True)])
+    return seq
+
+
 def deploy(
     broker: str,
     prefix: str,
@@ -79,44 +114,37 @@ def deploy(
     target: Target,
     bundle_key: Ed25519PrivateKey,
     deploy_key: Ed25519PrivateKey,
+    trust: Trust | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     wait: float = 0.0,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> DeployResult:
+    """Publish a bundle and point ``target`` at it; with ``trust``, first verify it as a device would."""
     started = time.monotonic()
     data = bundle_path.read_bytes()
     try:
-        manifest, _ = read_unverified(data)
+        if trust is not None:
+            vb = verify(data, trust, now=time.time())
+            name, version = vb.name, vb.version
+        else:
+            manifest, _ = read_unverified(data)
+            name, version = str(manifest.get("name")), int(manifest.get("version", 0))
     except AgentError as exc:
-        raise FleetError(f"{bundle_path} is not a bundle: {exc.detail}") from None
-    name, version = str(manifest.get("name")), int(manifest.get("version", 0))
-    sha = hashlib.sha256(data).hexdigest()
+        raise FleetError(f"{bundle_path} would be refused by devices: {exc.code}: {exc.detail}") from None
     topics = Topics(prefix)
     with connect(broker, purpose="deploy") as conn:
-        size = chunk_size_for(conn.max_packet_size, chunk_size)
-        parts = split(data, size)
-        info = TransferInfo(name, version, len(data), sha, size, tuple(hashlib.sha256(p).hexdigest() for p in parts))
-        items = [(topics.bundle_chunk(name, version, i), p, True) for i, p in enumerate(parts)]
-        items.append((topics.bundle_manifest(name, version), seal(bundle_key, TRANSFER_DOMAIN, info.to_json()), True))
-        progress(f"publishing {name} v{version}: {len(data)} bytes in {len(parts)} chunks of {size}")
-        publish_all(conn, items)
-        seq = time.time_ns() // 1000  # microseconds: increases across hosts without shared state
-        desired = {
-            "seq": seq,
-            "target": target.label,
-            "bundle": {"name": name, "version": version, "sha256": sha, "size": len(data)},
-            "issued": time.time(),
-        }
+        progress(f"publishing {name} v{version} ({len(data)} bytes)")
+        info = publish_bundle(conn, topics, data, name, version, bundle_key, chunk_size)
+        seq = publish_desired(conn, topics, target, info, deploy_key)
         progress(f"desired state seq {seq} -> {target.label}")
-        publish_all(conn, [(target.topic(topics), seal(deploy_key, DESIRED_DOMAIN, desired), True)])
-        outcome = wait_for(conn, topics, target, sha, wait, progress) if wait > 0 else None
+        outcome = wait_for(conn, topics, target, info.sha256, wait, progress) if wait > 0 else None
     return DeployResult(
         name,
         version,
-        sha,
+        info.sha256,
         len(data),
-        len(parts),
-        size,
+        len(info.chunks),
+        info.chunk_size,
         target.label,
         seq,
         round(time.monotonic() - started, 3),

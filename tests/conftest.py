@@ -1,0 +1,60 @@
+"""Shared fixtures: a real mosquitto per test, and a host workspace with signed bundles."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    b = Broker(persistence=True)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@dataclass
+class HostSetup:
+    root: Path
+    trust: Path
+    csv: Path
+    rows: list[list[float]]
+    feature_names: list[str]
+    bundles: dict[int, Path]
+    run_id: str
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory: pytest.TempPathFactory) -> HostSetup:
+    """A workspace with a key, a trained wine model and two signed bundle versions."""
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_wine
+
+    from edgekit import bundler, keys, runs, workspace
+
+    root = tmp_path_factory.mktemp("ws")
+    ws = workspace.init(root)
+    keys.generate(ws, "release")
+    trust = root / "trust.json"
+    trust.write_bytes(keys.trust_file(ws).to_json())
+    data = load_wine()
+    names = [n.replace("/", "_") for n in data.feature_names]
+    path = root / "wine.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*names, "label"])
+        for x, y in zip(data.data, data.target, strict=True):
+            w.writerow([*x.tolist(), int(y)])
+    run = runs.train_run(ws, path, "label", "logreg")
+    b1 = bundler.build(ws, run.id, "wine", "release", root)
+    b2 = bundler.build(ws, run.id, "wine", "release", root)
+    return HostSetup(root, trust, path, data.data.tolist(), names, {1: b1.path, 2: b2.path}, run.id)

@@ -1,0 +1,49 @@
+"""A test-side MQTT subscriber that records everything on a set of topics."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edgekit.fleet.client import parse_broker
+
+
+class Watcher:
+    def __init__(self, broker_url: str, topics: list[str]) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        host, port = parse_broker(broker_url)
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("watcher could not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def json(self, suffix: str) -> list[dict[str, Any]]:
+        """Decoded payloads of every message whose topic ends with ``suffix``."""
+        with self._lock:
+            items = [p for t, p, _ in self.messages if t.endswith(suffix) and p]
+        return [json.loads(p) for p in items]
+
+    def codes(self, device: str) -> list[str]:
+        return [e["code"] for e in self.json(f"/dev/{device}/events")]
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
