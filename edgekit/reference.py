@@ -1,0 +1,197 @@
+"""Reference statistics for drift monitoring, built on the host from training data.
+
+The output is the ``reference.json`` member of a bundle; its format, the binning rule and
+the PSI definition live in :mod:`device_agent.drift` and are imported from there, so the
+host and the device cannot disagree about a bin or a threshold.
+
+Why the thresholds are bootstrapped: a fixed "PSI > 0.1" alarms on most windows of 50-100
+rows purely from sampling noise, and the chi-square approximation of n*PSI is optimistic
+below ~150 rows. Drawing many windows of the deployed size from the training data itself
+and taking a high quantile of their PSI gives a threshold with the false-alarm rate we ask
+for at the window size we actually use; the chi-square value is kept as a floor so a lucky
+bootstrap can never make the threshold looser than theory says. Windows resampled from the
+training rows match the reference proportions exactly, while live windows are compared with
+proportions *estimated* from those rows, so the shipped value is widened by ``1 + window/n``
+(:func:`device_agent.drift.reference_factor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from device_agent.drift import FORMAT, Reference, bin_index, psi_rows, psi_threshold, reference_factor
+from edgekit.errors import DataError
+
+DECILES = np.linspace(0.1, 0.9, 9)
+MAX_DISTINCT_AS_LEVELS = 10  # at most this many distinct values: one bin per value
+CONFIDENCE_BINS = 10
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+def _between(lo: FloatArray, hi: FloatArray) -> FloatArray:
+    """A cut strictly above ``lo`` and at most ``hi``: with the right-closed binning rule,
+    ``lo`` falls below the cut and ``hi`` above it. Halving first avoids overflow; if the two
+    values are adjacent floats the midpoint rounds onto ``lo``, so use ``hi`` itself."""
+    mid = lo / 2.0 + hi / 2.0
+    return np.where(mid > lo, mid, hi)
+
+
+def feature_edges(values: FloatArray) -> FloatArray:
+    """Bin edges for one feature's non-missing values.
+
+    Few distinct values (integers, codes, flags): one bin per value, edges at midpoints.
+    Otherwise deciles, taken as observed values (``method="lower"``) and deduplicated, with
+    each edge moved to just above its observed value. Heavy ties then collapse edges rather
+    than leave an edge *on* a tied value, where the right-closed rule would put the whole tie
+    in the upper bin and leave the lower one empty: every bin is populated by construction.
+    """
+    distinct = np.unique(values)
+    if distinct.size <= MAX_DISTINCT_AS_LEVELS:
+        return _between(distinct[:-1], distinct[1:])
+    cuts = np.unique(np.quantile(values, DECILES, method="lower"))
+    cuts = cuts[cuts < distinct[-1]]
+    above = distinct[np.searchsorted(distinct, cuts, side="right")]
+    return _between(cuts, above)
+
+
+def _proportions(counts: IntArray) -> list[float]:
+    total = int(counts.sum())
+    return [float(c) / total for c in counts]
+
+
+def _bootstrap_psi(codes: npt.NDArray[np.integer[Any]], idx: IntArray, ref_props: FloatArray) -> FloatArray:
+    """PSI of every bootstrap window (rows of ``idx``) for one coded column.
+
+    ``codes`` holds each row's bin, or ``len(ref_props)`` for missing (excluded from PSI,
+    exactly as on the device). One gather and one ``bincount`` for all windows, then the
+    device's own :func:`device_agent.drift.psi_rows`.
+    """
+    bins = ref_props.size
+    draws, _ = idx.shape
+    width = bins + 1
+    flat = codes[idx].astype(np.int64) + (np.arange(draws, dtype=np.int64) * width)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=draws * width).reshape(draws, width)[:, :bins]
+    return psi_rows(ref_props, counts)
+
+
+def _scalar(value: Any) -> Any:
+    """numpy scalars → plain Python, so labels serialise as JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def build_reference(
+    X: npt.ArrayLike,
+    feature_names: Sequence[str],
+    classes: Sequence[Any],
+    oof_proba: npt.ArrayLike,
+    window: int = 200,
+    alpha: float = 0.01,
+    seed: int = 0,
+    bootstrap: int = 2000,
+) -> dict[str, Any]:
+    """Build ``reference.json`` from training features and out-of-fold probabilities.
+
+    ``X`` is (n, F) with NaN for missing values; ``oof_proba`` is (m, C) out-of-fold class
+    probabilities in the order of ``classes`` (in-sample predictions are over-confident and
+    would make a healthy device look drifted). ``window`` is the device's window size: the
+    shipped PSI thresholds are calibrated for exactly that many rows at family-wise
+    false-alarm rate ``alpha`` (Bonferroni over features). Deterministic for a given seed.
+    """
+    x = np.asarray(X, dtype=np.float64)
+    names = list(feature_names)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise DataError(f"reference data must be a 2-D table with at least 2 rows, got shape {x.shape}")
+    n, n_features = x.shape
+    if len(names) != n_features:
+        raise DataError(f"{len(names)} feature names for {n_features} columns")
+    if len(set(names)) != len(names) or not all(isinstance(s, str) and s for s in names):
+        raise DataError("feature names must be unique, non-empty strings")
+    if np.isinf(x).any():
+        raise DataError("reference data holds infinite values; use NaN for missing values")
+    proba = np.asarray(oof_proba, dtype=np.float64)
+    labels = [_scalar(c) for c in classes]
+    if len(labels) < 2:
+        raise DataError("a classifier reference needs at least 2 classes")
+    if proba.ndim != 2 or proba.shape[1] != len(labels) or proba.shape[0] < 1:
+        raise DataError(f"oof_proba must have shape (m, {len(labels)}), got {proba.shape}")
+    if not np.isfinite(proba).all():
+        raise DataError("oof_proba holds non-finite values")
+    if window < 1 or bootstrap < 1:
+        raise DataError("window and bootstrap must be positive")
+    if not 0.0 < alpha < 1.0:
+        raise DataError(f"alpha must be in (0, 1), got {alpha}")
+
+    rng = np.random.default_rng(seed)
+    alpha_f = alpha / n_features
+    idx = rng.integers(0, n, size=(bootstrap, window))
+    features: list[dict[str, Any]] = []
+    psi_thresholds: dict[str, float] = {}
+    for j, name in enumerate(names):
+        col = x[:, j]
+        present = ~np.isnan(col)
+        values = col[present]
+        if values.size == 0:
+            raise DataError(f"feature {name!r} has no values in the reference data", hint="drop the column")
+        edges = feature_edges(values)
+        bins = edges.size + 1
+        counts = np.bincount(bin_index(edges, values), minlength=bins)
+        props = _proportions(counts)
+        codes = np.full(n, bins, dtype=np.int8)
+        codes[present] = bin_index(edges, values)
+        boot = _bootstrap_psi(codes, idx, np.asarray(props))
+        null = max(float(np.quantile(boot, 1.0 - alpha_f)), psi_threshold(window, bins, alpha_f))
+        psi_thresholds[name] = null * reference_factor(window, n)
+        features.append(
+            {
+                "name": name,
+                "kind": "numeric",
+                "edges": [float(e) for e in edges],
+                "proportions": props,
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                "min": float(values.min()),
+                "max": float(values.max()),
+                "missing_rate": (n - values.size) / n,
+            }
+        )
+
+    n_classes = len(labels)
+    predicted = np.argmax(proba, axis=1)
+    pred_props = _proportions(np.bincount(predicted, minlength=n_classes))
+    pred_idx = rng.integers(0, predicted.size, size=(bootstrap, window))
+    pred_boot = _bootstrap_psi(predicted, pred_idx, np.asarray(pred_props))
+    prediction_psi = max(
+        float(np.quantile(pred_boot, 1.0 - alpha)), psi_threshold(window, n_classes, alpha)
+    ) * reference_factor(window, predicted.size)
+
+    top = proba.max(axis=1)
+    conf_edges = np.linspace(1.0 / n_classes, 1.0, CONFIDENCE_BINS + 1)[1:-1]
+    conf_props = _proportions(np.bincount(bin_index(conf_edges, top), minlength=CONFIDENCE_BINS))
+
+    obj: dict[str, Any] = {
+        "format": FORMAT,
+        "n": int(n),
+        "alpha": float(alpha),
+        "features": features,
+        "prediction": {"kind": "classes", "labels": labels, "proportions": pred_props},
+        "confidence": {
+            "edges": [float(e) for e in conf_edges],
+            "proportions": conf_props,
+            "mean": float(top.mean()),
+        },
+        "thresholds": {
+            "window": int(window),
+            "psi": psi_thresholds,
+            "prediction_psi": prediction_psi,
+            "z": NormalDist().inv_cdf(1.0 - alpha / (2.0 * n_features)),
+        },
+    }
+    Reference.from_json(obj)  # the device will parse it the same way; fail here, not there
+    return obj

@@ -1,0 +1,220 @@
+"""build_reference: the file it writes, its bins, and whether its thresholds hold their
+false-alarm rate on windows drawn from the training distribution (seeded, so no flakes)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from device_agent.drift import DriftWindow, Reference, bin_index, psi
+from edgekit.errors import DataError
+from edgekit.reference import build_reference, feature_edges
+
+NAMES5 = [f"x{i}" for i in range(5)]
+
+
+def oof(rows: int, classes: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.dirichlet(np.full(classes, 0.7), size=rows)
+
+
+@pytest.fixture(scope="module")
+def normal_data() -> np.ndarray:
+    return np.random.default_rng(2024).standard_normal((2000, 5))
+
+
+@pytest.fixture(scope="module")
+def ref200(normal_data: np.ndarray) -> Reference:
+    return Reference.from_json(build_reference(normal_data, NAMES5, ["no", "yes"], oof(2000, 2), window=200))
+
+
+@pytest.fixture(scope="module")
+def ref50(normal_data: np.ndarray) -> Reference:
+    return Reference.from_json(build_reference(normal_data, NAMES5, ["no", "yes"], oof(2000, 2), window=50))
+
+
+def alarm_rate(
+    ref: Reference, rows: int, windows: int = 300, seed: int = 11, shift: float = 0.0, nan_share: float = 0.0
+) -> float:
+    """Share of windows from N(0, 1) (feature 2 optionally shifted / holed) called drift."""
+    rng = np.random.default_rng(seed)
+    window = DriftWindow(ref, window=rows, low_confidence=0.6)
+    alarms = 0
+    for _ in range(windows):
+        x = rng.standard_normal((rows, 5))
+        x[:, 2] += shift
+        if nan_share:
+            x[rng.random(rows) < nan_share, 2] = np.nan
+        window.reset()
+        for start in range(0, rows, 64):  # batches as the device sends them
+            window.update(x[start : start + 64])
+        alarms += window.report()["verdict"] == "drift"
+    return alarms / windows
+
+
+# --- the file ------------------------------------------------------------------------------------
+
+
+def test_output_is_a_valid_reference(normal_data: np.ndarray) -> None:
+    obj = build_reference(normal_data, NAMES5, [0, 1, 2], oof(1500, 3), window=200)
+    text = json.dumps(obj, allow_nan=False)
+    assert Reference.from_json(json.loads(text)).to_json() == obj
+    assert obj["n"] == 2000 and obj["thresholds"]["window"] == 200
+    assert set(obj["thresholds"]["psi"]) == set(NAMES5)
+    assert obj["thresholds"]["z"] == pytest.approx(3.0902, abs=1e-3)  # inv_cdf(1 - 0.01/10)
+    for f in obj["features"]:
+        assert len(f["edges"]) == 9
+        assert f["proportions"] == pytest.approx([0.1] * 10, abs=1e-12)  # exact deciles
+        assert f["missing_rate"] == 0.0
+
+
+def test_deterministic_for_a_seed(normal_data: np.ndarray) -> None:
+    a = build_reference(normal_data, NAMES5, [0, 1], oof(2000, 2), seed=3, bootstrap=300)
+    b = build_reference(normal_data, NAMES5, [0, 1], oof(2000, 2), seed=3, bootstrap=300)
+    assert a == b
+
+
+def test_labels_are_plain_json(normal_data: np.ndarray) -> None:
+    obj = build_reference(normal_data, NAMES5, list(np.array([3, 7])), oof(2000, 2), bootstrap=100)
+    assert obj["prediction"]["labels"] == [3, 7]
+    assert all(type(v) is int for v in obj["prediction"]["labels"])
+
+
+def test_prediction_and_confidence_come_from_oof() -> None:
+    x = np.random.default_rng(0).standard_normal((300, 2))
+    proba = np.array([[0.9, 0.05, 0.05], [0.2, 0.5, 0.3], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]] * 75)
+    obj = build_reference(x, ["a", "b"], ["p", "q", "r"], proba, bootstrap=200)
+    assert obj["prediction"]["proportions"] == pytest.approx([0.5, 0.25, 0.25])
+    conf = obj["confidence"]
+    assert conf["edges"] == pytest.approx(np.linspace(1 / 3, 1, 11)[1:-1])
+    assert conf["mean"] == pytest.approx((0.9 + 0.5 + 0.34 + 0.8) / 4)
+    expected = np.bincount(bin_index(conf["edges"], proba.max(axis=1)), minlength=10) / 300
+    assert conf["proportions"] == pytest.approx(expected.tolist())
+
+
+def test_missing_values_counted_not_binned() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1000, 2))
+    x[:150, 1] = np.nan
+    obj = build_reference(x, ["a", "b"], [0, 1], oof(1000, 2), bootstrap=200)
+    b = obj["features"][1]
+    assert b["missing_rate"] == pytest.approx(0.15)
+    assert b["mean"] == pytest.approx(np.nanmean(x[:, 1]))
+    assert sum(b["proportions"]) == pytest.approx(1.0)
+
+
+# --- bins ----------------------------------------------------------------------------------------
+
+
+def test_integer_feature_gets_one_bin_per_value() -> None:
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.integers(0, 4, 800), rng.standard_normal(800)]).astype(float)
+    obj = build_reference(x, ["count", "z"], [0, 1], oof(800, 2), bootstrap=200)
+    f = obj["features"][0]
+    assert f["edges"] == [0.5, 1.5, 2.5]
+    assert all(p > 0 for p in f["proportions"])
+    expected = np.bincount(x[:, 0].astype(int), minlength=4) / 800
+    assert f["proportions"] == pytest.approx(expected.tolist())
+
+
+def test_heavily_tied_feature_keeps_every_bin_populated() -> None:
+    rng = np.random.default_rng(3)
+    values = np.where(rng.random(2000) < 0.6, 0.0, rng.exponential(1.0, 2000))  # 60 % zeros
+    edges = feature_edges(values)
+    assert edges.size < 9  # the tie collapsed deciles
+    assert np.all(np.diff(edges) > 0)
+    assert 0.0 < edges[0] < values[values > 0].min() + 1e-12
+    counts = np.bincount(bin_index(edges, values), minlength=edges.size + 1)
+    assert np.all(counts > 0)
+    assert counts[0] == np.count_nonzero(values == 0.0)
+
+
+def test_adjacent_float_values_still_separate() -> None:
+    lo = 1.0
+    hi = float(np.nextafter(lo, 2.0))
+    edges = feature_edges(np.array([lo, hi, lo, hi]))
+    assert edges.tolist() == [hi]  # the midpoint rounds onto lo, so the cut is hi itself
+    assert bin_index(edges, [lo, hi]).tolist() == [0, 1]
+
+
+def test_constant_feature_has_one_bin() -> None:
+    x = np.column_stack([np.full(100, 4.0), np.arange(100.0)])
+    obj = build_reference(x, ["const", "ramp"], [0, 1], oof(100, 2), bootstrap=100)
+    f = obj["features"][0]
+    assert f["edges"] == [] and f["proportions"] == [1.0] and f["std"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("x", "names", "classes", "proba", "message"),
+    [
+        (np.full((10, 1), np.nan), ["a"], [0, 1], oof(10, 2), "no values"),
+        (np.zeros((10, 2)), ["a"], [0, 1], oof(10, 2), "feature names"),
+        (np.zeros((10, 2)), ["a", "a"], [0, 1], oof(10, 2), "unique"),
+        (np.zeros((10, 1)), ["a"], [0, 1, 2], oof(10, 2), "oof_proba"),
+        (np.zeros((10, 1)), ["a"], [0], oof(10, 1), "2 classes"),
+        (np.array([[np.inf], [0.0]]), ["a"], [0, 1], oof(2, 2), "infinite"),
+        (np.zeros(10), ["a"], [0, 1], oof(10, 2), "2-D"),
+    ],
+)
+def test_bad_input_is_a_data_error(
+    x: np.ndarray, names: list[str], classes: list[int], proba: np.ndarray, message: str
+) -> None:
+    with pytest.raises(DataError, match=message):
+        build_reference(x, names, classes, proba, bootstrap=50)
+
+
+# --- thresholds and calibration ------------------------------------------------------------------
+
+
+def test_thresholds_are_at_least_the_chi_square_ones(ref200: Reference, ref50: Reference) -> None:
+    for name in NAMES5:
+        assert ref200.thresholds.psi[name] >= 26.0 / 200  # chi2(0.998, 9) ≈ 26.06
+        # At 50 rows the bootstrap (heavy tail from the eps floor) dominates chi-square.
+        assert ref50.thresholds.psi[name] > 1.5 * 26.0 / 50
+
+
+def test_false_alarms_at_200_rows(ref200: Reference) -> None:
+    assert alarm_rate(ref200, rows=200) <= 0.03
+
+
+def test_half_sigma_shift_is_detected_at_200_rows(ref200: Reference) -> None:
+    assert alarm_rate(ref200, rows=200, shift=0.5, seed=12) >= 0.90
+
+
+def test_nan_injection_is_detected(ref200: Reference) -> None:
+    assert alarm_rate(ref200, rows=200, nan_share=0.2, windows=50, seed=13) == 1.0
+
+
+def test_false_alarms_at_50_rows_with_thresholds_shipped_for_50(ref50: Reference) -> None:
+    assert alarm_rate(ref50, rows=50, seed=14) <= 0.03
+
+
+def test_false_alarms_at_50_rows_with_thresholds_shipped_for_200(ref200: Reference) -> None:
+    # The device recalibrates for a window size the bundle did not ship (time-based windows).
+    assert alarm_rate(ref200, rows=50, seed=15) <= 0.03
+
+
+def test_fixed_psi_rule_would_false_alarm_at_50_rows(ref50: Reference) -> None:
+    """Why the thresholds exist: "any feature PSI > 0.1" on the same null windows."""
+    rng = np.random.default_rng(16)
+    props = [f.proportions for f in ref50.features]
+    alarms = 0
+    for _ in range(300):
+        x = rng.standard_normal((50, 5))
+        alarms += any(
+            psi(p, np.bincount(bin_index(f.edges, x[:, j]), minlength=f.bins)) > 0.1
+            for j, (f, p) in enumerate(zip(ref50.features, props, strict=True))
+        )
+    assert alarms / 300 > 0.5
+
+
+def test_build_is_fast() -> None:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((500, 30))
+    x[:, :5] = np.round(x[:, :5] * 2)  # some tied features too
+    start = time.perf_counter()
+    build_reference(x, [f"c{i}" for i in range(30)], [0, 1, 2], oof(500, 3))
+    assert time.perf_counter() - start < 2.0

@@ -1,0 +1,527 @@
+"""Drift maths and the streaming window, checked against independent computations.
+
+Device-side only: references are written by hand here, so these tests need nothing beyond
+the agent's own dependencies (the host builder is tested in tests/unit/host/test_reference.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_agent.drift import (
+    MAX_EDGES,
+    DriftWindow,
+    Reference,
+    bin_index,
+    chi2_quantile,
+    js_distance,
+    null_psi_quantile,
+    psi,
+    psi_threshold,
+    reference_factor,
+    welford_merge,
+)
+from device_agent.errors import ProtocolError
+from device_agent.protocol import dumps
+
+# --- independent reference implementations (plain loops, no shared code) -----------------
+
+
+def naive_psi(ref: list[float], counts: list[int], eps: float = 1e-4) -> float:
+    n = sum(counts)
+    total = 0.0
+    for p, c in zip(ref, counts, strict=True):
+        q = max(c / n, eps)
+        p = max(p, eps)
+        total += (q - p) * math.log(q / p)
+    return total
+
+
+def naive_js(ref: list[float], counts: list[int]) -> float:
+    n = sum(counts)
+    s = sum(ref)
+    p = [r / s for r in ref]
+    q = [c / n for c in counts]
+    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
+
+    def kl(a: list[float], b: list[float]) -> float:
+        return sum(x * math.log2(x / y) for x, y in zip(a, b, strict=True) if x > 0)
+
+    return math.sqrt((kl(p, m) + kl(q, m)) / 2)
+
+
+# --- a hand-written reference ---------------------------------------------------------------
+
+DECILES = [NormalDist().inv_cdf(k / 10) for k in range(1, 10)]
+
+
+def feature(name: str, **over: Any) -> dict[str, Any]:
+    f: dict[str, Any] = {
+        "name": name,
+        "kind": "numeric",
+        "edges": list(DECILES),
+        "proportions": [0.1] * 10,
+        "mean": 0.0,
+        "std": 1.0,
+        "min": -3.5,
+        "max": 3.5,
+        "missing_rate": 0.0,
+    }
+    f.update(over)
+    return f
+
+
+def reference_obj(n_features: int = 3, window: int = 200, n: int = 2000, **feature_over: Any) -> dict[str, Any]:
+    names = [f"f{i}" for i in range(n_features)]
+    alpha = 0.01
+    return {
+        "format": 1,
+        "n": n,
+        "alpha": alpha,
+        "features": [feature(name, **feature_over) for name in names],
+        "prediction": {"kind": "classes", "labels": ["a", "b", "c"], "proportions": [0.5, 0.3, 0.2]},
+        "confidence": {
+            "edges": [0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+            "proportions": [0.05, 0.1, 0.15, 0.2, 0.2, 0.2, 0.1],
+            "mean": 0.72,
+        },
+        "thresholds": {
+            "window": window,
+            "psi": {name: 0.15 for name in names},
+            "prediction_psi": 0.06,
+            "z": NormalDist().inv_cdf(1 - alpha / (2 * n_features)),
+        },
+    }
+
+
+def make_window(obj: dict[str, Any] | None = None, window: int = 200) -> DriftWindow:
+    return DriftWindow(Reference.from_json(obj or reference_obj()), window=window, low_confidence=0.5)
+
+
+# --- PSI and JS -------------------------------------------------------------------------------
+
+
+def test_psi_and_js_hand_computed() -> None:
+    # q = [0.1, 0.2, 0.7] against p = [0.25, 0.25, 0.5]:
+    # PSI = (0.1-0.25)·ln(0.4) + (0.2-0.25)·ln(0.8) + (0.7-0.5)·ln(1.4)
+    #     = 0.1374436 + 0.0111572 + 0.0672944 = 0.2158952
+    assert psi([0.25, 0.25, 0.5], [10, 20, 70]) == pytest.approx(0.2158952346710763, abs=1e-12)
+    # M = [0.175, 0.225, 0.6]; KL(P||M) = 0.0351269, KL(Q||M) = 0.0409542 bits;
+    # JS distance = sqrt((0.0351269 + 0.0409542) / 2) = 0.1950398
+    assert js_distance([0.25, 0.25, 0.5], [10, 20, 70]) == pytest.approx(0.19503982425788832, abs=1e-12)
+
+
+HAND_PICKED = [
+    ([0.25] * 4, [10] * 4),  # identical: both zero
+    ([0.1] * 10, [0, 0, 0, 0, 0, 0, 0, 0, 0, 100]),  # everything in one bin
+    ([0.5, 0.5, 0.0], [0, 5, 5]),  # empty reference bin (eps floor) and empty window bin
+    ([1.0], [7]),  # a single bin never drifts
+    ([0.2, 0.3, 0.5], [1, 1, 1]),
+    ([0.999, 0.001], [1, 999]),
+]
+
+
+@pytest.mark.parametrize(("ref", "counts"), HAND_PICKED)
+def test_psi_js_match_naive_hand_picked(ref: list[float], counts: list[int]) -> None:
+    assert psi(ref, counts) == pytest.approx(naive_psi(ref, counts), abs=1e-9)
+    assert js_distance(ref, counts) == pytest.approx(naive_js(ref, counts), abs=1e-9)
+
+
+def test_psi_js_match_naive_random() -> None:
+    rng = np.random.default_rng(42)
+    for _ in range(300):
+        bins = int(rng.integers(2, 11))
+        ref = rng.dirichlet(np.full(bins, rng.uniform(0.2, 3.0)))
+        ref[rng.random(bins) < 0.1] = 0.0  # some empty reference bins
+        ref = ref / ref.sum()
+        counts = rng.multinomial(int(rng.integers(1, 500)), rng.dirichlet(np.ones(bins)))
+        assert psi(ref, counts) == pytest.approx(naive_psi(list(ref), list(counts)), abs=1e-9)
+        assert js_distance(ref, counts) == pytest.approx(naive_js(list(ref), list(counts)), abs=1e-9)
+
+
+def test_js_of_identical_distributions_is_exactly_zero() -> None:
+    # Ten 0.1s sum to 0.9999999999999999: the textbook formula leaves ~1e-16 of rounding in
+    # the divergence, which the square root turns into a distance of ~1e-8.
+    assert js_distance([0.1] * 10, [10] * 10) == 0.0
+    assert psi([0.1] * 10, [10] * 10) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_js_extremes() -> None:
+    assert js_distance([0.5, 0.5, 0.0], [0, 0, 9]) == pytest.approx(1.0, abs=1e-12)  # disjoint
+    # A subnormal proportion must neither vanish nor turn into -inf * 0.
+    assert js_distance([1.0, 5e-324], [0, 1]) == pytest.approx(1.0, abs=1e-12)
+    assert js_distance([1.0, 5e-324], [1, 0]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_psi_js_of_no_rows_is_zero() -> None:
+    assert psi([0.5, 0.5], [0, 0]) == 0.0
+    assert js_distance([0.5, 0.5], [0, 0]) == 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=10).filter(lambda v: sum(v) > 0),
+    st.data(),
+)
+def test_psi_nonnegative_js_bounded(weights: list[float], data: st.DataObject) -> None:
+    ref = [w / sum(weights) for w in weights]
+    counts = data.draw(st.lists(st.integers(0, 1000), min_size=len(ref), max_size=len(ref)))
+    assert psi(ref, counts) >= 0.0
+    assert 0.0 <= js_distance(ref, counts) <= 1.0
+
+
+# --- thresholds and Welford ---------------------------------------------------------------------
+
+
+def test_chi2_quantile() -> None:
+    assert chi2_quantile(0.99, 9) == pytest.approx(21.67, abs=0.2)
+    # Published chi-square 0.99 quantiles: Wilson-Hilferty is within 1 % of each.
+    for df, exact in [(1, 6.635), (2, 9.210), (3, 11.345), (5, 15.086), (9, 21.666), (20, 37.566)]:
+        assert chi2_quantile(0.99, df) == pytest.approx(exact, rel=0.01)
+    assert chi2_quantile(0.99, 0) == 0.0
+    assert psi_threshold(200, 10, 0.01) == pytest.approx(21.67 / 200, rel=0.01)
+    with pytest.raises(ValueError):
+        chi2_quantile(1.0, 3)
+
+
+def test_welford_merge_matches_numpy() -> None:
+    rng = np.random.default_rng(3)
+    data = rng.normal(5.0, 2.0, size=257)
+    for cut in (0, 1, 100, 257):
+        a, b = data[:cut], data[cut:]
+
+        def summary(x: np.ndarray) -> tuple[int, float, float]:
+            return (x.size, float(x.mean()) if x.size else 0.0, float(((x - x.mean()) ** 2).sum()) if x.size else 0.0)
+
+        n, mean, m2 = welford_merge(summary(a), summary(b))
+        assert n == data.size
+        assert mean == pytest.approx(data.mean(), rel=1e-12)
+        assert m2 / n == pytest.approx(data.var(), rel=1e-12)
+    assert welford_merge((0, 0.0, 0.0), (0, 0.0, 0.0)) == (0, 0.0, 0.0)
+
+
+def test_null_psi_quantile_is_deterministic_and_above_chi2_for_small_windows() -> None:
+    props = tuple([0.1] * 10)
+    a = null_psi_quantile(props, 50, 0.998)
+    null_psi_quantile.cache_clear()
+    assert null_psi_quantile(props, 50, 0.998) == a
+    # At 50 rows the eps floor makes the tail far heavier than chi-square predicts.
+    assert a > 1.5 * psi_threshold(50, 10, 0.002)
+    assert reference_factor(200, 2000) == pytest.approx(1.1)
+
+
+# --- binning -------------------------------------------------------------------------------------
+
+
+def edge_reference() -> dict[str, Any]:
+    obj = reference_obj(n_features=1)
+    obj["features"][0].update(edges=[0.0, 1.0, 2.0], proportions=[0.25] * 4, min=-1.0, max=3.0, mean=1.0, std=1.0)
+    return obj
+
+
+def test_binning_edges_nan_and_out_of_range() -> None:
+    w = make_window(edge_reference())
+    values = [0.0, 1.0, 2.0, -0.5, 0.5, math.nan, -5.0, 10.0, -1.0, 3.0, math.inf]
+    w.update(np.array(values).reshape(-1, 1))
+    f = w.report(min_rows=1)["features"]["f0"]
+    # 0.0, 1.0, 2.0 sit on edges and go to the bin above; -5 and 10 (and inf) are out of
+    # range but still counted in the end bins; -1 and 3 equal min/max: in range.
+    assert f["counts"] == [3, 2, 1, 4]  # [-0.5, -5, -1], [0, 0.5], [1], [2, 10, 3, inf]
+    assert f["missing"] == 1
+    assert f["out_of_range"] == 3
+    assert f["count"] == len(values) - 2  # moments skip NaN and inf
+    assert f["mean"] == pytest.approx(np.mean([0.0, 1.0, 2.0, -0.5, 0.5, -5.0, 10.0, -1.0, 3.0]))
+    assert sum(f["counts"]) + f["missing"] == w.n
+    json.loads(dumps(w.report()))
+
+
+def test_vectorised_binning_matches_searchsorted() -> None:
+    rng = np.random.default_rng(5)
+    obj = reference_obj(n_features=4)
+    edges = [sorted(rng.choice(np.arange(-5.0, 6.0), size=k, replace=False).tolist()) for k in (0, 1, 4, 9)]
+    for f, e in zip(obj["features"], edges, strict=True):
+        f.update(edges=e, proportions=[1.0 / (len(e) + 1)] * (len(e) + 1), min=-6.0, max=6.0)
+    # Lots of values exactly on edges, a few far outside, some NaN.
+    x = rng.integers(-7, 8, size=(500, 4)).astype(float)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    w = make_window(obj)
+    for start in range(0, 500, 64):
+        w.update(x[start : start + 64])
+    rep = w.report()
+    for j, e in enumerate(edges):
+        col = x[:, j][~np.isnan(x[:, j])]
+        expected = np.bincount(bin_index(e, col), minlength=len(e) + 1)
+        assert rep["features"][f"f{j}"]["counts"] == expected.tolist()
+
+
+# --- the window ---------------------------------------------------------------------------------
+
+
+def close(a: Any, b: Any, path: str = "") -> None:
+    """Equal structure and ints, floats equal to 1e-9 relative."""
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+def random_batch(rng: np.random.Generator, rows: int, shift: float = 0.0) -> tuple[np.ndarray, ...]:
+    x = rng.standard_normal((rows, 3)) + shift
+    x[rng.random(x.shape) < 0.03] = np.nan
+    return x, rng.integers(0, 3, rows), rng.uniform(0.3, 1.0, rows)
+
+
+def test_streaming_batches_equal_one_batch() -> None:
+    x, labels, conf = random_batch(np.random.default_rng(9), 200, shift=0.3)
+    whole = make_window()
+    whole.update(x, labels, conf)
+    parts = make_window()
+    for lo, hi in [(0, 1), (1, 64), (64, 64), (64, 128), (128, 190), (190, 200)]:
+        parts.update(x[lo:hi], labels[lo:hi], conf[lo:hi])
+    assert parts.n == whole.n == 200
+    close(parts.report(), whole.report())
+    rep = whole.report()
+    for name, f in rep["features"].items():
+        col = x[:, int(name[1:])]
+        present = col[~np.isnan(col)]
+        assert f["count"] == present.size
+        assert f["mean"] == pytest.approx(present.mean(), rel=1e-12)
+        assert f["m2"] == pytest.approx(((present - present.mean()) ** 2).sum(), rel=1e-12)
+    assert rep["prediction"]["counts"] == np.bincount(labels, minlength=3).tolist()
+    assert rep["low_confidence"] == int((conf < 0.5).sum())
+    assert rep["confidence"]["mean"] == pytest.approx(conf.mean())
+
+
+def test_report_is_strict_json_even_when_empty() -> None:
+    w = make_window()
+    rep = w.report()
+    assert rep["verdict"] == "insufficient"
+    assert rep["features"]["f0"]["mean"] is None and rep["confidence"]["mean"] is None
+    json.loads(dumps(rep))  # no NaN anywhere
+    x, labels, conf = random_batch(np.random.default_rng(1), 100)
+    w.update(x, labels, conf)
+    json.loads(dumps(w.report()))
+    w.reset()
+    assert w.n == 0 and w.report()["features"]["f0"]["counts"] == [0] * 10
+
+
+def test_insufficient_rows_flag_nothing() -> None:
+    w = make_window()
+    w.update(np.full((20, 3), 50.0))  # wildly off, but only 20 rows
+    rep = w.report(min_rows=30)
+    assert rep["verdict"] == "insufficient" and rep["drifted"] == []
+    assert not any(f["drifted"] for f in rep["features"].values())
+    assert w.report(min_rows=10)["verdict"] == "drift"
+
+
+def test_missing_values_are_a_drift_signal() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 3))
+    x[:40, 1] = np.nan  # 20 % missing in a feature that never had any
+    w = make_window()
+    w.update(x)
+    rep = w.report()
+    assert rep["drifted"] == ["f1"] and rep["verdict"] == "drift"
+    assert rep["features"]["f1"]["missing"] == 40
+    # A reference that already had 20 % missing values sees nothing unusual.
+    w = make_window(reference_obj(missing_rate=0.2))
+    w.update(x)
+    assert not w.report()["features"]["f1"]["drifted"]
+
+
+def test_prediction_drift_is_reported_but_not_the_verdict() -> None:
+    rng = np.random.default_rng(4)
+    w = make_window()
+    w.update(rng.standard_normal((200, 3)), np.full(200, 2), rng.uniform(0.5, 1.0, 200))
+    rep = w.report()
+    assert rep["prediction"]["drifted"]
+    assert rep["verdict"] == "ok"
+
+
+def test_constant_reference_feature() -> None:
+    obj = reference_obj(n_features=1)
+    obj["features"][0].update(edges=[], proportions=[1.0], mean=4.0, std=0.0, min=4.0, max=4.0)
+    w = make_window(obj)
+    w.update(np.full((50, 1), 4.0))
+    f = w.report()["features"]["f0"]
+    assert not f["drifted"] and f["z"] == 0.0
+    w.update(np.full((1, 1), 4.5))
+    f = w.report()["features"]["f0"]
+    assert f["drifted"] and f["z"] is None and f["psi"] == 0.0
+
+
+def test_thresholds_follow_the_window_size() -> None:
+    obj = reference_obj(window=200)
+    rng = np.random.default_rng(6)
+    w = make_window(obj)
+    w.update(rng.standard_normal((200, 3)))
+    assert w.report()["thresholds"]["psi"]["f0"] == 0.15  # shipped, calibrated for 200 rows
+    w.reset()
+    w.update(rng.standard_normal((50, 3)))
+    small = w.report()["thresholds"]["psi"]["f0"]
+    w.reset()
+    w.update(rng.standard_normal((400, 3)))
+    large = w.report()["thresholds"]["psi"]["f0"]
+    alpha_f = 0.01 / 3
+    assert small > psi_threshold(50, 10, alpha_f) * reference_factor(50, 2000)
+    assert large >= psi_threshold(400, 10, alpha_f) * reference_factor(400, 2000)
+    assert small > large
+
+
+def test_update_rejects_bad_batches_without_changing_state() -> None:
+    w = make_window()
+    w.update(np.zeros((5, 3)))
+    before = w.report()
+    bad: list[Callable[[], None]] = [
+        lambda: w.update(np.zeros((4, 2))),
+        lambda: w.update(np.zeros(3)),
+        lambda: w.update(np.zeros((4, 3)), np.array([0, 1, 2, 3])),
+        lambda: w.update(np.zeros((4, 3)), np.array([0, 1, -1, 0])),
+        lambda: w.update(np.zeros((4, 3)), np.array([0, 1])),
+        lambda: w.update(np.zeros((4, 3)), np.array([0.0, 1.0, 0.0, 0.0])),
+        lambda: w.update(np.zeros((4, 3)), None, np.ones(3)),
+    ]
+    for call in bad:
+        with pytest.raises(ValueError):
+            call()
+    assert w.report() == before
+
+
+def test_window_full() -> None:
+    w = make_window(window=100)
+    w.update(np.zeros((64, 3)))
+    assert not w.full
+    w.update(np.zeros((64, 3)))
+    assert w.full and w.n == 128
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.one_of(st.floats(-10, 10), st.just(math.nan)), min_size=3, max_size=3),
+        min_size=0,
+        max_size=80,
+    )
+)
+def test_counts_and_missing_sum_to_rows(rows: list[list[float]]) -> None:
+    w = make_window()
+    w.update(np.array(rows, dtype=float).reshape(-1, 3))
+    rep = w.report(min_rows=1)
+    for f in rep["features"].values():
+        assert sum(f["counts"]) + f["missing"] == rep["n"] == len(rows)
+        assert f["psi"] >= 0.0 and 0.0 <= f["js"] <= 1.0
+
+
+# --- reference.json validation -----------------------------------------------------------------
+
+
+def test_reference_round_trip() -> None:
+    obj = reference_obj()
+    ref = Reference.from_json(obj)
+    assert ref.to_json() == obj
+    assert ref.names == ("f0", "f1", "f2")
+    assert Reference.from_json(json.loads(dumps(ref.to_json()))) == ref
+
+
+def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(obj: dict[str, Any]) -> None:
+        target: Any = obj
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return mutate
+
+
+def _delete(path: list[Any]) -> Callable[[dict[str, Any]], None]:
+    def mutate(obj: dict[str, Any]) -> None:
+        target: Any = obj
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+
+    return mutate
+
+
+def _two_features_named_alike(obj: dict[str, Any]) -> None:
+    obj["features"][1]["name"] = "f0"
+
+
+BAD: dict[str, Callable[[dict[str, Any]], None]] = {
+    "format 2": _set(["format"], 2),
+    "format true": _set(["format"], True),
+    "no features": _delete(["features"]),
+    "empty features": _set(["features"], []),
+    "no thresholds": _delete(["thresholds"]),
+    "no prediction": _delete(["prediction"]),
+    "no confidence": _delete(["confidence"]),
+    "n zero": _set(["n"], 0),
+    "n bool": _set(["n"], True),
+    "alpha 0": _set(["alpha"], 0.0),
+    "alpha nan": _set(["alpha"], math.nan),
+    "feature not object": _set(["features", 0], "f0"),
+    "feature no edges": _delete(["features", 0, "edges"]),
+    "feature no std": _delete(["features", 0, "std"]),
+    "feature categorical": _set(["features", 0, "kind"], "categorical"),
+    "feature empty name": _set(["features", 0, "name"], ""),
+    "edges tied": _set(["features", 0, "edges"], [0.0, 0.0, 1.0]),
+    "edges decreasing": _set(["features", 0, "edges"], [1.0, 0.0]),
+    "edges too many": _set(["features", 0, "edges"], [float(i) for i in range(MAX_EDGES + 1)]),
+    "edges infinite": _set(["features", 0, "edges"], [0.0, math.inf]),
+    "edges strings": _set(["features", 0, "edges"], ["0", "1"]),
+    "proportions short": _set(["features", 0, "proportions"], [0.1] * 9),
+    "proportions sum": _set(["features", 0, "proportions"], [0.1] * 9 + [0.2]),
+    "proportions negative": _set(["features", 0, "proportions"], [-0.1, 0.3, *[0.1] * 8]),
+    "proportions nan": _set(["features", 0, "proportions"], [math.nan, *[0.1] * 9]),
+    "mean nan": _set(["features", 0, "mean"], math.nan),
+    "mean inf": _set(["features", 0, "mean"], math.inf),
+    "std negative": _set(["features", 0, "std"], -1.0),
+    "min above max": _set(["features", 0, "min"], 9.0),
+    "missing rate above 1": _set(["features", 0, "missing_rate"], 1.5),
+    "duplicate feature names": _two_features_named_alike,
+    "prediction kind": _set(["prediction", "kind"], "bins"),
+    "prediction labels duplicate": _set(["prediction", "labels"], ["a", "a", "c"]),
+    "prediction labels null": _set(["prediction", "labels"], ["a", None, "c"]),
+    "prediction proportions length": _set(["prediction", "proportions"], [0.5, 0.5]),
+    "confidence mean above 1": _set(["confidence", "mean"], 1.2),
+    "confidence edges tied": _set(["confidence", "edges"], [0.4, 0.4, 0.6, 0.7, 0.8, 0.9]),
+    "thresholds window 0": _set(["thresholds", "window"], 0),
+    "thresholds psi missing a feature": _delete(["thresholds", "psi", "f2"]),
+    "thresholds psi unknown feature": _set(["thresholds", "psi", "zz"], 0.1),
+    "thresholds psi negative": _set(["thresholds", "psi", "f0"], -0.1),
+    "thresholds z missing": _delete(["thresholds", "z"]),
+    "thresholds prediction_psi inf": _set(["thresholds", "prediction_psi"], math.inf),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_from_json_rejects_malformed(case: str) -> None:
+    obj = copy.deepcopy(reference_obj())
+    BAD[case](obj)
+    with pytest.raises(ProtocolError) as err:
+        Reference.from_json(obj)
+    assert err.value.detail.startswith("reference")
+
+
+def test_from_json_rejects_non_object() -> None:
+    with pytest.raises(ProtocolError):
+        Reference.from_json([reference_obj()])
