@@ -7,7 +7,9 @@ opens a file or a socket, so the same code verifies on the device, on the host
 (``edgekit verify``) and in tests that play the attacker.
 
 Verification order: size limits → member structure → signature with a trusted key →
-strict JSON → name / compat / expiry → version floor → each file's size and hash.
+strict JSON → name / compat / expiry → each file's size and hash → version floor. Integrity
+comes before the version policy so that a modified file is reported as exactly that
+(hash mismatch), not as a "different bundle with the same version".
 """
 
 from __future__ import annotations
@@ -280,14 +282,6 @@ def verify(
         if expired:
             raise Expired(f"bundle {name} v{version} expired at {expires}")
 
-    digest = sha256_hex(data)
-    held = (floor or {}).get(name)
-    if held is not None:
-        if version < held.version:
-            raise VersionRollback(f"bundle {name} v{version} is older than v{held.version}, already accepted")
-        if version == held.version and digest != held.sha256:
-            raise VersionConflict(f"bundle {name} v{version} differs from the v{version} already accepted")
-
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         raise ManifestInvalid("manifest 'files' must be an object")
@@ -307,6 +301,14 @@ def verify(
         if entry.get("sha256") != sha256_hex(blob):
             raise HashMismatch(f"{fname} does not match its SHA-256 in the manifest")
         files[fname] = blob
+    digest = sha256_hex(data)
+    held = (floor or {}).get(name)
+    if held is not None:
+        if version < held.version:
+            raise VersionRollback(f"bundle {name} v{version} is older than v{held.version}, already accepted")
+        if version == held.version and digest != held.sha256:
+            raise VersionConflict(f"bundle {name} v{version} differs from the v{version} already accepted")
+
     missing = [f for f in REQUIRED_FILES if f not in files]
     if missing:
         raise ManifestInvalid(f"bundle lacks required files: {', '.join(missing)}")

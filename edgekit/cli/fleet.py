@@ -21,6 +21,7 @@ from .output import ago, emit, json_option, progress_printer, table
 @click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
 @click.option("--key", "key_name", default=None, help="Deploy key (default: the workspace's only 'deploy' key).")
 @click.option("--wait", type=float, default=0.0, help="Wait up to N seconds for the devices to report.")
+@click.option("--force", is_flag=True, help="Skip the host-side verification (devices still verify).")
 @json_option
 def deploy_cmd(
     bundle: str,
@@ -29,6 +30,7 @@ def deploy_cmd(
     broker: str | None,
     key_name: str | None,
     wait: float,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Publish a bundle to the broker and point a device or a group at it.
@@ -46,6 +48,7 @@ def deploy_cmd(
         Target(device, group),
         bundle_key,
         deploy_key,
+        trust=None if force else keys.trust_file(ws),
         wait=wait,
         progress=progress_printer(not as_json),
     )
