@@ -108,8 +108,8 @@ def test_bad_inputs_are_reported_and_the_model_keeps_serving(host: HostSetup, br
         rejected = [c for c in watcher.codes("b1") if c.startswith("bundle.") and c != "bundle.activated"]
         assert rejected[0] in ("bundle.hash_mismatch", "bundle.bad_signature")
         assert agent.ask(host.rows[0])["bundle"] == "wine@1"
-        s = _status(broker)["b1"]
-        assert s["active"]["version"] == 1 and s["phase"] == "failed"
+        s = wait_until(lambda: (st := _status(broker)["b1"])["phase"] == "failed" and st, what="phase failed")
+        assert s["active"]["version"] == 1
         assert s["last_error"]["code"] == rejected[0]
         # The real v2 still installs afterwards.
         _deploy(host, broker, host.bundles[2], Target(device="b1"))
