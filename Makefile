@@ -23,6 +23,7 @@ test: $(STAMP) mosquitto
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy edgekit device_agent
 
 bench: $(STAMP)

@@ -216,7 +216,16 @@ def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
             if total > len(data):
                 raise BundleMalformed("members claim more bytes than the archive holds")
             members[name] = _stored_bytes(data, info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        NotImplementedError,  # e.g. an unknown "version needed to extract"
+        struct.error,
+    ) as exc:
         raise BundleMalformed(f"not a readable bundle archive: {exc}") from None
     return members
 
@@ -271,7 +280,9 @@ def verify(
     if not isinstance(compat, dict):
         raise ManifestInvalid("manifest 'compat' must be an object")
     min_agent = compat.get("min_agent")
-    if isinstance(min_agent, str) and _version_tuple(min_agent) > _version_tuple(agent_version):
+    if min_agent is not None and not isinstance(min_agent, str):
+        raise ManifestInvalid("manifest 'compat.min_agent' must be a version string")
+    if min_agent is not None and _version_tuple(min_agent) > _version_tuple(agent_version):
         raise Incompatible(f"bundle needs agent {min_agent} or newer; this is {agent_version}")
     expires = manifest.get("expires")
     if expires is not None:

@@ -79,6 +79,11 @@ class Stopping:
     reason: str = "shutdown"
 
 
+# Failures that say nothing against the bundle itself: retried when the retained desired
+# state is redelivered (after a reconnect), not only when a newer document asks again.
+TRANSIENT = frozenset({"transfer.timeout", "storage.failed", "install.failed"})
+CHUNK_RETRY_S = 5.0  # a chunk that failed its hash is asked for again after this long
+
 Event = Connected | Disconnected | Message | Tick | RowRejected | DriftReady | InstallDone | Stopping
 
 # ── actions ─────────────────────────────────────────────────────────────────────────
@@ -218,6 +223,7 @@ class AgentCore:
         self.goal: Desired | None = None
         self.transfer: Assembly | None = None
         self.inflight: set[int] = set()
+        self.retry_at: dict[int, float] = {}  # chunk index -> when a bad chunk may be asked for again
         self.last_progress = 0.0
         self.last_error: dict[str, Any] | None = None
         self.last_drift: dict[str, Any] | None = None
@@ -321,10 +327,11 @@ class AgentCore:
             self._fail_event(out, now, TrustError.code, self.trust_error or "no trust file")
         if self.goal is not None and self.phase == DOWNLOADING:
             self.inflight.clear()
+            self.last_progress = now  # time offline does not count against the transfer
             if self.transfer is None:
                 out.append(Subscribe((self.topics.bundle_manifest(self.goal.name, self.goal.version),)))
             else:
-                self._request_chunks(out)
+                self._request_chunks(out, now)
         self._reported_dirty = True
 
     # ── messages ────────────────────────────────────────────────────────────────────
@@ -352,8 +359,9 @@ class AgentCore:
             self._fail_event(out, now, exc.code, f"{topic}: {exc.detail}")
 
     def _on_desired(self, target: str, payload: bytes, now: float, out: list[Action]) -> None:
-        if not payload:  # retained document cleared by the host
-            self.desired.pop(target, None)
+        if not payload:  # retained document cleared by the host: fall back to what remains
+            if self.desired.pop(target, None) is not None:
+                self._pursue(now, out, retry=False)
             return
         if self.trust is None:
             raise TrustError(self.trust_error or "no trust file: desired state cannot be verified")
@@ -364,7 +372,9 @@ class AgentCore:
         if aimed != (f"device:{self.device}" if target == "device" else target):
             raise DesiredRejected(f"document is addressed to {aimed!r}, not to this topic's {target!r}")
         expires = body.get("expires")
-        if isinstance(expires, (int, float)) and not isinstance(expires, bool) and expires <= now:
+        if expires is not None and (not isinstance(expires, (int, float)) or isinstance(expires, bool)):
+            raise DesiredRejected("desired state 'expires' must be a Unix time in seconds")
+        if expires is not None and expires <= now:
             raise DesiredRejected(f"desired state seq {seq} expired")
         known = self.desired_seq.get(target, 0)
         if seq < known:
@@ -397,6 +407,8 @@ class AgentCore:
         goal = self._effective()
         if goal is None:
             return
+        if self.phase in (VERIFYING, INSTALLING):
+            return  # the install under way finishes first; InstallDone pursues the newest goal
         if self.active is not None and self.active.get("sha256") == goal.sha256:
             if self.goal is not None and self.goal != goal:
                 self._abandon(out)
@@ -408,7 +420,8 @@ class AgentCore:
             self.goal = goal
             if self.phase in (DOWNLOADING, VERIFYING, INSTALLING):
                 return  # already on its way
-            failed_here = self.last_error is not None and self.last_error.get("sha256") == goal.sha256
+            err = self.last_error or {}
+            failed_here = err.get("sha256") == goal.sha256 and err.get("code") not in TRANSIENT
             if self.phase == FAILED and failed_here and not retry:
                 return  # this exact bundle already failed; wait for a new desired state
         held = self.floor.get(goal.name)
@@ -437,6 +450,7 @@ class AgentCore:
         out.append(Unsubscribe(tuple(topics)))
         self.transfer = None
         self.inflight.clear()
+        self.retry_at.clear()
 
     def _on_transfer_doc(self, payload: bytes, now: float, out: list[Action]) -> None:
         goal = self.goal
@@ -466,14 +480,15 @@ class AgentCore:
         self.transfer = Assembly(info)
         self.last_progress = now
         self._reported_dirty = True
-        self._request_chunks(out)
+        self._request_chunks(out, now)
 
-    def _request_chunks(self, out: list[Action]) -> None:
+    def _request_chunks(self, out: list[Action], now: float) -> None:
         assert self.transfer is not None and self.goal is not None
         room = self.chunk_window - len(self.inflight)
         if room <= 0:
             return
-        wanted = self.transfer.missing(room, exclude=self.inflight)
+        waiting = {i for i, t in self.retry_at.items() if t > now}
+        wanted = self.transfer.missing(room, exclude=self.inflight | waiting)
         if wanted:
             self.inflight.update(wanted)
             out.append(Subscribe(tuple(self.topics.bundle_chunk(self.goal.name, self.goal.version, i) for i in wanted)))
@@ -492,12 +507,14 @@ class AgentCore:
                 self.last_progress = now
                 self._reported_dirty = True
         except ChunkRejected as exc:
-            # Counted and reported; the chunk is asked for again on the next window.
+            # Counted and reported; asked for again after a pause, so a bad retained copy
+            # cannot make the device loop (the transfer timeout bounds the whole attempt).
+            self.retry_at[index] = now + CHUNK_RETRY_S
             self._fail_event(out, now, exc.code, exc.detail)
         if transfer.complete:
             self._finish_transfer(now, out)
         else:
-            self._request_chunks(out)
+            self._request_chunks(out, now)
 
     def _finish_transfer(self, now: float, out: list[Action]) -> None:
         assert self.transfer is not None and self.goal is not None
@@ -505,6 +522,7 @@ class AgentCore:
         data = self.transfer.assemble()
         self.transfer = None
         self.inflight.clear()
+        self.retry_at.clear()
         self._phase(VERIFYING)
         try:
             if hashlib.sha256(data).hexdigest() != goal.sha256:
@@ -528,6 +546,9 @@ class AgentCore:
             return
         if not event.ok:
             self._fail(out, now, event.code, event.detail, goal.sha256)
+            newest = self._effective()
+            if newest is not None and newest.sha256 != goal.sha256:
+                self._pursue(now, out, retry=False)  # a newer desired state arrived meanwhile
             return
         ref = {"name": goal.name, "version": goal.version, "sha256": goal.sha256}
         if self.active is not None and self.active.get("sha256") != goal.sha256:
@@ -539,12 +560,20 @@ class AgentCore:
         self.last_error = None
         self._phase(ACTIVE)
         self._event(out, now, "bundle.activated", f"{goal.name} v{goal.version} is active", ref)
+        self._pursue(now, out, retry=False)
 
     # ── periodic work ───────────────────────────────────────────────────────────────
 
     def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
         self.stats = event.stats
-        if self.phase == DOWNLOADING and self.goal is not None and now - self.last_progress > self.transfer_timeout:
+        if self.connected and self.phase == DOWNLOADING and self.transfer is not None and self.retry_at:
+            self._request_chunks(out, now)
+        if (
+            self.connected
+            and self.phase == DOWNLOADING
+            and self.goal is not None
+            and now - self.last_progress > self.transfer_timeout
+        ):
             goal = self.goal
             self._abandon(out)
             self.goal = goal

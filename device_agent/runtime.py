@@ -20,6 +20,7 @@ from .bundle import HEALTH, MODEL, ModelSpec, VerifiedBundle
 from .errors import BadValue, HealthCheckFailed, InferenceFailed, ModelLoadFailed, NotFinite, ProtocolError, WrongShape
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+_OVERFLOW = "the model's output is not finite: an input value is probably outside the model's float range"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,13 @@ class LoadedModel:
         self._is_classifier = self.spec.task == "classification"
 
     def to_array(self, row: Sequence[Any]) -> np.ndarray:
-        """Validate one row and return it as a (1, F) array, or raise a RowError."""
+        """Validate one row and return it as a (1, F) array, or raise a RowError.
+
+        Numbers (booleans count as 0/1, as JSON and CSV sources produce them) are accepted;
+        None, strings, NaN and infinity are not. The fast path is one Python ``sum`` whose
+        finiteness stands for every value's; only a row that fails it is looked at value by
+        value (a sum can overflow where no single value does).
+        """
         if not isinstance(row, (list, tuple)):
             raise WrongShape(f"a row must be a list of {self.n_features} numbers")
         if len(row) != self.n_features:
@@ -71,20 +78,27 @@ class LoadedModel:
         try:
             total = sum(row)
             x = np.array(row, dtype=self._dtype)
-        except (TypeError, ValueError):
-            raise self._explain_bad_value(row) from None
-        if not math.isfinite(total) or x.ndim != 1:
-            raise self._explain_bad_value(row)
+        except (TypeError, ValueError, OverflowError):
+            raise self._first_bad_value(row) or BadValue("row could not be converted to numbers") from None
+        if x.ndim != 1:
+            raise BadValue("row values must be numbers, not lists")
+        if not math.isfinite(total):
+            err = self._first_bad_value(row)
+            if err is not None:
+                raise err
         return x.reshape(1, self.n_features)
 
-    def _explain_bad_value(self, row: Sequence[Any]) -> BadValue | NotFinite:
+    def _first_bad_value(self, row: Sequence[Any]) -> BadValue | NotFinite | None:
+        """The slow path: name the first value that is not a finite number, if any."""
         for feature, value in zip(self.spec.features, row, strict=False):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not isinstance(value, (int, float)):
                 shown = "null" if value is None else repr(value)[:40]
                 return BadValue(f"feature {feature.name!r} is {shown}; this model needs a number")
+            if isinstance(value, int) and abs(value) > 1e300:
+                return BadValue(f"feature {feature.name!r} is an integer too large for this model")
             if not math.isfinite(value):
                 return NotFinite(f"feature {feature.name!r} is {value}; this model does not accept NaN or infinity")
-        return BadValue("row could not be converted to numbers")
+        return None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         try:
@@ -101,8 +115,14 @@ class LoadedModel:
         if self._is_classifier:
             probs = out[0]
             idx = int(probs.argmax())
-            return Prediction(self._classes[idx], idx, float(probs[idx]), probs)
-        return Prediction(float(out.reshape(-1)[0]), -1, math.nan, None)
+            confidence = float(probs[idx])
+            if not math.isfinite(confidence):
+                raise NotFinite(_OVERFLOW)
+            return Prediction(self._classes[idx], idx, confidence, probs)
+        value = float(out.reshape(-1)[0])
+        if not math.isfinite(value):
+            raise NotFinite(_OVERFLOW)
+        return Prediction(value, -1, math.nan, None)
 
     def health_check(self, atol: float = 1e-4) -> int:
         """Run the bundle's health samples; raise HealthCheckFailed unless the host's answers reproduce."""
@@ -126,9 +146,7 @@ class LoadedModel:
                 abs(float(pred.label) - float(expected)) > atol if pred.class_index < 0 else pred.label != expected
             )
             if mismatch:
-                raise HealthCheckFailed(
-                    f"health sample {i}: model says {pred.label!r}, the host computed {expected!r}"
-                )
+                raise HealthCheckFailed(f"health sample {i}: model says {pred.label!r}, the host computed {expected!r}")
             if expected_proba is not None and pred.probabilities is not None:
                 diff = float(np.max(np.abs(pred.probabilities - np.asarray(expected_proba[i]))))
                 if not diff <= atol:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .engine import InferenceEngine
-from .errors import BadValue, RowError, WrongShape
+from .errors import BadValue, InferenceFailed, RowError, WrongShape
 
 
 def _as_row(obj: Any, engine: InferenceEngine) -> tuple[Any, list[Any]]:
@@ -41,6 +41,10 @@ def answer(engine: InferenceEngine, rid: Any, row: list[Any]) -> dict[str, Any]:
         pred = engine.serve(row)
     except RowError as exc:
         out: dict[str, Any] = {"error": exc.code, "detail": exc.detail}
+    except Exception as exc:  # the input loop must outlive any single row
+        err = InferenceFailed(f"unexpected error serving the row: {type(exc).__name__}: {exc}")
+        engine.reject(err)
+        out = {"error": err.code, "detail": err.detail}
     else:
         model = engine.model
         out = {"prediction": pred.label}

@@ -76,7 +76,8 @@ class Trust:
         try:
             doc = loads_object(data, MAX_TRUST_BYTES, "trust file")
             entries = doc.get("keys")
-            if doc.get("format") != 1 or not isinstance(entries, list) or not entries:
+            fmt = doc.get("format")
+            if type(fmt) is not int or fmt != 1 or not isinstance(entries, list) or not entries:
                 raise ProtocolError("trust file needs format 1 and a non-empty 'keys' list")
             keys: dict[str, TrustedKey] = {}
             for entry in entries:

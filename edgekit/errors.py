@@ -1,12 +1,12 @@
 """Errors the user sees: one line that says what is wrong and what to do.
 
-    EdgekitError            base; the CLI prints ``error: <message>`` and exits with ``exit_code``
-     ├── WorkspaceError     no workspace, bad edgekit.toml, unknown run / key / bundle
-     ├── DataError          the table cannot train a model (missing target, bad values, too few rows)
-     ├── ConversionError    ONNX conversion failed or the parity gate refused the model
-     ├── QuantizationError  the quantizer itself failed (a gate refusal is a report, not an error)
-     ├── BundleBuildError   a bundle cannot be built or verified on the host
-     └── FleetError         the broker is unreachable or the fleet did not answer in time
+EdgekitError            base; the CLI prints ``error: <message>`` and exits with ``exit_code``
+ ├── WorkspaceError     no workspace, bad edgekit.toml, unknown run / key / bundle
+ ├── DataError          the table cannot train a model (missing target, bad values, too few rows)
+ ├── ConversionError    ONNX conversion failed or the parity gate refused the model
+ ├── QuantizationError  the quantizer itself failed (a gate refusal is a report, not an error)
+ ├── BundleBuildError   a bundle cannot be built or verified on the host
+ └── FleetError         the broker is unreachable or the fleet did not answer in time
 """
 
 from __future__ import annotations

@@ -1,0 +1,773 @@
+"""AgentCore driven with events, asserting the actions it returns: no broker, no I/O.
+
+The broker is played by the tests: whatever the core subscribes to is delivered as a
+retained message, so the chunk window and re-requests are exercised the way mosquitto
+would exercise them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+from bundle_factory import (
+    BUNDLE_KEY,
+    DEPLOY_KEY,
+    NOW,
+    STRANGER_KEY,
+    Built,
+    desired_payload,
+    flip,
+    make_bundle,
+    make_trust,
+    transfer_payload,
+    valid_bundle,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_agent.bundle import FloorEntry
+from device_agent.core import (
+    ACTIVE,
+    CHUNK_RETRY_S,
+    DOWNLOADING,
+    FAILED,
+    IDLE,
+    INSTALLING,
+    TRANSITIONS,
+    VERIFYING,
+    Action,
+    AgentCore,
+    Connected,
+    Disconnected,
+    Install,
+    InstallDone,
+    Message,
+    Persist,
+    Persisted,
+    Publish,
+    RowRejected,
+    Send,
+    Stopping,
+    Subscribe,
+    Tick,
+    Unsubscribe,
+)
+from device_agent.protocol import Topics
+from device_agent.trust import DESIRED_DOMAIN, Trust, seal
+
+DEV = "dev1"
+GROUP = "g1"
+T = Topics()
+CHUNK = 512  # bytes: a ~5 KB bundle becomes ~11 chunks
+WINDOW = 4
+TIMEOUT = 60.0
+HB = 5.0
+
+V1 = valid_bundle("demo", 1)
+V2 = valid_bundle("demo", 2)
+
+
+def new_core(
+    *, trust: Trust | None = None, untrusted: bool = False, persisted: Persisted | None = None, **kw: Any
+) -> AgentCore:
+    return AgentCore(
+        DEV,
+        trust=None if untrusted else (trust or make_trust()),
+        persisted=persisted or Persisted(),
+        boot_id="boot-1",
+        groups=(GROUP,),
+        heartbeat_interval=HB,
+        chunk_window=WINDOW,
+        transfer_timeout=TIMEOUT,
+        reported_min_interval=0.0,
+        trust_error="trust file missing" if untrusted else "",
+        **kw,
+    )
+
+
+def active_ref(built: Built) -> dict[str, Any]:
+    return {"name": built.name, "version": built.version, "sha256": built.sha256}
+
+
+def on_v1(**kw: Any) -> AgentCore:
+    """A connected core that already serves V1 (persisted), floor at V1."""
+    core = new_core(
+        persisted=Persisted(active=active_ref(V1), floor={"demo": FloorEntry(1, V1.sha256)}, desired_seq={}),
+        **kw,
+    )
+    core.handle(Connected(), NOW)
+    return core
+
+
+# ── reading actions ──────────────────────────────────────────────────────────────────
+
+
+def of_type(actions: Iterable[Action], cls: type | tuple[type, ...]) -> list[Any]:
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def subscribed(actions: Iterable[Action]) -> list[str]:
+    return [t for a in of_type(actions, Subscribe) for t in a.topics]
+
+
+def unsubscribed(actions: Iterable[Action]) -> list[str]:
+    return [t for a in of_type(actions, Unsubscribe) for t in a.topics]
+
+
+def events(actions: Iterable[Action]) -> list[dict[str, Any]]:
+    sends = [a for a in of_type(actions, Send) if a.topic == T.events(DEV)]
+    return [json.loads(a.payload) for a in sends]
+
+
+def codes(actions: Iterable[Action]) -> list[str]:
+    return [e["code"] for e in events(actions)]
+
+
+def published(actions: Iterable[Action], topic: str) -> list[Publish]:
+    return [a for a in of_type(actions, Publish) if a.topic == topic]
+
+
+def chunk_indices(topics: Sequence[str]) -> list[int]:
+    out = []
+    for t in topics:
+        parsed = T.parse_chunk_topic(t)
+        if parsed is not None:
+            out.append(parsed[2])
+    return out
+
+
+# ── driving ──────────────────────────────────────────────────────────────────────────
+
+
+def desire(core: AgentCore, built: Built, now: float = NOW, *, topic: str | None = None, **kw: Any) -> list[Action]:
+    return core.handle(Message(topic or T.desired_device(DEV), desired_payload(built, **kw), True), now)
+
+
+def send_transfer_doc(core: AgentCore, built: Built, now: float = NOW, **kw: Any) -> tuple[list[Action], list[bytes]]:
+    doc, parts = transfer_payload(built, CHUNK, **kw)
+    return core.handle(Message(T.bundle_manifest(built.name, built.version), doc, True), now), parts
+
+
+def pull(
+    core: AgentCore,
+    built: Built,
+    now: float = NOW,
+    *,
+    tamper_once: set[int] | None = None,
+    max_inflight: list[int] | None = None,
+) -> list[Action]:
+    """Play the broker: deliver the transfer doc, then every chunk topic the core subscribes to,
+    until it stops asking. ``tamper_once``: indices whose first delivery is corrupted."""
+    first, parts = send_transfer_doc(core, built, now)
+    actions = list(first)
+    pending = deque(chunk_indices(subscribed(first)))
+    inflight = set(pending)
+    spoiled = set(tamper_once or ())
+    peak = len(inflight)
+    while pending:
+        i = pending.popleft()
+        payload = parts[i]
+        if i in spoiled:
+            spoiled.discard(i)
+            payload = flip(payload, 0)
+        acts = core.handle(Message(T.bundle_chunk(built.name, built.version, i), payload, True), now)
+        actions += acts
+        inflight -= set(chunk_indices(unsubscribed(acts)))
+        new = chunk_indices(subscribed(acts))
+        inflight |= set(new)
+        peak = max(peak, len(inflight))
+        pending.extend(new)
+        if not pending and core.phase == DOWNLOADING and core.transfer is not None:
+            now += CHUNK_RETRY_S + 0.1  # bad chunks are asked for again after a pause
+            acts = core.handle(Tick(), now)
+            actions += acts
+            new = chunk_indices(subscribed(acts))
+            inflight |= set(new)
+            pending.extend(new)
+    if max_inflight is not None:
+        max_inflight.append(peak)
+    return actions
+
+
+def deploy(core: AgentCore, built: Built, now: float = NOW, **kw: Any) -> list[Action]:
+    """Desired → transfer → all chunks; returns every action (ends with Install if all is well)."""
+    return desire(core, built, now, **kw) + pull(core, built, now)
+
+
+# ── connection ───────────────────────────────────────────────────────────────────────
+
+
+def test_connected_publishes_birth_and_subscribes_to_desired() -> None:
+    core = new_core()
+    out = core.handle(Connected(), NOW)
+    births = published(out, T.state(DEV))
+    assert len(births) == 1
+    birth = births[0]
+    assert birth.retain is True and birth.qos == 1
+    doc = json.loads(birth.payload)
+    assert doc["online"] is True
+    assert doc["boot_id"] == "boot-1"
+    assert doc["groups"] == [GROUP]
+    assert doc["active"] is None
+    assert set(subscribed(out)) == {T.desired_device(DEV), T.desired_group(GROUP)}
+    assert events(out) == []
+    reported = published(out, T.reported(DEV))
+    assert reported and reported[-1].retain and json.loads(reported[-1].payload)["phase"] == IDLE
+
+
+def test_will_payload_says_offline() -> None:
+    doc = json.loads(new_core().will_payload())
+    assert doc["online"] is False and doc["boot_id"] == "boot-1"
+
+
+def test_stopping_publishes_offline_state_retained() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    out = core.handle(Stopping("test"), NOW + 1)
+    states = published(out, T.state(DEV))
+    assert len(states) == 1 and states[0].retain is True
+    doc = json.loads(states[0].payload)
+    assert doc["online"] is False and doc["reason"] == "test"
+    assert published(out, T.hb(DEV)), "a final heartbeat carries the last counters"
+
+
+def test_heartbeat_on_tick_at_the_interval() -> None:
+    core = new_core()
+    assert published(core.handle(Tick({"counters": {"served": 1}}), NOW), T.hb(DEV)) == []  # not connected
+    core.handle(Connected(), NOW)
+    first = published(core.handle(Tick({"counters": {"served": 2}}), NOW), T.hb(DEV))
+    assert len(first) == 1
+    assert first[0].qos == 0 and first[0].retain is True
+    hb = json.loads(first[0].payload)
+    assert hb["counters"] == {"served": 2} and hb["interval"] == HB and hb["phase"] == IDLE
+    assert published(core.handle(Tick(), NOW + HB - 0.1), T.hb(DEV)) == []
+    assert len(published(core.handle(Tick(), NOW + HB), T.hb(DEV))) == 1
+    assert published(core.handle(Tick(), NOW + HB + 1), T.hb(DEV)) == []
+
+
+def test_no_trust_reports_on_connect_and_refuses_desired() -> None:
+    core = new_core(untrusted=True)
+    out = core.handle(Connected(), NOW)
+    assert codes(out) == ["trust.unavailable"]
+    out = desire(core, V1)
+    assert codes(out) == ["trust.unavailable"]
+    assert subscribed(out) == []
+    assert core.goal is None and core.phase == IDLE
+
+
+# ── the happy path ───────────────────────────────────────────────────────────────────
+
+
+def test_signed_desired_starts_download() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    out = desire(core, V1, seq=7)
+    assert subscribed(out) == [T.bundle_manifest("demo", 1)]
+    assert core.phase == DOWNLOADING
+    assert of_type(out, Persist) == [Persist({"device": 7})]
+    assert events(out) == []
+    reported = json.loads(published(out, T.reported(DEV))[-1].payload)
+    assert reported["phase"] == DOWNLOADING and reported["desired"] == active_ref(V1)
+
+
+def test_transfer_doc_subscribes_to_a_bounded_window_of_chunks() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    desire(core, V1)
+    out, parts = send_transfer_doc(core, V1)
+    assert len(parts) > WINDOW
+    assert unsubscribed(out) == [T.bundle_manifest("demo", 1)]
+    assert chunk_indices(subscribed(out)) == list(range(WINDOW))
+    assert core.transfer is not None and core.transfer.total == len(parts)
+
+
+def test_chunks_unsubscribe_and_advance_the_window() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    desire(core, V1)
+    _, parts = send_transfer_doc(core, V1)
+    out = core.handle(Message(T.bundle_chunk("demo", 1, 0), parts[0], True), NOW + 1)
+    assert chunk_indices(unsubscribed(out)) == [0]
+    assert chunk_indices(subscribed(out)) == [WINDOW]
+    assert core.transfer is not None and core.transfer.received == 1
+    progress = json.loads(published(out, T.reported(DEV))[-1].payload)["progress"]
+    assert progress == {"received": 1, "total": len(parts)}
+
+
+def test_full_transfer_yields_install_and_never_exceeds_the_window() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    desire(core, V1)
+    peak: list[int] = []
+    out = pull(core, V1, max_inflight=peak)
+    installs = of_type(out, Install)
+    assert len(installs) == 1
+    assert installs[0].bundle.sha256 == V1.sha256
+    assert installs[0].bundle.files == V1.files
+    assert installs[0].data == V1.data
+    assert core.phase == INSTALLING
+    assert 0 < peak[0] <= WINDOW
+    assert events(out) == []
+
+
+def test_install_done_ok_activates_and_raises_the_floor() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    deploy(core, V1)
+    out = core.handle(InstallDone(V1.sha256, True), NOW + 2)
+    assert core.phase == ACTIVE
+    assert core.active == active_ref(V1)
+    assert core.floor == {"demo": FloorEntry(1, V1.sha256)}
+    evs = events(out)
+    assert [e["code"] for e in evs] == ["bundle.activated"]
+    assert evs[0]["bundle"] == active_ref(V1) and evs[0]["device"] == DEV
+    reported = json.loads(published(out, T.reported(DEV))[-1].payload)
+    assert reported["phase"] == ACTIVE and reported["active"] == active_ref(V1)
+
+
+def test_upgrade_keeps_the_previous_bundle() -> None:
+    core = on_v1()
+    deploy(core, V2, seq=2)
+    core.handle(InstallDone(V2.sha256, True), NOW + 1)
+    assert core.active == active_ref(V2)
+    assert core.previous == active_ref(V1)
+    assert core.floor["demo"] == FloorEntry(2, V2.sha256)
+
+
+def test_install_done_failed_keeps_the_previous_model() -> None:
+    core = on_v1()
+    deploy(core, V2, seq=2)
+    out = core.handle(InstallDone(V2.sha256, False, "model.health_failed", "sample 0 differs"), NOW + 1)
+    assert core.phase == FAILED
+    assert core.active == active_ref(V1)
+    assert core.floor == {"demo": FloorEntry(1, V1.sha256)}
+    assert codes(out) == ["model.health_failed"]
+    assert core.last_error is not None and core.last_error["sha256"] == V2.sha256
+
+
+def test_failed_bundle_is_not_retried_on_redelivery_but_is_on_a_new_seq() -> None:
+    core = on_v1()
+    deploy(core, V2, seq=2)
+    core.handle(InstallDone(V2.sha256, False, "model.health_failed", "x"), NOW + 1)
+    assert subscribed(desire(core, V2, NOW + 2, seq=2)) == []
+    assert core.phase == FAILED
+    assert subscribed(desire(core, V2, NOW + 3, seq=3)) == [T.bundle_manifest("demo", 2)]
+    assert core.phase == DOWNLOADING
+
+
+def test_install_done_for_another_bundle_is_ignored() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    deploy(core, V1)
+    out = core.handle(InstallDone(V2.sha256, True), NOW + 1)
+    assert of_type(out, (Send, Install, Subscribe)) == []
+    assert core.phase == INSTALLING and core.active is None and core.floor == {}
+
+
+def test_desired_for_the_active_bundle_downloads_nothing() -> None:
+    core = on_v1()
+    out = desire(core, V1)
+    assert subscribed(out) == []
+    assert core.phase == ACTIVE
+
+
+# ── desired-state documents ──────────────────────────────────────────────────────────
+
+
+def test_retained_redelivery_of_the_same_desired_is_a_no_op() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    desire(core, V1, seq=3)
+    again = desire(core, V1, NOW + 1, seq=3)
+    assert subscribed(again) == []
+    assert of_type(again, Persist) == []
+    assert events(again) == []
+    assert core.phase == DOWNLOADING
+
+
+def test_device_level_desired_overrides_group_level() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    out = desire(core, V2, topic=T.desired_group(GROUP), target=f"group:{GROUP}", seq=10)
+    assert subscribed(out) == [T.bundle_manifest("demo", 2)]
+    out = desire(core, V1, NOW + 1, seq=1)
+    assert T.bundle_manifest("demo", 2) in unsubscribed(out)
+    assert subscribed(out) == [T.bundle_manifest("demo", 1)]
+    assert core.goal is not None and core.goal.version == 1
+    # a newer group document does not displace the device-level one
+    out = desire(core, V2, NOW + 2, topic=T.desired_group(GROUP), target=f"group:{GROUP}", seq=11)
+    assert subscribed(out) == []
+    assert core.goal.version == 1
+
+
+def test_desired_signed_by_an_untrusted_key() -> None:
+    core = on_v1()
+    out = desire(core, V2, key=STRANGER_KEY, seq=5)
+    assert codes(out) == ["bundle.unknown_key"]
+    assert subscribed(out) == []
+    assert core.active == active_ref(V1) and core.floor == {"demo": FloorEntry(1, V1.sha256)}
+    assert core.desired_seq == {}
+
+
+def test_desired_signed_by_a_bundle_key_is_refused() -> None:
+    core = on_v1()
+    out = desire(core, V2, key=BUNDLE_KEY)
+    assert codes(out) == ["bundle.unknown_key"]
+    assert subscribed(out) == []
+
+
+def test_desired_with_tampered_body() -> None:
+    core = on_v1()
+    payload = desired_payload(V2, seq=4).replace(b'\\"seq\\":4', b'\\"seq\\":9')
+    assert b'\\"seq\\":9' in payload
+    out = core.handle(Message(T.desired_device(DEV), payload, True), NOW)
+    assert codes(out) == ["bundle.bad_signature"]
+    assert subscribed(out) == [] and core.desired_seq == {}
+
+
+def test_desired_with_lower_seq_than_accepted() -> None:
+    core = on_v1()
+    desire(core, V2, seq=5)
+    out = desire(core, V1, NOW + 1, seq=4)
+    assert codes(out) == ["desired.rejected"]
+    assert subscribed(out) == []
+    assert core.goal is not None and core.goal.version == 2
+    assert core.desired_seq == {"device": 5}
+
+
+def test_desired_with_lower_seq_than_persisted() -> None:
+    core = new_core(persisted=Persisted(desired_seq={"device": 100}))
+    core.handle(Connected(), NOW)
+    out = desire(core, V1, seq=99)
+    assert codes(out) == ["desired.rejected"]
+    assert core.goal is None and core.phase == IDLE
+
+
+def test_desired_addressed_to_another_device() -> None:
+    core = on_v1()
+    out = desire(core, V2, target="device:dev2", seq=5)
+    assert codes(out) == ["desired.rejected"]
+    assert subscribed(out) == [] and core.desired_seq == {}
+
+
+def test_group_document_replayed_on_the_device_topic() -> None:
+    core = on_v1()
+    out = desire(core, V2, target=f"group:{GROUP}")
+    assert codes(out) == ["desired.rejected"]
+
+
+def test_expired_desired() -> None:
+    core = on_v1()
+    out = desire(core, V2, NOW, expires=NOW - 1)
+    assert codes(out) == ["desired.rejected"]
+    assert subscribed(out) == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"{not json", b"[]", b'{"body": 1}', b"\xff\xfe", b'{"body": "{}", "sigs": []}'],
+    ids=["garbage", "array", "body-not-string", "not-utf8", "unsigned"],
+)
+def test_garbage_on_the_desired_topic(payload: bytes) -> None:
+    core = on_v1()
+    out = core.handle(Message(T.desired_device(DEV), payload, True), NOW)
+    got = codes(out)
+    assert len(got) == 1
+    assert got[0] in ("protocol.bad_message", "bundle.missing_signature")
+    if payload != b'{"body": "{}", "sigs": []}':
+        assert got == ["protocol.bad_message"]
+    assert subscribed(out) == [] and core.active == active_ref(V1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"seq": 0, "target": "device:dev1", "bundle": {}},
+        {"seq": 1, "target": "device:dev1"},
+        {"seq": 1, "target": "device:dev1", "bundle": {"name": "a/b", "version": 1, "sha256": "x", "size": 1}},
+        {"seq": 1, "target": "device:dev1", "bundle": {"name": "a", "version": "1", "sha256": "x", "size": 1}},
+        {"seq": True, "target": "device:dev1", "bundle": {}},
+    ],
+    ids=["seq-0", "no-bundle", "bad-name", "version-string", "seq-bool"],
+)
+def test_signed_but_malformed_desired(body: dict[str, Any]) -> None:
+    core = on_v1()
+    out = core.handle(Message(T.desired_device(DEV), seal(DEPLOY_KEY, DESIRED_DOMAIN, body), True), NOW)
+    assert codes(out) == ["protocol.bad_message"]
+    assert subscribed(out) == [] and core.desired_seq == {}
+
+
+def test_oversized_message_is_refused_unread() -> None:
+    core = new_core(max_payload=1000, max_chunk=1000)
+    core.handle(Connected(), NOW)
+    out = core.handle(Message(T.desired_device(DEV), b"x" * 1001, True), NOW)
+    assert codes(out) == ["protocol.bad_message"]
+
+
+def test_cleared_desired_is_forgotten() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    desire(core, V1)
+    out = core.handle(Message(T.desired_device(DEV), b"", True), NOW)
+    assert events(out) == []
+    assert "device" not in core.desired
+
+
+@given(payload=st.binary(max_size=400))
+@settings(max_examples=150, deadline=None, derandomize=True)
+def test_random_bytes_on_the_desired_topic_only_produce_failure_events(payload: bytes) -> None:
+    core = on_v1()
+    out = core.handle(Message(T.desired_device(DEV), payload, True), NOW)
+    assert subscribed(out) == []
+    assert core.active == active_ref(V1) and core.goal is None
+    for code in codes(out):
+        assert code.startswith(("protocol.", "bundle.", "desired."))
+
+
+# ── bundle-level refusals ────────────────────────────────────────────────────────────
+
+
+def test_desired_version_below_the_floor() -> None:
+    core = new_core(
+        persisted=Persisted(active=active_ref(V2), floor={"demo": FloorEntry(2, V2.sha256)}),
+    )
+    core.handle(Connected(), NOW)
+    out = desire(core, V1, seq=9)
+    assert codes(out) == ["bundle.version_rollback"]
+    assert subscribed(out) == []
+    assert core.active == active_ref(V2)
+    assert core.floor == {"demo": FloorEntry(2, V2.sha256)}
+    assert core.phase == ACTIVE
+
+
+def test_same_version_as_the_floor_with_other_content_fails_verification() -> None:
+    other_v1 = make_bundle(manifest_updates={"lineage": {"run_id": "run-other"}})
+    assert other_v1.sha256 != V1.sha256
+    core = on_v1()
+    out = deploy(core, other_v1, seq=2)
+    assert codes(out) == ["bundle.version_conflict"]
+    assert of_type(out, Install) == []
+    assert core.phase == FAILED
+    assert core.active == active_ref(V1) and core.floor == {"demo": FloorEntry(1, V1.sha256)}
+
+
+def test_bundle_signed_by_an_unknown_key_fails_after_download() -> None:
+    rogue = make_bundle(version=2, signer=STRANGER_KEY)
+    core = on_v1()
+    out = deploy(core, rogue, seq=2)
+    assert codes(out) == ["bundle.unknown_key"]
+    assert of_type(out, Install) == [] and core.phase == FAILED
+    assert core.active == active_ref(V1)
+
+
+def test_transfer_doc_that_does_not_match_the_desired_bundle() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    impostor = make_bundle(version=2, manifest_updates={"lineage": {"run_id": "impostor-run-with-longer-id"}})
+    out, _ = send_transfer_doc(core, impostor)
+    assert codes(out) == ["transfer.mismatch"]
+    assert chunk_indices(subscribed(out)) == []
+    assert core.phase == FAILED and core.active == active_ref(V1)
+    assert core.floor == {"demo": FloorEntry(1, V1.sha256)}
+
+
+def test_transfer_doc_signed_with_a_deploy_key() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    out, _ = send_transfer_doc(core, V2, key=DEPLOY_KEY)
+    assert codes(out) == ["bundle.unknown_key"]
+    assert chunk_indices(subscribed(out)) == [] and core.phase == FAILED
+
+
+def test_transfer_doc_with_chunks_that_are_too_big() -> None:
+    core = new_core(max_chunk=256)
+    core.handle(Connected(), NOW)
+    desire(core, V1)
+    out, _ = send_transfer_doc(core, V1)
+    assert codes(out) == ["protocol.bad_message"]
+    assert core.phase == FAILED
+
+
+def test_signed_transfer_doc_whose_chunks_are_another_bundle() -> None:
+    """The transfer doc matches the desired bundle's hash, but its chunk hashes describe a
+    different bundle of the same size: the assembled bytes must be refused."""
+    same_size = make_bundle(version=2, manifest_updates={"lineage": {"run_id": "run-tesX"}})
+    assert len(same_size.data) == len(V2.data) and same_size.sha256 != V2.sha256
+    core = on_v1()
+    desire(core, V2, seq=2)
+    doc, parts = transfer_payload(same_size, CHUNK, sha256=V2.sha256)
+    out = core.handle(Message(T.bundle_manifest("demo", 2), doc, True), NOW)
+    pending = deque(chunk_indices(subscribed(out)))
+    while pending:
+        i = pending.popleft()
+        acts = core.handle(Message(T.bundle_chunk("demo", 2, i), parts[i], True), NOW)
+        out += acts
+        pending.extend(chunk_indices(subscribed(acts)))
+    assert codes(out) == ["bundle.hash_mismatch"]
+    assert of_type(out, Install) == [] and core.phase == FAILED
+    assert core.active == active_ref(V1)
+
+
+# ── chunks ───────────────────────────────────────────────────────────────────────────
+
+
+def test_tampered_chunk_is_reported_and_not_requested_in_a_loop() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    _, parts = send_transfer_doc(core, V2)
+    bad = core.handle(Message(T.bundle_chunk("demo", 2, 0), flip(parts[0], 5), True), NOW)
+    assert codes(bad) == ["transfer.bad_chunk"]
+    assert 0 in chunk_indices(unsubscribed(bad))
+    assert 0 not in chunk_indices(subscribed(bad)), "not at once: a bad retained copy must not make a loop"
+    assert 0 not in chunk_indices(subscribed(core.handle(Tick(), NOW + 1)))
+    assert core.active == active_ref(V1) and core.floor == {"demo": FloorEntry(1, V1.sha256)}
+    assert core.phase == DOWNLOADING
+    assert core.transfer is not None and core.transfer.received == 0
+
+
+def test_short_chunk_is_rejected() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    _, parts = send_transfer_doc(core, V2)
+    out = core.handle(Message(T.bundle_chunk("demo", 2, 1), parts[1][:-1], True), NOW)
+    assert codes(out) == ["transfer.bad_chunk"]
+
+
+def test_transfer_completes_after_a_tampered_chunk() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    out = pull(core, V2, tamper_once={0, 3})
+    assert codes(out) == ["transfer.bad_chunk", "transfer.bad_chunk"]
+    assert len(of_type(out, Install)) == 1
+    assert of_type(out, Install)[0].data == V2.data
+
+
+def test_chunk_for_another_bundle_is_ignored() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    _, parts = send_transfer_doc(core, V2)
+    for topic in (T.bundle_chunk("other", 2, 0), T.bundle_chunk("demo", 1, 0), T.bundle_chunk("demo", 2, 10_000)):
+        out = core.handle(Message(topic, parts[0], True), NOW)
+        assert of_type(out, (Send, Subscribe, Unsubscribe, Install)) == []
+    assert core.transfer is not None and core.transfer.received == 0
+
+
+def test_chunk_not_requested_is_ignored() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    _, parts = send_transfer_doc(core, V2)
+    out = core.handle(Message(T.bundle_chunk("demo", 2, WINDOW + 1), parts[WINDOW + 1], True), NOW)
+    assert of_type(out, (Send, Subscribe, Unsubscribe)) == []
+    assert core.transfer is not None and core.transfer.received == 0
+
+
+def test_chunk_before_any_transfer_is_ignored() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    out = core.handle(Message(T.bundle_chunk("demo", 1, 0), b"x", True), NOW)
+    assert of_type(out, (Send, Subscribe, Unsubscribe)) == []
+
+
+def test_transfer_timeout_on_tick() -> None:
+    core = on_v1()
+    desire(core, V2, NOW, seq=2)
+    assert codes(core.handle(Tick(), NOW + TIMEOUT)) == []
+    out = core.handle(Tick(), NOW + TIMEOUT + 1)
+    assert codes(out) == ["transfer.timeout"]
+    assert T.bundle_manifest("demo", 2) in unsubscribed(out)
+    assert core.phase == FAILED
+    assert core.active == active_ref(V1) and core.floor == {"demo": FloorEntry(1, V1.sha256)}
+
+
+def test_progress_postpones_the_timeout() -> None:
+    core = on_v1()
+    desire(core, V2, NOW, seq=2)
+    _, parts = send_transfer_doc(core, V2, NOW + TIMEOUT - 1)
+    assert codes(core.handle(Tick(), NOW + TIMEOUT + 1)) == []
+    assert core.phase == DOWNLOADING
+    core.handle(Message(T.bundle_chunk("demo", 2, 0), parts[0], True), NOW + 2 * TIMEOUT - 2)
+    assert codes(core.handle(Tick(), NOW + 2 * TIMEOUT)) == []
+    assert codes(core.handle(Tick(), NOW + 3 * TIMEOUT)) == ["transfer.timeout"]
+
+
+def test_reconnect_during_transfer_resubscribes_to_missing_chunks() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    _, parts = send_transfer_doc(core, V2)
+    core.handle(Message(T.bundle_chunk("demo", 2, 0), parts[0], True), NOW)
+    core.handle(Disconnected("test"), NOW + 1)
+    out = core.handle(Connected(), NOW + 2)
+    assert chunk_indices(subscribed(out)) == [1, 2, 3, 4]
+
+
+def test_row_rejected_becomes_a_failure_event() -> None:
+    core = on_v1()
+    out = core.handle(RowRejected("row.not_finite", "feature 'f0' is nan"), NOW)
+    assert codes(out) == ["row.not_finite"]
+    assert core.failures["row.not_finite"] == 1
+    assert core.phase == ACTIVE
+
+
+def test_event_ids_are_unique_and_sequenced() -> None:
+    core = on_v1()
+    out: list[Action] = []
+    for _ in range(3):
+        out += core.handle(RowRejected("row.bad_value", "x"), NOW)
+    evs = events(out)
+    assert [e["seq"] for e in evs] == [1, 2, 3]
+    assert len({e["id"] for e in evs}) == 3
+
+
+# ── the phase table ──────────────────────────────────────────────────────────────────
+
+
+def test_transitions_reject_an_illegal_phase_change() -> None:
+    core = new_core()
+    assert core.phase == IDLE
+    with pytest.raises(RuntimeError, match="illegal phase change"):
+        core._phase(INSTALLING)
+    assert core.phase == IDLE
+    core._phase(DOWNLOADING)
+    with pytest.raises(RuntimeError):
+        core._phase(INSTALLING)
+    assert core.phase == DOWNLOADING
+
+
+def test_transition_table_is_closed_and_never_skips_verification() -> None:
+    phases = {IDLE, DOWNLOADING, VERIFYING, INSTALLING, ACTIVE, FAILED}
+    assert set(TRANSITIONS) == phases
+    for targets in TRANSITIONS.values():
+        assert targets <= phases
+    assert INSTALLING not in TRANSITIONS[DOWNLOADING]  # no install without verification
+    assert INSTALLING not in TRANSITIONS[IDLE]
+
+
+# ── races and outages ─────────────────────────────────────────────────────────────────────────────
+
+
+def test_new_desired_while_installing_does_not_crash() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    deploy(core, V1)
+    assert core.phase == INSTALLING
+    out = desire(core, V2, NOW + 1, seq=2)
+    assert core.phase in (INSTALLING, DOWNLOADING)
+    assert all(isinstance(a, Action.__args__) for a in out)
+
+
+def test_outage_longer_than_the_timeout_resumes_after_reconnect() -> None:
+    core = on_v1()
+    desire(core, V2, NOW, seq=2)
+    _, parts = send_transfer_doc(core, V2, NOW)
+    core.handle(Message(T.bundle_chunk("demo", 2, 0), parts[0], True), NOW)
+    core.handle(Disconnected("network down"), NOW + 1)
+    for k in range(1, 5):  # the adapter keeps ticking while offline
+        core.handle(Tick(), NOW + k * TIMEOUT)
+    out = core.handle(Connected(), NOW + 5 * TIMEOUT)
+    out += desire(core, V2, NOW + 5 * TIMEOUT, seq=2)  # the broker redelivers the retained desired
+    assert core.phase == DOWNLOADING
+    assert chunk_indices(subscribed(out)) or T.bundle_manifest("demo", 2) in subscribed(out)
