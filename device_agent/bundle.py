@@ -61,20 +61,26 @@ class Limits:
 @dataclass(frozen=True)
 class Feature:
     name: str
-    type: str  # "numeric" (categorical arrives with per-column graph inputs)
+    type: str  # "numeric" | "categorical"
+    allow_missing: bool = False
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the device needs to feed the model and read its answer."""
+    """What the device needs to feed the model and read its answer (docs/contract-model-spec.md)."""
 
     task: str  # "classification" | "regression"
     features: tuple[Feature, ...]
-    input_name: str
-    input_dtype: str
+    layout: str  # "tensor": one [None, F] input; "columns": one [None, 1] input per feature
+    input_names: tuple[str, ...]  # one name for "tensor", one per feature for "columns"
+    input_dtype: str  # of the tensor layout and of numeric columns
     label_output: str
     proba_output: str | None
     classes: tuple[Any, ...]
+
+    @property
+    def input_name(self) -> str:
+        return self.input_names[0]
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelSpec:
@@ -82,29 +88,42 @@ class ModelSpec:
         if not isinstance(model, dict):
             raise ManifestInvalid("manifest has no 'model' object")
         try:
-            task = model["task"]
-            feats = tuple(Feature(str(f["name"]), str(f["type"])) for f in model["features"])
+            feats = tuple(
+                Feature(str(f["name"]), str(f["type"]), bool(f.get("allow_missing", False))) for f in model["features"]
+            )
             inp = model["input"]
             outs = model["outputs"]
+            layout = str(inp.get("layout", "tensor"))
+            names = tuple(str(n) for n in inp["names"]) if layout == "columns" else (str(inp["name"]),)
             spec = cls(
-                task=str(task),
+                task=str(model["task"]),
                 features=feats,
-                input_name=str(inp["name"]),
-                input_dtype=str(inp["dtype"]),
+                layout=layout,
+                input_names=names,
+                input_dtype=str(inp.get("dtype", "float32")),
                 label_output=str(outs["label"]),
                 proba_output=None if outs.get("probabilities") is None else str(outs["probabilities"]),
                 classes=tuple(model.get("classes") or ()),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ManifestInvalid(f"manifest 'model' is incomplete: {exc}") from None
         if spec.task not in ("classification", "regression"):
             raise ManifestInvalid(f"unknown task {spec.task!r}")
-        if not spec.features or any(f.type != "numeric" for f in spec.features):
-            raise Incompatible("this agent serves numeric features only")
+        if not spec.features:
+            raise ManifestInvalid("manifest 'model' lists no features")
+        unknown = {f.type for f in spec.features} - {"numeric", "categorical"}
+        if unknown:
+            raise Incompatible(f"unsupported feature type(s) {sorted(unknown)}")
+        if spec.layout not in ("tensor", "columns"):
+            raise Incompatible(f"unsupported input layout {spec.layout!r}")
+        if spec.layout == "tensor" and any(f.type != "numeric" for f in spec.features):
+            raise ManifestInvalid("categorical features need the 'columns' input layout")
+        if spec.layout == "columns" and len(spec.input_names) != len(spec.features):
+            raise ManifestInvalid("'columns' layout needs one input name per feature")
         if spec.input_dtype not in ("float32", "float64"):
             raise Incompatible(f"unsupported input dtype {spec.input_dtype!r}")
-        if spec.task == "classification" and not spec.classes:
-            raise ManifestInvalid("a classifier's manifest must list its classes")
+        if spec.task == "classification" and (not spec.classes or spec.proba_output is None):
+            raise ManifestInvalid("a classifier's manifest must list its classes and its probabilities output")
         return spec
 
 

@@ -30,6 +30,5 @@ class AgentConfig:
     outbox_max_rows: int = 100_000  # oldest telemetry is dropped (and counted) beyond this
     outbox_batch: int = 100  # messages published per drain step
     reported_min_interval_s: float = 1.0  # rate limit for the retained 'reported' summary
-    batch_rows: int = 64  # rows buffered before drift histograms are updated
     intra_op_threads: int = 1
     limits: Limits = field(default_factory=Limits)

@@ -1,13 +1,16 @@
-"""Serving rows in real time: validation, inference, counters, latency, drift accounting.
+"""Serving rows in real time: validation, inference, counters, latency — and drift, later.
 
-Called directly on the input thread — no queue, no event objects on the hot path. Drift
-histograms are updated per batch of rows (amortised ``np.searchsorted``), not per row.
-Model switches and time-based flushes come from the worker thread and take the same
-lock, so a swap never lands between a row's validation and its accounting.
+``serve`` runs on the input thread and does only what a row needs: validate, infer,
+count, and append the raw row to a pending list (a few nanoseconds). Drift accounting —
+histograms, Welford sums, window reports — runs on the worker thread in ``tick``, which
+takes the pending rows in one swap under the lock. So drift never sits on a row's
+latency, and windows hold exactly the configured number of rows, which is what the
+thresholds shipped in the bundle were calibrated for.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +25,33 @@ from .errors import NoModel, ProtocolError, RowError
 from .runtime import LoadedModel, Prediction
 
 LATENCY_SAMPLES = 2048  # recent per-row latencies kept for percentiles
+MAX_PENDING = 200_000  # rows awaiting drift accounting; beyond this they are counted, not kept
+
+
+class _Window:
+    """Drift state of one active model: its reference, the open window, categorical codes."""
+
+    def __init__(self, model: LoadedModel, reference: Reference, rows: int, low_confidence: float) -> None:
+        self.model = model
+        self.rows = rows
+        self.drift = DriftWindow(reference, window=rows, low_confidence=low_confidence)
+        codes = getattr(reference, "category_codes", None)
+        self.codes: list[dict[str, float] | None] = codes() if codes else [None] * len(reference.features)
+        self.started = time.monotonic()
+        self.bundle = {"name": model.bundle.name, "version": model.bundle.version}
+
+    def matrix(self, rows: list[Sequence[Any]]) -> np.ndarray:
+        """Raw rows as one float matrix; categorical values become their reference codes."""
+        if not any(self.codes):
+            return np.array(rows, dtype=np.float64)  # None becomes NaN
+        out = np.empty((len(rows), len(self.codes)), dtype=np.float64)
+        for j, codes in enumerate(self.codes):
+            if codes is None:
+                out[:, j] = np.array([r[j] for r in rows], dtype=np.float64)
+            else:
+                other = float(len(codes))
+                out[:, j] = [math.nan if r[j] is None else codes.get(r[j], other) for r in rows]
+        return out
 
 
 class InferenceEngine:
@@ -29,65 +59,64 @@ class InferenceEngine:
         self,
         notify: Callable[[Event], None],
         *,
-        batch_rows: int = 64,
         window_rows: int | None = None,
         min_rows: int = 30,
         flush_s: float = 60.0,
     ) -> None:
         self._notify = notify
         self._lock = threading.Lock()
-        self._batch_rows = batch_rows
         self._window_override = window_rows
         self._min_rows = min_rows
         self._flush_s = flush_s
         self.model: LoadedModel | None = None
-        self._drift: DriftWindow | None = None
-        self._window_rows = 0
-        self._window_started = time.monotonic()
-        self._buf = np.zeros((0, 0))
-        self._labels = np.zeros(0, dtype=np.int64)
-        self._conf = np.zeros(0)
-        self._nbuf = 0
+        self._window: _Window | None = None
+        self._rows: list[Sequence[Any]] = []
+        self._labels: list[int] = []
+        self._conf: list[float] = []
         self._latency = np.zeros(LATENCY_SAMPLES, dtype=np.float64)
         self._lat_n = 0
         self.served = 0
         self.rejected = 0
         self.low_confidence = 0
+        self.unaccounted = 0  # rows served but left out of drift because the worker fell behind
         self._low_conf_threshold = 0.0
 
     # ── model lifecycle (worker thread) ─────────────────────────────────────────────
 
     def activate(self, model: LoadedModel) -> None:
-        """Serve ``model`` from the next row on; the current drift window is reported first."""
+        """Serve ``model`` from the next row on; rows served so far are accounted first."""
         try:
             reference = Reference.from_json(model.bundle.json_file(REFERENCE))
         except ProtocolError as exc:
             raise ProtocolError(f"reference statistics are invalid: {exc.detail}") from None
         policy = model.bundle.manifest.get("policy") or {}
-        window = self._window_override or int(policy.get("drift_window", 200))
+        rows = self._window_override or int(policy.get("drift_window", 200))
         threshold = float(policy.get("low_confidence", 0.0))
+        window = _Window(model, reference, rows, threshold)
         with self._lock:
-            self._flush_locked(final=True)
+            pending = self._take_locked()
+            old = self._window
             self.model = model
+            self._window = window
             self._low_conf_threshold = threshold
-            self._drift = DriftWindow(reference, window=window, low_confidence=threshold)
-            self._window_rows = window
-            self._window_started = time.monotonic()
-            f = model.n_features
-            self._buf = np.zeros((self._batch_rows, f), dtype=np.float64)
-            self._labels = np.zeros(self._batch_rows, dtype=np.int64)
-            self._conf = np.zeros(self._batch_rows, dtype=np.float64)
-            self._nbuf = 0
+        if old is not None:
+            self._account(old, *pending, final=True)
 
     def tick(self) -> None:
-        """Report a partial drift window that has waited longer than ``flush_s``."""
+        """Account pending rows; report full windows, and a partial one older than ``flush_s``."""
         with self._lock:
-            if self._drift is not None and time.monotonic() - self._window_started >= self._flush_s:
-                self._flush_locked(final=True)
+            pending = self._take_locked()
+            window = self._window
+        if window is not None:
+            due = time.monotonic() - window.started >= self._flush_s
+            self._account(window, *pending, final=due)
 
     def close(self) -> None:
         with self._lock:
-            self._flush_locked(final=True)
+            pending = self._take_locked()
+            window = self._window
+        if window is not None:
+            self._account(window, *pending, final=True)
 
     # ── the hot path (input thread) ─────────────────────────────────────────────────
 
@@ -107,8 +136,7 @@ class InferenceEngine:
                 raise err
             t0 = time.perf_counter_ns()
             try:
-                x = model.to_array(row)
-                pred = model.predict_row_array(x)
+                pred = model.predict_row(row)
             except RowError as exc:
                 self.rejected += 1
                 self._notify(RowRejected(exc.code, exc.detail))
@@ -116,37 +144,49 @@ class InferenceEngine:
             self._latency[self._lat_n % LATENCY_SAMPLES] = time.perf_counter_ns() - t0
             self._lat_n += 1
             self.served += 1
-            i = self._nbuf
-            self._buf[i] = x[0]
-            self._labels[i] = pred.class_index
-            self._conf[i] = pred.confidence
-            self._nbuf = i + 1
+            if len(self._rows) < MAX_PENDING:
+                self._rows.append(row)
+                self._labels.append(pred.class_index)
+                self._conf.append(pred.confidence)
+            else:
+                self.unaccounted += 1
             if pred.confidence < self._low_conf_threshold:
                 self.low_confidence += 1
-            if self._nbuf == self._batch_rows:
-                self._flush_locked(final=False)
             return pred
 
-    # ── drift accounting ────────────────────────────────────────────────────────────
+    # ── drift accounting (worker thread) ────────────────────────────────────────────
 
-    def _flush_locked(self, final: bool) -> None:
-        drift, model = self._drift, self.model
-        if drift is None or model is None:
-            return
-        n = self._nbuf
-        if n:
-            labels = self._labels[:n] if model.spec.task == "classification" else None
-            conf = self._conf[:n] if model.spec.task == "classification" else None
-            drift.update(self._buf[:n], labels, conf)
-            self._nbuf = 0
-        if drift.n >= self._window_rows or (final and drift.n > 0):
-            report = drift.report(min_rows=self._min_rows)
-            drift.reset()
-            self._window_started = time.monotonic()
-            bundle = {"name": model.bundle.name, "version": model.bundle.version}
-            self._notify(DriftReady(bundle, report))
+    def _take_locked(self) -> tuple[list[Sequence[Any]], list[int], list[float]]:
+        taken = (self._rows, self._labels, self._conf)
+        self._rows, self._labels, self._conf = [], [], []
+        return taken
+
+    def _account(
+        self, window: _Window, rows: list[Sequence[Any]], labels: list[int], conf: list[float], final: bool
+    ) -> None:
+        classifier = window.model.spec.task == "classification"
+        start = 0
+        while start < len(rows):
+            take = min(len(rows) - start, window.rows - window.drift.n)
+            end = start + take
+            window.drift.update(
+                window.matrix(rows[start:end]),
+                np.array(labels[start:end], dtype=np.int64) if classifier else None,
+                np.array(conf[start:end], dtype=np.float64) if classifier else None,
+            )
+            start = end
+            if window.drift.n >= window.rows:
+                self._report(window)
+        if final and window.drift.n > 0:
+            self._report(window)
         elif final:
-            self._window_started = time.monotonic()
+            window.started = time.monotonic()
+
+    def _report(self, window: _Window) -> None:
+        report = window.drift.report(min_rows=self._min_rows)
+        window.drift.reset()
+        window.started = time.monotonic()
+        self._notify(DriftReady(window.bundle, report))
 
     # ── numbers for the heartbeat (worker thread) ───────────────────────────────────
 
@@ -157,6 +197,11 @@ class InferenceEngine:
             p50, p90, p99 = np.percentile(self._latency[:n], [50, 90, 99]) / 1000.0
             latency = {"p50_us": round(float(p50), 1), "p90_us": round(float(p90), 1), "p99_us": round(float(p99), 1)}
         return {
-            "counters": {"served": self.served, "rejected": self.rejected, "low_confidence": self.low_confidence},
+            "counters": {
+                "served": self.served,
+                "rejected": self.rejected,
+                "low_confidence": self.low_confidence,
+                "drift_unaccounted": self.unaccounted,
+            },
             "latency": latency,
         }

@@ -86,7 +86,6 @@ class Agent:
         self.trust = trust
         self.engine = InferenceEngine(
             self.events.put,
-            batch_rows=config.batch_rows,
             window_rows=config.drift_window_rows,
             min_rows=config.drift_min_rows,
             flush_s=config.drift_flush_s,

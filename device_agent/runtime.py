@@ -1,30 +1,42 @@
 """An onnxruntime session built from verified bytes, with input validation and a health check.
 
-The hot path (:meth:`LoadedModel.predict_row`) is kept to a handful of cheap operations:
-building the array from the row, one finiteness check on a Python sum, one ``run`` that
-asks only for the outputs we use. Slow, precise diagnostics happen only after a row has
-already failed the cheap checks.
+The hot path for all-numeric models (:meth:`LoadedModel.predict_row`) is a handful of
+cheap operations: one Python ``sum`` whose finiteness stands for every value's, one copy
+of the row into a pre-bound input buffer, one ``run_with_iobinding`` that skips the
+Python wrapper's per-call validation and asks only for the output we use. Slow, precise
+diagnostics happen only after a row has failed the cheap checks. Models with categorical
+features (the "columns" layout of docs/contract-model-spec.md) take a per-column feed.
+
+A ``LoadedModel`` is not thread-safe (its input buffer is shared); the engine serialises
+calls with its lock.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import HEALTH, MODEL, ModelSpec, VerifiedBundle
-from .errors import BadValue, HealthCheckFailed, InferenceFailed, ModelLoadFailed, NotFinite, ProtocolError, WrongShape
+from .bundle import HEALTH, MODEL, Feature, ModelSpec, VerifiedBundle
+from .errors import (
+    BadValue,
+    HealthCheckFailed,
+    InferenceFailed,
+    ModelLoadFailed,
+    NotFinite,
+    ProtocolError,
+    RowError,
+    WrongShape,
+)
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _OVERFLOW = "the model's output is not finite: an input value is probably outside the model's float range"
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
     label: Any
     class_index: int  # -1 for regression
     confidence: float  # max probability; NaN for regression
@@ -39,90 +51,142 @@ def _session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def _bad_value(feature: Feature, value: Any) -> RowError | None:
+    """Why ``value`` cannot be fed for ``feature``, or None when it can."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if feature.allow_missing:
+            return None
+        if value is None:
+            return BadValue(f"feature {feature.name!r} is null; this model was trained without missing values")
+        return NotFinite(f"feature {feature.name!r} is NaN; this model was trained without missing values")
+    if feature.type == "categorical":
+        if isinstance(value, str):
+            return None
+        return BadValue(f"feature {feature.name!r} is {value!r}; this model needs a category (a string)")
+    if not isinstance(value, (int, float)):
+        return BadValue(f"feature {feature.name!r} is {repr(value)[:40]}; this model needs a number")
+    if isinstance(value, int) and abs(value) > 1e300:
+        return BadValue(f"feature {feature.name!r} is an integer too large for this model")
+    if not math.isfinite(value):
+        return NotFinite(f"feature {feature.name!r} is {value}; this model does not accept infinity")
+    return None
+
+
 class LoadedModel:
     """A ready-to-serve model: the session, its schema and where its answer lives."""
 
     def __init__(self, bundle: VerifiedBundle, threads: int = 1) -> None:
         self.bundle = bundle
         self.spec: ModelSpec = bundle.spec
-        self.n_features = len(self.spec.features)
+        self.features = self.spec.features
+        self.n_features = len(self.features)
         self._dtype = _DTYPES[self.spec.input_dtype]
         self._classes = list(self.spec.classes)
+        self._is_classifier = self.spec.task == "classification"
+        self._tensor = self.spec.layout == "tensor"
         try:
             self.session = _session(bundle.files[MODEL], threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadFailed(f"model of {bundle.name} v{bundle.version} does not load: {exc}") from None
         names = {o.name for o in self.session.get_outputs()}
-        wanted = self.spec.proba_output if self.spec.task == "classification" else self.spec.label_output
+        wanted = self.spec.proba_output if self._is_classifier else self.spec.label_output
         if wanted is None or wanted not in names:
             raise ModelLoadFailed(f"model has no output {wanted!r} (it has {sorted(names)})")
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != self.spec.input_name:
-            raise ModelLoadFailed(f"model input is not the single tensor {self.spec.input_name!r}")
-        self._outputs = [wanted]
-        self._input = self.spec.input_name
-        self._is_classifier = self.spec.task == "classification"
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        if graph_inputs != list(self.spec.input_names):
+            raise ModelLoadFailed(
+                f"model inputs {graph_inputs} do not match the manifest's {list(self.spec.input_names)}"
+            )
+        self._output = wanted
+        self._any_missing = any(f.allow_missing for f in self.features)
+        if self._tensor:
+            # One pre-bound input buffer: a row is copied in and run without re-validation.
+            self._buf = np.zeros((1, self.n_features), dtype=self._dtype)
+            self._binding = self.session.io_binding()
+            self._binding.bind_ortvalue_input(self.spec.input_name, ort.OrtValue.ortvalue_from_numpy(self._buf))
+            self._binding.bind_output(wanted)
 
-    def to_array(self, row: Sequence[Any]) -> np.ndarray:
-        """Validate one row and return it as a (1, F) array, or raise a RowError.
+    # ── validation ──────────────────────────────────────────────────────────────────
 
-        Numbers (booleans count as 0/1, as JSON and CSV sources produce them) are accepted;
-        None, strings, NaN and infinity are not. The fast path is one Python ``sum`` whose
-        finiteness stands for every value's; only a row that fails it is looked at value by
-        value (a sum can overflow where no single value does).
-        """
-        if not isinstance(row, (list, tuple)):
-            raise WrongShape(f"a row must be a list of {self.n_features} numbers")
-        if len(row) != self.n_features:
-            raise WrongShape(f"row has {len(row)} values, the model expects {self.n_features}")
-        try:
-            total = sum(row)
-            x = np.array(row, dtype=self._dtype)
-        except (TypeError, ValueError, OverflowError):
-            raise self._first_bad_value(row) or BadValue("row could not be converted to numbers") from None
-        if x.ndim != 1:
-            raise BadValue("row values must be numbers, not lists")
-        if not math.isfinite(total):
-            err = self._first_bad_value(row)
+    def _check_slow(self, row: Sequence[Any]) -> None:
+        for feature, value in zip(self.features, row, strict=True):
+            err = _bad_value(feature, value)
             if err is not None:
                 raise err
-        return x.reshape(1, self.n_features)
 
-    def _first_bad_value(self, row: Sequence[Any]) -> BadValue | NotFinite | None:
-        """The slow path: name the first value that is not a finite number, if any."""
-        for feature, value in zip(self.spec.features, row, strict=False):
-            if not isinstance(value, (int, float)):
-                shown = "null" if value is None else repr(value)[:40]
-                return BadValue(f"feature {feature.name!r} is {shown}; this model needs a number")
-            if isinstance(value, int) and abs(value) > 1e300:
-                return BadValue(f"feature {feature.name!r} is an integer too large for this model")
-            if not math.isfinite(value):
-                return NotFinite(f"feature {feature.name!r} is {value}; this model does not accept NaN or infinity")
-        return None
-
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def _load(self, row: Sequence[Any]) -> None:
+        """Validate a row for the tensor layout and copy it into the bound input buffer."""
+        if not isinstance(row, (list, tuple)):
+            raise WrongShape(f"a row must be a list of {self.n_features} values")
+        if len(row) != self.n_features:
+            raise WrongShape(f"row has {len(row)} values, the model expects {self.n_features}")
+        total: Any
         try:
-            out: np.ndarray = self.session.run(self._outputs, {self._input: x})[0]
-        except Exception as exc:  # onnxruntime's errors carry no useful type
+            total = sum(row)  # a string, None or a nested list fails here, before numpy can coerce it
+        except TypeError:
+            self._check_slow(row)
+            total = 0.0  # only missing values (allowed) made the sum fail
+        try:
+            finite = math.isfinite(total)
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        if not finite:
+            self._check_slow(row)  # raises for NaN/inf/overflow where not allowed
+        try:
+            self._buf[0] = [math.nan if v is None else v for v in row] if self._any_missing else row
+        except (TypeError, ValueError, OverflowError):
+            self._check_slow(row)
+            raise BadValue("row values must be plain numbers") from None
+
+    def _feed(self, row: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Validate a row for the columns layout and build one [1, 1] array per input."""
+        if not isinstance(row, (list, tuple)):
+            raise WrongShape(f"a row must be a list of {self.n_features} values")
+        if len(row) != self.n_features:
+            raise WrongShape(f"row has {len(row)} values, the model expects {self.n_features}")
+        self._check_slow(row)
+        feed: dict[str, np.ndarray] = {}
+        for name, feature, value in zip(self.spec.input_names, self.features, row, strict=True):
+            if feature.type == "categorical":
+                feed[name] = np.array([["" if value is None else value]], dtype=object)
+            else:
+                feed[name] = np.array([[math.nan if value is None else value]], dtype=np.float32)
+        return feed
+
+    # ── inference ───────────────────────────────────────────────────────────────────
+
+    def _run(self, row: Sequence[Any]) -> np.ndarray:
+        if self._tensor:
+            self._load(row)
+            try:
+                self.session.run_with_iobinding(self._binding)
+                out: np.ndarray = self._binding.copy_outputs_to_cpu()[0]
+            except Exception as exc:  # onnxruntime's errors carry no useful type
+                raise InferenceFailed(f"inference failed: {exc}") from None
+            return out
+        feed = self._feed(row)
+        try:
+            result: np.ndarray = self.session.run([self._output], feed)[0]
+        except Exception as exc:
             raise InferenceFailed(f"inference failed: {exc}") from None
-        return out
+        return result
 
     def predict_row(self, row: Sequence[Any]) -> Prediction:
-        return self.predict_row_array(self.to_array(row))
-
-    def predict_row_array(self, x: np.ndarray) -> Prediction:
-        out = self.run(x)
+        out = self._run(row)
         if self._is_classifier:
             probs = out[0]
-            idx = int(probs.argmax())
-            confidence = float(probs[idx])
+            listed = probs.tolist()
+            confidence = max(listed)
             if not math.isfinite(confidence):
                 raise NotFinite(_OVERFLOW)
+            idx = listed.index(confidence)
             return Prediction(self._classes[idx], idx, confidence, probs)
         value = float(out.reshape(-1)[0])
         if not math.isfinite(value):
             raise NotFinite(_OVERFLOW)
         return Prediction(value, -1, math.nan, None)
+
+    # ── health ──────────────────────────────────────────────────────────────────────
 
     def health_check(self, atol: float = 1e-4) -> int:
         """Run the bundle's health samples; raise HealthCheckFailed unless the host's answers reproduce."""
@@ -142,9 +206,10 @@ class LoadedModel:
             except Exception as exc:
                 raise HealthCheckFailed(f"health sample {i} failed: {exc}") from None
             expected = expected_labels[i]
-            mismatch = (
-                abs(float(pred.label) - float(expected)) > atol if pred.class_index < 0 else pred.label != expected
-            )
+            if pred.class_index < 0:
+                mismatch = not abs(float(pred.label) - float(expected)) <= atol * max(1.0, abs(float(expected)))
+            else:
+                mismatch = pred.label != expected
             if mismatch:
                 raise HealthCheckFailed(f"health sample {i}: model says {pred.label!r}, the host computed {expected!r}")
             if expected_proba is not None and pred.probabilities is not None:

@@ -9,6 +9,7 @@ bundle name; each built bundle is kept under ``.edgekit/bundles/NAME/vN.ekb``.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from device_agent import __version__
-from device_agent.bundle import FORMAT, HEALTH, MODEL, REFERENCE, VerifiedBundle, pack, sha256_hex, verify
+from device_agent.bundle import FORMAT, HEALTH, MODEL, REFERENCE, ModelSpec, VerifiedBundle, pack, sha256_hex, verify
 from device_agent.errors import AgentError
 from device_agent.protocol import check_id, dumps
+from device_agent.runtime import LoadedModel
 from device_agent.trust import MANIFEST_DOMAIN, ROLE_BUNDLE, Trust, sign
 
 from .errors import BundleBuildError
@@ -68,26 +69,20 @@ def _json_value(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def health_samples(model_bytes: bytes, model: dict[str, Any], X: np.ndarray) -> dict[str, Any]:
-    """Run the shipped model on a few holdout rows; the device must reproduce these outputs."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-    rows = np.asarray(X[:HEALTH_ROWS], dtype=np.float32 if model["input"]["dtype"] == "float32" else np.float64)
-    proba_name = model["outputs"].get("probabilities")
-    # Row by row, as the device serves: dynamic int8 picks its scale per input tensor, so a
-    # batch of 8 rows gives (slightly) different outputs than the same rows one at a time.
-    proba = np.concatenate(
-        [sess.run([proba_name], {model["input"]["name"]: rows[i : i + 1]})[0] for i in range(len(rows))]
-    )
-    classes = model["classes"]
-    labels = [_json_value(classes[int(i)]) for i in np.argmax(proba, axis=1)]
-    return {
-        "rows": rows.astype(np.float64).tolist(),
-        "labels": labels,
-        "probabilities": np.asarray(proba, dtype=np.float64).tolist(),
-        "atol": HEALTH_ATOL,
-    }
+def health_samples(model_bytes: bytes, model: dict[str, Any], X: Any) -> dict[str, Any]:
+    """Run the shipped model on a few holdout rows *through the device's own runtime*, row by
+    row as a device serves (dynamic int8 picks its scale per input tensor, so a batch gives
+    slightly different outputs). The device must reproduce these answers before it activates."""
+    spec = ModelSpec.from_manifest({"model": model})
+    probe = VerifiedBundle("health", 1, "", len(model_bytes), "", {"model": model}, b"", {MODEL: model_bytes}, spec)
+    runtime = LoadedModel(probe)
+    rows = [[_json_value(v) for v in row] for row in list(X[:HEALTH_ROWS])]
+    rows = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in rows]
+    preds = [runtime.predict_row(row) for row in rows]
+    doc: dict[str, Any] = {"rows": rows, "labels": [_json_value(p.label) for p in preds], "atol": HEALTH_ATOL}
+    if spec.task == "classification":
+        doc["probabilities"] = [np.asarray(p.probabilities, dtype=np.float64).tolist() for p in preds]
+    return doc
 
 
 def manifest_for(run: Run, name: str, version: int, files: dict[str, bytes], ws: Workspace, **extra: Any) -> bytes:

@@ -205,7 +205,7 @@ def test_no_model_before_activate() -> None:
 
 def test_serve_counts_served_and_rejected(model: LoadedModel) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, batch_rows=8, window_rows=1000)
+    engine = InferenceEngine(rec, window_rows=1000)
     engine.activate(model)
     for row in sample_rows(5, seed=7).tolist():
         pred = engine.serve(row)
@@ -234,14 +234,18 @@ def test_low_confidence_rows_are_counted(model: LoadedModel) -> None:
 
 def test_drift_window_is_reported_after_window_rows(model: LoadedModel) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, batch_rows=5, window_rows=20, min_rows=5)
+    engine = InferenceEngine(rec, window_rows=20, min_rows=5)
     engine.activate(model)
     rows = sample_rows(40, seed=9).tolist()
     labels = []
     for row in rows[:19]:
         labels.append(engine.serve(row).class_index)
+    engine.tick()  # drift is accounted on the worker's tick, never on a row's latency
     assert rec.of(DriftReady) == []
     labels.append(engine.serve(rows[19]).class_index)
+    for row in rows[20:25]:
+        engine.serve(row)
+    engine.tick()
     ready = rec.of(DriftReady)
     assert len(ready) == 1
     assert ready[0].bundle == {"name": "demo", "version": 1}
@@ -252,26 +256,29 @@ def test_drift_window_is_reported_after_window_rows(model: LoadedModel) -> None:
         assert sum(report["features"][name]["counts"]) == 20
     assert report["verdict"] in ("ok", "drift")
     json.dumps(report, allow_nan=False)  # JSON-ready, no NaN
-    for row in rows[20:40]:
+    for row in rows[25:40]:
         engine.serve(row)
-    assert len(rec.of(DriftReady)) == 2
+    engine.tick()
+    assert [d.report["n"] for d in rec.of(DriftReady)] == [20, 20], "windows hold exactly window_rows rows"
 
 
 def test_drift_window_defaults_to_the_bundle_policy(model: LoadedModel) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, batch_rows=10, min_rows=5)
+    engine = InferenceEngine(rec, min_rows=5)
     engine.activate(model)
     rows = sample_rows(WINDOW, seed=10).tolist()
     for row in rows[:-1]:
         engine.serve(row)
+    engine.tick()
     assert rec.of(DriftReady) == []
     engine.serve(rows[-1])
+    engine.tick()
     assert [d.report["n"] for d in rec.of(DriftReady)] == [WINDOW]
 
 
 def test_partial_window_is_reported_on_switch_and_close(model: LoadedModel, bundle: VerifiedBundle) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, batch_rows=4, window_rows=100, min_rows=30)
+    engine = InferenceEngine(rec, window_rows=100, min_rows=30)
     engine.activate(model)
     for row in sample_rows(6, seed=11).tolist():
         engine.serve(row)
