@@ -35,6 +35,10 @@ def parse_broker(url: str) -> tuple[str, int]:
 @click.option("--rate", default=0.0, show_default=True, help="Rows per second when replaying a CSV (0 = max).")
 @click.option("--heartbeat", default=5.0, show_default=True, help="Heartbeat interval, seconds.")
 @click.option("--drift-window", type=int, default=None, help="Rows per drift window (default: the bundle's policy).")
+@click.option("--trial-rows", default=50, show_default=True, help="Live rows a new model must serve before commit.")
+@click.option(
+    "--trial-seconds", default=10.0, show_default=True, help="A trial with no failure passes after this long."
+)
 @click.option("--exit-on-eof", is_flag=True, help="Exit when the input ends instead of serving on as a daemon.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 @click.version_option(__version__, prog_name="edgekit-agent")
@@ -49,6 +53,8 @@ def main(
     rate: float,
     heartbeat: float,
     drift_window: int | None,
+    trial_rows: int,
+    trial_seconds: float,
     exit_on_eof: bool,
     verbose: int,
 ) -> None:
@@ -70,6 +76,8 @@ def main(
         broker_port=port,
         heartbeat_interval_s=heartbeat,
         drift_window_rows=drift_window,
+        trial_rows=trial_rows,
+        trial_max_s=trial_seconds,
     )
     try:
         agent = Agent(config)

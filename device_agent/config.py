@@ -30,5 +30,7 @@ class AgentConfig:
     outbox_max_rows: int = 100_000  # oldest telemetry is dropped (and counted) beyond this
     outbox_batch: int = 100  # messages published per drain step
     reported_min_interval_s: float = 1.0  # rate limit for the retained 'reported' summary
+    trial_rows: int = 50  # live rows a new model must serve without failure before it is committed
+    trial_max_s: float = 10.0  # without that many rows, a trial with no failure passes after this long
     intra_op_threads: int = 1
     limits: Limits = field(default_factory=Limits)

@@ -4,10 +4,14 @@ No sockets, files or threads here. The paho adapter (:mod:`device_agent.mqtt`) t
 callbacks into events and executes the actions; tests and the fleet simulator drive the
 same class directly. Deployment phases move along one table::
 
-    idle ──desired──► downloading ──all chunks──► verifying ──ok──► installing ──ok──► active
-      ▲                   │                          │                   │
-      └──────────── failed(code) ◄───────────────────┴───────────────────┘
-                    (the previous model keeps serving in every failed case)
+    idle ─desired─► downloading ─all chunks─► verifying ─ok─► installing ─ok─► trial ─ok─► active
+      ▲                  │                        │                  │               │
+      └─────────── failed(code) ◄─────────────────┴──────────────────┴───────────────┘
+                   (the previous model keeps serving in every failed case)
+
+installing: the model loads, its health samples reproduce, the bundle is stored. trial: the
+new model serves its first live rows while the old one waits in memory; only a passed trial
+is committed to disk, so a crash during the trial restarts on the old model.
 
 Every phase change is reported on the retained ``reported`` topic and every failure is
 an event with a stable code, delivered through the durable outbox.
@@ -15,7 +19,9 @@ an event with a stable code, delivered through the durable outbox.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +39,7 @@ from .trust import DESIRED_DOMAIN, ROLE_BUNDLE, ROLE_DEPLOY, TRANSFER_DOMAIN, Tr
 @dataclass(frozen=True)
 class Connected:
     max_packet_size: int | None = None
+    bdseq: int | None = None  # birth/death sequence of this connection (the Will carries it too)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,26 @@ class InstallDone:
 
 
 @dataclass(frozen=True)
+class TrialDone:
+    """The engine's verdict on the new model's first live rows."""
+
+    sha256: str
+    ok: bool
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The adapter wrote the switch to disk (or could not)."""
+
+    sha256: str
+    ok: bool
+    code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Stopping:
     reason: str = "shutdown"
 
@@ -84,7 +111,18 @@ class Stopping:
 TRANSIENT = frozenset({"transfer.timeout", "storage.failed", "install.failed"})
 CHUNK_RETRY_S = 5.0  # a chunk that failed its hash is asked for again after this long
 
-Event = Connected | Disconnected | Message | Tick | RowRejected | DriftReady | InstallDone | Stopping
+Event = (
+    Connected
+    | Disconnected
+    | Message
+    | Tick
+    | RowRejected
+    | DriftReady
+    | InstallDone
+    | TrialDone
+    | Committed
+    | Stopping
+)
 
 # ── actions ─────────────────────────────────────────────────────────────────────────
 
@@ -126,32 +164,88 @@ class Install:
 
 
 @dataclass(frozen=True)
+class StageTransfer:
+    """Keep the signed transfer document on disk so a restart resumes the transfer."""
+
+    sha256: str
+    envelope: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StageChunk:
+    sha256: str
+    index: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DropStaging:
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The trial passed: make the new bundle the active one on disk."""
+
+    active: Mapping[str, Any]
+    previous: Mapping[str, Any] | None
+    floor: Mapping[str, FloorEntry]
+
+
+@dataclass(frozen=True)
+class Revert:
+    """Serve the previous model again (the trial or the commit failed)."""
+
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Persist:
     """Write the small persistent state (desired sequence numbers) durably."""
 
     desired_seq: Mapping[str, int]
 
 
-Action = Publish | Send | Subscribe | Unsubscribe | Install | Persist
+Action = (
+    Publish
+    | Send
+    | Subscribe
+    | Unsubscribe
+    | Install
+    | Persist
+    | StageTransfer
+    | StageChunk
+    | DropStaging
+    | Commit
+    | Revert
+)
 
 # ── phases ──────────────────────────────────────────────────────────────────────────
 
-IDLE, DOWNLOADING, VERIFYING, INSTALLING, ACTIVE, FAILED = (
+IDLE, DOWNLOADING, VERIFYING, INSTALLING, TRIAL, ACTIVE, FAILED = (
     "idle",
     "downloading",
     "verifying",
     "installing",
+    "trial",
     "active",
     "failed",
 )
 TRANSITIONS: dict[str, frozenset[str]] = {
     IDLE: frozenset({DOWNLOADING, FAILED}),
     DOWNLOADING: frozenset({DOWNLOADING, VERIFYING, FAILED, ACTIVE, IDLE}),
-    VERIFYING: frozenset({INSTALLING, FAILED, ACTIVE}),
-    INSTALLING: frozenset({ACTIVE, FAILED}),
+    VERIFYING: frozenset({INSTALLING, FAILED}),
+    INSTALLING: frozenset({TRIAL, FAILED}),
+    TRIAL: frozenset({ACTIVE, FAILED}),
     ACTIVE: frozenset({DOWNLOADING, FAILED}),
     FAILED: frozenset({DOWNLOADING, FAILED, ACTIVE}),
 }
+BUSY = frozenset({VERIFYING, INSTALLING, TRIAL})  # a new desired state waits until these finish
+MAX_TRIAL_CRASHES = 2  # a bundle whose trial was cut short by crashes this often is not retried
+EVENT_BURST = 20  # failure events of one code per EVENT_PERIOD_S; the rest are counted
+EVENT_PERIOD_S = 60.0
+TRANSFER_RETRY_BASE_S = 10.0  # first automatic retry of a timed-out transfer; doubles, jittered
+TRANSFER_RETRY_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +271,8 @@ class Persisted:
     floor: dict[str, FloorEntry] = field(default_factory=dict)
     desired_seq: dict[str, int] = field(default_factory=dict)
     bdseq: int = 0
+    staging: dict[str, tuple[bytes, dict[int, bytes]]] = field(default_factory=dict)  # sha -> envelope, chunks
+    interrupted: dict[str, int] = field(default_factory=dict)  # sha -> trials cut short by a crash
 
 
 class AgentCore:
@@ -230,14 +326,23 @@ class AgentCore:
         self.failures: dict[str, int] = {}
         self.seq = 0
         self.stats: Mapping[str, Any] = {}
+        self.staged = dict(persisted.staging)
+        self.interrupted = dict(persisted.interrupted)
+        self.retry_pursue_at: float | None = None
+        self.transfer_attempts = 0
+        self._rng = random.Random(boot_id)  # jitter; seeded so a test can replay it
+        self._burst: dict[str, tuple[float, int]] = {}  # code -> (period start, events sent)
+        self.suppressed: dict[str, int] = {}
         self._last_hb = -1e18
         self._last_reported = -1e18
         self._reported_dirty = True
 
     # ── public surface ──────────────────────────────────────────────────────────────
 
-    def will_payload(self) -> bytes:
-        return dumps({"online": False, "bdseq": self.bdseq, "boot_id": self.boot_id, "groups": list(self.groups)})
+    def will_payload(self, bdseq: int | None = None) -> bytes:
+        """What the broker publishes for us when the connection dies (set before connecting)."""
+        seq = self.bdseq if bdseq is None else bdseq
+        return dumps({"online": False, "bdseq": seq, "boot_id": self.boot_id, "groups": list(self.groups)})
 
     def handle(self, event: Event, now: float) -> list[Action]:
         out: list[Action] = []
@@ -256,6 +361,10 @@ class AgentCore:
             self._on_drift(event, now, out)
         elif isinstance(event, InstallDone):
             self._on_install_done(event, now, out)
+        elif isinstance(event, TrialDone):
+            self._on_trial_done(event, now, out)
+        elif isinstance(event, Committed):
+            self._on_committed(event, now, out)
         elif isinstance(event, Stopping):
             self._last_hb = -1e18  # a final heartbeat and summary carry the last counters
             self._on_tick(Tick(self.stats), now, out)
@@ -296,6 +405,7 @@ class AgentCore:
             "last_error": self.last_error,
             "last_drift": self.last_drift,
             "failures": dict(self.failures),
+            "suppressed": dict(self.suppressed),
             "counters": dict(self.stats.get("counters", {})),
         }
 
@@ -303,6 +413,8 @@ class AgentCore:
 
     def _on_connected(self, event: Connected, now: float, out: list[Action]) -> None:
         self.connected = True
+        if event.bdseq is not None:
+            self.bdseq = event.bdseq
         out.append(
             Publish(
                 self.topics.state(self.device),
@@ -407,8 +519,8 @@ class AgentCore:
         goal = self._effective()
         if goal is None:
             return
-        if self.phase in (VERIFYING, INSTALLING):
-            return  # the install under way finishes first; InstallDone pursues the newest goal
+        if self.phase in BUSY:
+            return  # the install under way finishes first, then the newest goal is pursued
         if self.active is not None and self.active.get("sha256") == goal.sha256:
             if self.goal is not None and self.goal != goal:
                 self._abandon(out)
@@ -424,6 +536,18 @@ class AgentCore:
             failed_here = err.get("sha256") == goal.sha256 and err.get("code") not in TRANSIENT
             if self.phase == FAILED and failed_here and not retry:
                 return  # this exact bundle already failed; wait for a new desired state
+        crashes = self.interrupted.get(goal.sha256, 0)
+        if crashes >= MAX_TRIAL_CRASHES and not retry:
+            if self.goal != goal:
+                self.goal = goal
+                self._fail_event(
+                    out,
+                    now,
+                    "trial.crashed",
+                    f"{goal.name} v{goal.version} was not retried: its trial ended in a restart {crashes} times",
+                    sha256=goal.sha256,
+                )
+            return
         held = self.floor.get(goal.name)
         if held is not None and goal.version < held.version:
             self._abandon(out)
@@ -436,10 +560,21 @@ class AgentCore:
                 sha256=goal.sha256,
             )
             return
+        if self.goal is None or self.goal.sha256 != goal.sha256:
+            self.transfer_attempts = 0
         self._abandon(out)
         self.goal = goal
         self.last_progress = now
+        self.retry_pursue_at = None
         self._phase(DOWNLOADING)
+        for sha in [s for s in self.staged if s != goal.sha256]:
+            del self.staged[sha]
+            out.append(DropStaging(sha))
+        staged = self.staged.get(goal.sha256)
+        if staged is not None and self.trust is not None:
+            self._start_transfer(staged[0], now, out, resumed=staged[1])
+            if self.transfer is not None:
+                return
         out.append(Subscribe((self.topics.bundle_manifest(goal.name, goal.version),)))
 
     def _abandon(self, out: list[Action]) -> None:
@@ -458,12 +593,23 @@ class AgentCore:
             return
         if self.trust is None:
             raise TrustError(self.trust_error or "no trust file: bundles cannot be verified")
+        out.append(Unsubscribe((self.topics.bundle_manifest(goal.name, goal.version),)))
+        self._start_transfer(payload, now, out, resumed=None)
+
+    def _start_transfer(self, envelope: bytes, now: float, out: list[Action], resumed: dict[int, bytes] | None) -> None:
+        """Open the signed transfer document and start (or resume) pulling chunks."""
+        goal = self.goal
+        assert goal is not None and self.trust is not None
         try:
             body, _ = open_envelope(
-                self.trust, ROLE_BUNDLE, TRANSFER_DOMAIN, payload, "transfer document", self.max_payload
+                self.trust, ROLE_BUNDLE, TRANSFER_DOMAIN, envelope, "transfer document", self.max_payload
             )
             info = TransferInfo.from_json(body, self.max_chunk)
         except AgentError as exc:
+            if resumed is not None:  # a stale or damaged staging area: start over from the broker
+                self.staged.pop(goal.sha256, None)
+                out.append(DropStaging(goal.sha256))
+                return
             self._fail(out, now, exc.code, f"transfer document: {exc.detail}", goal.sha256)
             return
         if (info.name, info.version, info.sha256, info.size) != (goal.name, goal.version, goal.sha256, goal.size):
@@ -476,11 +622,20 @@ class AgentCore:
                 out, now, "bundle.too_large", f"bundle is {info.size} bytes, above this device's limit", goal.sha256
             )
             return
-        out.append(Unsubscribe((self.topics.bundle_manifest(goal.name, goal.version),)))
         self.transfer = Assembly(info)
+        if resumed is None:
+            self.staged[goal.sha256] = (envelope, {})
+            out.append(StageTransfer(goal.sha256, envelope))
+        else:
+            for index, data in sorted(resumed.items()):
+                with contextlib.suppress(ChunkRejected):  # a torn chunk on disk is simply fetched again
+                    self.transfer.accept(index, data)
         self.last_progress = now
         self._reported_dirty = True
-        self._request_chunks(out, now)
+        if self.transfer.complete:
+            self._finish_transfer(now, out)
+        else:
+            self._request_chunks(out, now)
 
     def _request_chunks(self, out: list[Action], now: float) -> None:
         assert self.transfer is not None and self.goal is not None
@@ -506,6 +661,7 @@ class AgentCore:
             if transfer.accept(index, payload):
                 self.last_progress = now
                 self._reported_dirty = True
+                out.append(StageChunk(transfer.info.sha256, index, payload))
         except ChunkRejected as exc:
             # Counted and reported; asked for again after a pause, so a bad retained copy
             # cannot make the device loop (the transfer timeout bounds the whole attempt).
@@ -536,6 +692,8 @@ class AgentCore:
             self._fail(out, now, exc.code, exc.detail, goal.sha256)
             return
         self._phase(INSTALLING)
+        self.staged.pop(goal.sha256, None)
+        out.append(DropStaging(goal.sha256))  # the bundle itself is stored by the install
         out.append(Install(bundle, data))
 
     # ── installation results ────────────────────────────────────────────────────────
@@ -546,21 +704,53 @@ class AgentCore:
             return
         if not event.ok:
             self._fail(out, now, event.code, event.detail, goal.sha256)
-            newest = self._effective()
-            if newest is not None and newest.sha256 != goal.sha256:
-                self._pursue(now, out, retry=False)  # a newer desired state arrived meanwhile
+            self._pursue_newer(goal, now, out)
             return
-        ref = {"name": goal.name, "version": goal.version, "sha256": goal.sha256}
+        self._phase(TRIAL)
+        self._event(out, now, "bundle.trial", f"{goal.name} v{goal.version} is on trial", goal.ref)
+
+    def _on_trial_done(self, event: TrialDone, now: float, out: list[Action]) -> None:
+        goal = self.goal
+        if goal is None or event.sha256 != goal.sha256 or self.phase != TRIAL:
+            return
+        if not event.ok:
+            out.append(Revert(goal.sha256))
+            self._fail(out, now, event.code or "trial.failed", event.detail, goal.sha256)
+            self._pursue_newer(goal, now, out)
+            return
+        floor = dict(self.floor)
+        held = floor.get(goal.name)
+        if held is None or goal.version >= held.version:
+            floor[goal.name] = FloorEntry(goal.version, goal.sha256)
+        previous = self.active if self.active and self.active.get("sha256") != goal.sha256 else self.previous
+        out.append(Commit(goal.ref, previous, floor))
+
+    def _on_committed(self, event: Committed, now: float, out: list[Action]) -> None:
+        goal = self.goal
+        if goal is None or event.sha256 != goal.sha256 or self.phase != TRIAL:
+            return
+        if not event.ok:
+            out.append(Revert(goal.sha256))
+            self._fail(out, now, event.code or "storage.failed", event.detail, goal.sha256)
+            return
+        ref = goal.ref
         if self.active is not None and self.active.get("sha256") != goal.sha256:
             self.previous = self.active
         self.active = ref
         held = self.floor.get(goal.name)
         if held is None or goal.version >= held.version:
             self.floor[goal.name] = FloorEntry(goal.version, goal.sha256)
+        self.interrupted.pop(goal.sha256, None)
         self.last_error = None
+        self.transfer_attempts = 0
         self._phase(ACTIVE)
         self._event(out, now, "bundle.activated", f"{goal.name} v{goal.version} is active", ref)
         self._pursue(now, out, retry=False)
+
+    def _pursue_newer(self, failed: Desired, now: float, out: list[Action]) -> None:
+        newest = self._effective()
+        if newest is not None and newest.sha256 != failed.sha256:
+            self._pursue(now, out, retry=False)  # a newer desired state arrived meanwhile
 
     # ── periodic work ───────────────────────────────────────────────────────────────
 
@@ -576,14 +766,24 @@ class AgentCore:
         ):
             goal = self.goal
             self._abandon(out)
+            self.staged.pop(goal.sha256, None)
+            out.append(DropStaging(goal.sha256))
             self.goal = goal
             self._fail(out, now, "transfer.timeout", f"no progress for {self.transfer_timeout:.0f} s", goal.sha256)
+            delay = min(TRANSFER_RETRY_MAX_S, TRANSFER_RETRY_BASE_S * 2**self.transfer_attempts)
+            self.retry_pursue_at = now + delay * (0.5 + self._rng.random())
+            self.transfer_attempts += 1
+        if self.retry_pursue_at is not None and now >= self.retry_pursue_at and self.phase == FAILED:
+            self.retry_pursue_at = None
+            if self.connected:
+                self._pursue(now, out, retry=True)
         if self.connected and now - self._last_hb >= self.heartbeat_interval:
             self._last_hb = now
             hb = {
                 "ts": now,
                 "interval": self.heartbeat_interval,
                 "boot_id": self.boot_id,
+                "bdseq": self.bdseq,
                 "phase": self.phase,
                 "active": self.active,
             }
@@ -629,11 +829,25 @@ class AgentCore:
         self._fail_event(out, now, code, detail, sha256=sha256)
 
     def _fail_event(self, out: list[Action], now: float, code: str, detail: str, *, sha256: str = "") -> None:
-        """Count and report a failure; the deployment phase is the caller's business."""
+        """Count and report a failure; the deployment phase is the caller's business.
+
+        A flood of one kind (junk on a topic, a broken input feed) is bounded: at most
+        EVENT_BURST events per code per period; the rest are counted and summarised.
+        """
         self.failures[code] = self.failures.get(code, 0) + 1
         bundle = self.goal.ref if (self.goal is not None and sha256) else None
         self.last_error = {"ts": now, "code": code, "detail": detail[:500], "sha256": sha256 or None, "bundle": bundle}
         self._reported_dirty = True
+        start, sent = self._burst.get(code, (now, 0))
+        if now - start >= EVENT_PERIOD_S:
+            skipped = self.suppressed.pop(code, 0)
+            if skipped:
+                self._event(out, now, "events.suppressed", f"{skipped} more '{code}' events in the last period")
+            start, sent = now, 0
+        if sent >= EVENT_BURST and not sha256:
+            self.suppressed[code] = self.suppressed.get(code, 0) + 1
+            return
+        self._burst[code] = (start, sent + 1)
         self._event(out, now, code, detail, bundle)
 
     def _event(self, out: list[Action], now: float, code: str, detail: str, bundle: Any = None) -> None:

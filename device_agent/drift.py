@@ -81,6 +81,7 @@ from .errors import ProtocolError
 FORMAT = 1
 MAX_EDGES = 9  # per feature: at most 10 bins, enough for deciles, few enough for small windows
 MAX_CONFIDENCE_EDGES = 63
+MAX_CATEGORIES = 20  # per categorical feature: the top categories by frequency, plus "other"
 PROPORTION_TOLERANCE = 1e-6  # proportions written as JSON floats must sum to 1 within this
 PSI_EPS = 1e-4  # floor for empty bins; without it one empty bin makes PSI infinite
 
@@ -312,6 +313,8 @@ class FeatureRef:
     max: float
     missing_rate: float
 
+    kind = "numeric"
+
     @property
     def bins(self) -> int:
         return len(self.edges) + 1
@@ -322,7 +325,7 @@ class FeatureRef:
         name = _str(_get(o, "name", what), f"{what}.name")
         kind = _get(o, "kind", what)
         if kind != "numeric":
-            raise ProtocolError(f"reference: {what}.kind {kind!r} is not supported (only 'numeric')")
+            raise ProtocolError(f"reference: {what}.kind {kind!r} is not 'numeric'")
         edges = _edges(_get(o, "edges", what), f"{what}.edges", MAX_EDGES)
         props = _proportions(_get(o, "proportions", what), f"{what}.proportions", len(edges) + 1)
         lo = _num(_get(o, "min", what), f"{what}.min")
@@ -355,18 +358,90 @@ class FeatureRef:
 
 
 @dataclass(frozen=True)
+class CategoricalRef:
+    """Reference statistics of one categorical feature: its most frequent categories (at most
+    :data:`MAX_CATEGORIES`) and their shares of the non-missing values, plus one last share for
+    every other value ("other": rarer training categories, and on the device categories never
+    seen in training). Bin ``i`` is ``categories[i]``; bin ``len(categories)`` is "other"."""
+
+    name: str
+    categories: tuple[str, ...]
+    proportions: tuple[float, ...]
+    missing_rate: float
+
+    kind = "categorical"
+
+    @property
+    def bins(self) -> int:
+        return len(self.categories) + 1
+
+    @classmethod
+    def from_json(cls, obj: Any, what: str) -> CategoricalRef:
+        o = _obj(obj, what)
+        name = _str(_get(o, "name", what), f"{what}.name")
+        raw = _get(o, "categories", what)
+        if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+            raise ProtocolError(f"reference: {what}.categories must be a list of strings")
+        if len(raw) > MAX_CATEGORIES:
+            raise ProtocolError(f"reference: {what}.categories has {len(raw)} entries, at most {MAX_CATEGORIES}")
+        if len(set(raw)) != len(raw):
+            raise ProtocolError(f"reference: {what}.categories has duplicates")
+        props = _proportions(_get(o, "proportions", what), f"{what}.proportions", len(raw) + 1)
+        return cls(
+            name=name,
+            categories=tuple(raw),
+            proportions=props,
+            missing_rate=_num(_get(o, "missing_rate", what), f"{what}.missing_rate", 0.0, 1.0),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "categorical",
+            "categories": list(self.categories),
+            "proportions": list(self.proportions),
+            "missing_rate": self.missing_rate,
+        }
+
+
+AnyFeatureRef = FeatureRef | CategoricalRef
+
+
+def feature_from_json(obj: Any, what: str) -> AnyFeatureRef:
+    """A feature's reference statistics, by its ``kind``."""
+    kind = _get(_obj(obj, what), "kind", what)
+    if kind == "numeric":
+        return FeatureRef.from_json(obj, what)
+    if kind == "categorical":
+        return CategoricalRef.from_json(obj, what)
+    raise ProtocolError(f"reference: {what}.kind {kind!r} is not supported (only 'numeric', 'categorical')")
+
+
+@dataclass(frozen=True)
 class PredictionRef:
-    """Distribution of predicted classes on out-of-fold predictions."""
+    """Distribution of out-of-fold predictions: predicted classes (``kind = "classes"``,
+    ``labels``) or, for a regressor, predicted values in bins (``kind = "bins"``, ``edges``
+    with the binning rule of the features)."""
 
     labels: tuple[JsonScalar, ...]
     proportions: tuple[float, ...]
+    kind: str = "classes"
+    edges: tuple[float, ...] = ()
+
+    @property
+    def bins(self) -> int:
+        return len(self.proportions)
 
     @classmethod
     def from_json(cls, obj: Any, what: str = "prediction") -> PredictionRef:
         o = _obj(obj, what)
         kind = _get(o, "kind", what)
+        if kind == "bins":
+            edges = _edges(_get(o, "edges", what), f"{what}.edges", MAX_EDGES)
+            props = _proportions(_get(o, "proportions", what), f"{what}.proportions", len(edges) + 1)
+            return cls(labels=(), proportions=props, kind="bins", edges=edges)
         if kind != "classes":
-            raise ProtocolError(f"reference: {what}.kind {kind!r} is not supported (only 'classes')")
+            raise ProtocolError(f"reference: {what}.kind {kind!r} is not supported (only 'classes', 'bins')")
         raw = _get(o, "labels", what)
         if not isinstance(raw, list) or not raw:
             raise ProtocolError(f"reference: {what}.labels must be a non-empty list")
@@ -381,6 +456,8 @@ class PredictionRef:
         return cls(labels=tuple(labels), proportions=props)
 
     def to_json(self) -> dict[str, Any]:
+        if self.kind == "bins":
+            return {"kind": "bins", "edges": list(self.edges), "proportions": list(self.proportions)}
         return {"kind": "classes", "labels": list(self.labels), "proportions": list(self.proportions)}
 
 
@@ -443,14 +520,24 @@ class Reference:
 
     n: int
     alpha: float
-    features: tuple[FeatureRef, ...]
+    features: tuple[AnyFeatureRef, ...]
     prediction: PredictionRef
-    confidence: ConfidenceRef
+    confidence: ConfidenceRef | None  # None for a regressor (prediction kind "bins")
     thresholds: Thresholds
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    def category_codes(self) -> list[dict[str, float] | None]:
+        """Per feature, in order: for a categorical one the code of each reference category
+        (its index in ``categories``; any other value codes as ``len(categories)``, missing as
+        NaN), ``None`` for a numeric one. What :meth:`DriftWindow.update` expects in the
+        categorical columns of its float matrix."""
+        return [
+            {c: float(i) for i, c in enumerate(f.categories)} if isinstance(f, CategoricalRef) else None
+            for f in self.features
+        ]
 
     @classmethod
     def from_json(cls, obj: Any) -> Reference:
@@ -470,16 +557,24 @@ class Reference:
         raw = _get(o, "features", "")
         if not isinstance(raw, list) or not raw:
             raise ProtocolError("reference: features must be a non-empty list")
-        features = tuple(FeatureRef.from_json(f, f"features[{i}]") for i, f in enumerate(raw))
+        features = tuple(feature_from_json(f, f"features[{i}]") for i, f in enumerate(raw))
         names = [f.name for f in features]
         if len(set(names)) != len(names):
             raise ProtocolError("reference: feature names must be unique")
+        prediction = PredictionRef.from_json(_get(o, "prediction", ""))
+        raw_conf = _get(o, "confidence", "")
+        if prediction.kind == "bins":
+            if raw_conf is not None:
+                raise ProtocolError("reference: confidence must be null for a regressor (prediction kind 'bins')")
+            confidence = None
+        else:
+            confidence = ConfidenceRef.from_json(raw_conf)
         return cls(
             n=n,
             alpha=alpha,
             features=features,
-            prediction=PredictionRef.from_json(_get(o, "prediction", "")),
-            confidence=ConfidenceRef.from_json(_get(o, "confidence", "")),
+            prediction=prediction,
+            confidence=confidence,
             thresholds=Thresholds.from_json(_get(o, "thresholds", ""), names),
         )
 
@@ -490,7 +585,7 @@ class Reference:
             "alpha": self.alpha,
             "features": [f.to_json() for f in self.features],
             "prediction": self.prediction.to_json(),
-            "confidence": self.confidence.to_json(),
+            "confidence": self.confidence.to_json() if self.confidence is not None else None,
             "thresholds": self.thresholds.to_json(),
         }
 

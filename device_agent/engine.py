@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from .bundle import REFERENCE
-from .core import DriftReady, Event, RowRejected
+from .core import DriftReady, Event, RowRejected, TrialDone
 from .drift import DriftWindow, Reference
-from .errors import NoModel, ProtocolError, RowError
+from .errors import InferenceFailed, NoModel, ProtocolError, RowError
 from .runtime import LoadedModel, Prediction
 
 LATENCY_SAMPLES = 2048  # recent per-row latencies kept for percentiles
@@ -39,6 +39,7 @@ class _Window:
         self.codes: list[dict[str, float] | None] = codes() if codes else [None] * len(reference.features)
         self.started = time.monotonic()
         self.bundle = {"name": model.bundle.name, "version": model.bundle.version}
+        self.low_confidence = low_confidence
 
     def matrix(self, rows: list[Sequence[Any]]) -> np.ndarray:
         """Raw rows as one float matrix; categorical values become their reference codes."""
@@ -52,6 +53,18 @@ class _Window:
                 other = float(len(codes))
                 out[:, j] = [math.nan if r[j] is None else codes.get(r[j], other) for r in rows]
         return out
+
+
+class _Trial:
+    """A new model serving its first live rows, with the old one kept to fall back to."""
+
+    def __init__(self, sha256: str, rows: int, max_s: float, fallback: tuple[LoadedModel | None, _Window | None]):
+        self.sha256 = sha256
+        self.rows = rows
+        self.deadline = time.monotonic() + max_s
+        self.fallback = fallback
+        self.ok = 0
+        self.decided = False
 
 
 class InferenceEngine:
@@ -80,11 +93,42 @@ class InferenceEngine:
         self.low_confidence = 0
         self.unaccounted = 0  # rows served but left out of drift because the worker fell behind
         self._low_conf_threshold = 0.0
+        self._trial: _Trial | None = None
 
     # ── model lifecycle (worker thread) ─────────────────────────────────────────────
 
     def activate(self, model: LoadedModel) -> None:
         """Serve ``model`` from the next row on; rows served so far are accounted first."""
+        self._switch(model, trial=None)
+
+    def start_trial(self, model: LoadedModel, rows: int, max_s: float) -> None:
+        """Serve ``model`` on trial: after ``rows`` good rows (or ``max_s`` seconds without a
+        failure) a TrialDone(ok) is notified; the first failure the model causes notifies
+        TrialDone(not ok) and puts the previous model straight back."""
+        with self._lock:
+            fallback = (self.model, self._window)
+        self._switch(model, trial=_Trial(model.bundle.sha256, rows, max_s, fallback))
+
+    def commit_trial(self) -> None:
+        """The trial's result is on disk: forget the fallback."""
+        with self._lock:
+            self._trial = None
+
+    def revert(self, sha256: str) -> None:
+        """Serve the model that was active before the trial of ``sha256`` again."""
+        with self._lock:
+            trial = self._trial
+            if trial is None or trial.sha256 != sha256:
+                return
+            self._revert_locked(trial)
+
+    def _revert_locked(self, trial: _Trial) -> None:
+        self.model, self._window = trial.fallback
+        self._low_conf_threshold = self._window.low_confidence if self._window else 0.0
+        self._rows, self._labels, self._conf = [], [], []  # rows served by the failed model are not drift data
+        self._trial = None
+
+    def _switch(self, model: LoadedModel, trial: _Trial | None) -> None:
         try:
             reference = Reference.from_json(model.bundle.json_file(REFERENCE))
         except ProtocolError as exc:
@@ -99,12 +143,19 @@ class InferenceEngine:
             self.model = model
             self._window = window
             self._low_conf_threshold = threshold
+            self._trial = trial
         if old is not None:
             self._account(old, *pending, final=True)
 
     def tick(self) -> None:
-        """Account pending rows; report full windows, and a partial one older than ``flush_s``."""
+        """Account pending rows; report full windows, and a partial one older than ``flush_s``.
+        A trial that saw no failure before its deadline passes (on its health samples and
+        whatever live rows it served)."""
         with self._lock:
+            trial = self._trial
+            if trial is not None and not trial.decided and time.monotonic() >= trial.deadline:
+                trial.decided = True
+                self._notify(TrialDone(trial.sha256, True, "", f"no failure in {trial.ok} live row(s)"))
             pending = self._take_locked()
             window = self._window
         if window is not None:
@@ -140,6 +191,11 @@ class InferenceEngine:
             except RowError as exc:
                 self.rejected += 1
                 self._notify(RowRejected(exc.code, exc.detail))
+                trial = self._trial
+                if trial is not None and not trial.decided and isinstance(exc, InferenceFailed):
+                    trial.decided = True
+                    self._notify(TrialDone(trial.sha256, False, "trial.failed", f"on live row {trial.ok + 1}: {exc}"))
+                    self._revert_locked(trial)
                 raise
             self._latency[self._lat_n % LATENCY_SAMPLES] = time.perf_counter_ns() - t0
             self._lat_n += 1
@@ -152,6 +208,12 @@ class InferenceEngine:
                 self.unaccounted += 1
             if pred.confidence < self._low_conf_threshold:
                 self.low_confidence += 1
+            trial = self._trial
+            if trial is not None and not trial.decided:
+                trial.ok += 1
+                if trial.ok >= trial.rows:
+                    trial.decided = True
+                    self._notify(TrialDone(trial.sha256, True, "", f"{trial.ok} live rows served without failure"))
             return pred
 
     # ── drift accounting (worker thread) ────────────────────────────────────────────

@@ -116,7 +116,13 @@ class NoModel(RowError):
 
 
 class InferenceFailed(RowError):
+    """The model, not the row, failed: counts against a new model on trial."""
+
     code = "inference.failed"
+
+
+class OutputNotFinite(InferenceFailed):
+    code = "inference.not_finite"
 
 
 class ProtocolError(AgentError):

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import signal
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,16 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .bundle import FloorEntry, verify
+from .bundle import verify
 from .config import AgentConfig
 from .core import (
     Action,
     AgentCore,
+    Commit,
+    Committed,
     Connected,
     Disconnected,
+    DropStaging,
     Event,
     Install,
     InstallDone,
@@ -37,7 +43,10 @@ from .core import (
     Persist,
     Persisted,
     Publish,
+    Revert,
     Send,
+    StageChunk,
+    StageTransfer,
     Stopping,
     Subscribe,
     Tick,
@@ -52,6 +61,14 @@ from .slots import Slots
 from .trust import Trust
 
 log = logging.getLogger("edgekit.agent")
+
+_CRASH_AT = os.environ.get("EDGEKIT_AGENT_CRASH_AT", "")
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the crash-safety tests: die like a power cut at a named point."""
+    if point == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Acked:
@@ -74,6 +91,7 @@ class Agent:
         self.slots = Slots(config.state_dir)
         self.persisted = self.slots.load()
         self.persisted.bdseq += 1
+        self._bdseq = self.persisted.bdseq  # +1 per boot and per connection: a late Will never wins
         self.slots.save(self.persisted)
         self.outbox = Outbox(Path(config.state_dir) / "outbox.sqlite", config.outbox_max_rows)
         trust: Trust | None
@@ -141,7 +159,8 @@ class Agent:
             client_id=f"edgekit-{self.config.device_id}",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        client.will_set(Topics(self.config.prefix).state(self.config.device_id), self.core.will_payload(), 1, True)
+        self._state_topic = Topics(self.config.prefix).state(self.config.device_id)
+        client.will_set(self._state_topic, self.core.will_payload(self._bdseq), 1, True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -190,11 +209,15 @@ class Agent:
             if isinstance(sock, socket.socket):  # Nagle delays every subscribe round trip by ~40 ms
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
-        self.events.put(Connected(max_packet_size=max_packet))
+        self.events.put(Connected(max_packet_size=max_packet, bdseq=self._bdseq))
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Properties | None
     ) -> None:
+        # The next connection gets a higher birth/death sequence; its Will must carry it.
+        self._bdseq += 1
+        with contextlib.suppress(Exception):
+            client.will_set(self._state_topic, self.core.will_payload(self._bdseq), 1, True)
         self.events.put(Disconnected(str(reason)))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -239,6 +262,7 @@ class Agent:
             self._connected = True
             self._inflight.clear()
             self._last_sent = 0
+            self._save()  # persist this connection's bdseq
         elif isinstance(event, Disconnected):
             self._connected = False
         for action in self.core.handle(event, time.time()):
@@ -262,37 +286,47 @@ class Agent:
             self._save()
         elif isinstance(action, Install):
             self._install(action)
+        elif isinstance(action, Commit):
+            self._commit(action)
+        elif isinstance(action, Revert):
+            self._revert(action)
+        elif isinstance(action, StageTransfer):
+            self._stage(lambda: self.slots.stage_transfer(action.sha256, action.envelope))
+        elif isinstance(action, StageChunk):
+            self._stage(lambda: self.slots.stage_chunk(action.sha256, action.index, action.data))
+        elif isinstance(action, DropStaging):
+            self.slots.drop_staging(action.sha256)
+
+    def _stage(self, write: Callable[[], None]) -> None:
+        """Staging is an optimisation (resume after restart): a full disk only costs that."""
+        try:
+            write()
+        except AgentError as exc:
+            log.warning("staging skipped: %s", exc.detail)
 
     def _save(self) -> None:
         self.persisted.active = self.core.active
         self.persisted.previous = self.core.previous
         self.persisted.floor = dict(self.core.floor)
         self.persisted.desired_seq = dict(self.core.desired_seq)
+        self.persisted.bdseq = self._bdseq
         self.slots.save(self.persisted)
 
     def _install(self, action: Install) -> None:
+        """Load, health-check and store the bundle, then let it serve on trial. Nothing on
+        disk names it as active until the trial has passed (see ``_commit``)."""
         bundle = action.bundle
         try:
             model = LoadedModel(bundle, self.config.intra_op_threads)
             model.health_check()
             self.slots.store_bundle(bundle.sha256, action.data)
-            # The switch: state.json names the new bundle only after it is whole on disk.
-            previous = self.core.active
-            saved = Persisted(
-                active=bundle.ref,
-                previous=previous if previous and previous.get("sha256") != bundle.sha256 else self.core.previous,
-                floor={**self.core.floor},
-                desired_seq=dict(self.core.desired_seq),
-                bdseq=self.persisted.bdseq,
-            )
-            held = saved.floor.get(bundle.name)
-            if held is None or bundle.version >= held.version:
-                saved.floor[bundle.name] = FloorEntry(bundle.version, bundle.sha256)
-            self.slots.save(saved)
-            self.persisted = saved
-            self.engine.activate(model)
-            keep = {str(r["sha256"]) for r in (saved.active, saved.previous) if r}
-            self.slots.prune(keep)
+            _fault("after_store")
+            # Mark the trial on disk: if the process dies before the commit, the next start
+            # serves the old model and counts this bundle's interrupted trials.
+            self.persisted.interrupted[bundle.sha256] = self.persisted.interrupted.get(bundle.sha256, 0) + 1
+            self._save()
+            self.engine.start_trial(model, self.config.trial_rows, self.config.trial_max_s)
+            _fault("after_trial_start")
         except AgentError as exc:
             log.error("install of %s v%s failed: %s", bundle.name, bundle.version, exc.detail)
             self._handle(InstallDone(bundle.sha256, False, exc.code, exc.detail))
@@ -301,8 +335,37 @@ class Agent:
             log.exception("install failed")
             self._handle(InstallDone(bundle.sha256, False, "install.failed", str(exc)))
             return
-        log.info("activated %s v%s", bundle.name, bundle.version)
+        log.info("%s v%s is on trial", bundle.name, bundle.version)
         self._handle(InstallDone(bundle.sha256, True))
+
+    def _commit(self, action: Commit) -> None:
+        """The switch: one atomic write of state.json names the new bundle as active."""
+        sha = str(action.active["sha256"])
+        try:
+            _fault("before_commit")
+            saved = Persisted(
+                active=dict(action.active),
+                previous=dict(action.previous) if action.previous else None,
+                floor=dict(action.floor),
+                desired_seq=dict(self.core.desired_seq),
+                bdseq=self.persisted.bdseq,
+                interrupted={k: v for k, v in self.persisted.interrupted.items() if k != sha},
+            )
+            self.slots.save(saved)
+            self.persisted = saved
+            _fault("after_commit")
+            self.engine.commit_trial()
+            self.slots.prune({str(r["sha256"]) for r in (saved.active, saved.previous) if r})
+        except AgentError as exc:
+            self._handle(Committed(sha, False, exc.code, exc.detail))
+            return
+        log.info("committed %s v%s", action.active.get("name"), action.active.get("version"))
+        self._handle(Committed(sha, True))
+
+    def _revert(self, action: Revert) -> None:
+        self.engine.revert(action.sha256)
+        if self.persisted.interrupted.pop(action.sha256, None) is not None:
+            self._save()
 
     def _drain(self) -> None:
         """Publish queued durable messages in order, a bounded number in flight."""

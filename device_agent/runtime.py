@@ -27,6 +27,7 @@ from .errors import (
     InferenceFailed,
     ModelLoadFailed,
     NotFinite,
+    OutputNotFinite,
     ProtocolError,
     RowError,
     WrongShape,
@@ -178,12 +179,12 @@ class LoadedModel:
             listed = probs.tolist()
             confidence = max(listed)
             if not math.isfinite(confidence):
-                raise NotFinite(_OVERFLOW)
+                raise OutputNotFinite(_OVERFLOW)
             idx = listed.index(confidence)
             return Prediction(self._classes[idx], idx, confidence, probs)
         value = float(out.reshape(-1)[0])
         if not math.isfinite(value):
-            raise NotFinite(_OVERFLOW)
+            raise OutputNotFinite(_OVERFLOW)
         return Prediction(value, -1, math.nan, None)
 
     # ── health ──────────────────────────────────────────────────────────────────────

@@ -2,8 +2,11 @@
 
 Layout of the state dir::
 
-    state.json            active / previous bundle refs, version floor, desired seqs, bdseq
-    bundles/<sha256>.ekb  verified bundles (the active one and the one before it)
+    state.json            active / previous bundle refs, version floor, desired seqs, bdseq,
+                          and the bundle on trial (if the agent stopped during a trial)
+    bundles/<sha256>.ekb  verified bundles (the active one, the one before it, one on trial)
+    staging/<sha256>/     a transfer in progress: the signed transfer document and each
+                          chunk received so far, so a restart asks only for what is missing
     outbox.sqlite         what must still reach the host
 
 Every write is temp file → fsync → rename → fsync of the directory, so after a crash or a
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ from .errors import AgentError
 
 STATE = "state.json"
 BUNDLES = "bundles"
+STAGING = "staging"
+TRANSFER_DOC = "transfer.json"
 
 
 class StorageError(AgentError):
@@ -60,15 +66,17 @@ class Slots:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.root = Path(state_dir)
         self.bundles = self.root / BUNDLES
+        self.staging = self.root / STAGING
         try:
             self.bundles.mkdir(parents=True, exist_ok=True)
+            self.staging.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create state dir {self.root}: {exc.strerror}") from None
         self._clean_staging()
 
     def _clean_staging(self) -> None:
         """Half-written files from a crash are never referenced: delete them."""
-        for folder in (self.root, self.bundles):
+        for folder in (self.root, self.bundles, *self.staging.iterdir()):
             for stray in folder.glob(".tmp-*"):
                 with contextlib.suppress(OSError):
                     stray.unlink()
@@ -77,7 +85,7 @@ class Slots:
         try:
             doc: dict[str, Any] = json.loads((self.root / STATE).read_bytes())
         except FileNotFoundError:
-            return Persisted()
+            return Persisted(staging=self.load_staging())
         except (OSError, ValueError) as exc:
             raise StorageError(f"state file {self.root / STATE} is unreadable: {exc}") from None
         floor = {name: FloorEntry(int(e["version"]), str(e["sha256"])) for name, e in doc.get("floor", {}).items()}
@@ -87,6 +95,8 @@ class Slots:
             floor=floor,
             desired_seq={str(k): int(v) for k, v in doc.get("desired_seq", {}).items()},
             bdseq=int(doc.get("bdseq", 0)),
+            staging=self.load_staging(),
+            interrupted={str(k): int(v) for k, v in doc.get("interrupted", {}).items()},
         )
 
     def save(self, state: Persisted) -> None:
@@ -96,6 +106,7 @@ class Slots:
             "floor": {n: {"version": f.version, "sha256": f.sha256} for n, f in state.floor.items()},
             "desired_seq": state.desired_seq,
             "bdseq": state.bdseq,
+            "interrupted": state.interrupted,
         }
         try:
             atomic_write(self.root / STATE, json.dumps(doc, indent=1, sort_keys=True).encode())
@@ -123,3 +134,47 @@ class Slots:
             if path.stem not in keep:
                 with contextlib.suppress(OSError):
                     path.unlink()
+
+    # ── staging: transfers in progress ──────────────────────────────────────────────
+
+    def _stage_dir(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise StorageError(f"not a SHA-256: {sha256[:80]!r}")
+        return self.staging / sha256
+
+    def stage_transfer(self, sha256: str, envelope: bytes) -> None:
+        folder = self._stage_dir(sha256)
+        try:
+            folder.mkdir(exist_ok=True)
+            atomic_write(folder / TRANSFER_DOC, envelope)
+        except OSError as exc:
+            raise StorageError(f"cannot stage the transfer: {exc.strerror}") from None
+
+    def stage_chunk(self, sha256: str, index: int, data: bytes) -> None:
+        """Chunks are renamed into place but not fsynced: a torn chunk fails its hash on
+        reload and is simply fetched again, so durability is not worth a sync per chunk."""
+        folder = self._stage_dir(sha256)
+        tmp = folder / f".tmp-{index}"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / f"{index}.chunk")
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot stage chunk {index}: {exc.strerror}") from None
+
+    def drop_staging(self, sha256: str) -> None:
+        with contextlib.suppress(StorageError, OSError):
+            shutil.rmtree(self._stage_dir(sha256))
+
+    def load_staging(self) -> dict[str, tuple[bytes, dict[int, bytes]]]:
+        staged: dict[str, tuple[bytes, dict[int, bytes]]] = {}
+        for folder in self.staging.iterdir():
+            try:
+                envelope = (folder / TRANSFER_DOC).read_bytes()
+                chunks = {int(p.stem): p.read_bytes() for p in folder.glob("*.chunk") if p.stem.isdigit()}
+            except (OSError, ValueError):
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            staged[folder.name] = (envelope, chunks)
+        return staged

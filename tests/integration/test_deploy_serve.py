@@ -19,6 +19,7 @@ from tests.support.watch import Watcher
 
 pytestmark = pytest.mark.broker
 P = "edgekit/v1"
+LIFECYCLE = {"bundle.activated", "bundle.trial"}
 
 
 def _deploy(host: HostSetup, broker: Broker, bundle: Path, target: Target) -> None:
@@ -102,10 +103,10 @@ def test_bad_inputs_are_reported_and_the_model_keeps_serving(host: HostSetup, br
             what="row and protocol failure events",
         )
         wait_until(
-            lambda: any(c.startswith("bundle.") and c != "bundle.activated" for c in watcher.codes("b1")),
+            lambda: any(c.startswith("bundle.") and c not in LIFECYCLE for c in watcher.codes("b1")),
             what="tampered bundle rejected",
         )
-        rejected = [c for c in watcher.codes("b1") if c.startswith("bundle.") and c != "bundle.activated"]
+        rejected = [c for c in watcher.codes("b1") if c.startswith("bundle.") and c not in LIFECYCLE]
         assert rejected[0] in ("bundle.hash_mismatch", "bundle.bad_signature")
         assert agent.ask(host.rows[0])["bundle"] == "wine@1"
         s = wait_until(lambda: (st := _status(broker)["b1"])["phase"] == "failed" and st, what="phase failed")

@@ -34,26 +34,36 @@ from device_agent.core import (
     ACTIVE,
     CHUNK_RETRY_S,
     DOWNLOADING,
+    EVENT_BURST,
     FAILED,
     IDLE,
     INSTALLING,
+    MAX_TRIAL_CRASHES,
     TRANSITIONS,
+    TRIAL,
     VERIFYING,
     Action,
     AgentCore,
+    Commit,
+    Committed,
     Connected,
     Disconnected,
+    DropStaging,
     Install,
     InstallDone,
     Message,
     Persist,
     Persisted,
     Publish,
+    Revert,
     RowRejected,
     Send,
+    StageChunk,
+    StageTransfer,
     Stopping,
     Subscribe,
     Tick,
+    TrialDone,
     Unsubscribe,
 )
 from device_agent.protocol import Topics
@@ -314,11 +324,28 @@ def test_full_transfer_yields_install_and_never_exceeds_the_window() -> None:
     assert events(out) == []
 
 
-def test_install_done_ok_activates_and_raises_the_floor() -> None:
+def promote(core: AgentCore, built: Built, now: float = NOW) -> list[Action]:
+    """Install succeeded → trial passed → commit written: the happy path after an Install."""
+    out = core.handle(InstallDone(built.sha256, True), now)
+    out += core.handle(TrialDone(built.sha256, True), now)
+    commits = of_type(out, Commit)
+    assert len(commits) == 1
+    return out + core.handle(Committed(built.sha256, True), now)
+
+
+def test_install_done_starts_a_trial_and_only_a_commit_activates() -> None:
     core = new_core()
     core.handle(Connected(), NOW)
     deploy(core, V1)
-    out = core.handle(InstallDone(V1.sha256, True), NOW + 2)
+    out = core.handle(InstallDone(V1.sha256, True), NOW + 1)
+    assert core.phase == TRIAL
+    assert codes(out) == ["bundle.trial"]
+    assert core.active is None and core.floor == {}, "nothing is active or floored before the commit"
+    out = core.handle(TrialDone(V1.sha256, True), NOW + 2)
+    commit = of_type(out, Commit)[0]
+    assert commit.active == active_ref(V1) and commit.floor == {"demo": FloorEntry(1, V1.sha256)}
+    assert core.phase == TRIAL and core.active is None
+    out = core.handle(Committed(V1.sha256, True), NOW + 2)
     assert core.phase == ACTIVE
     assert core.active == active_ref(V1)
     assert core.floor == {"demo": FloorEntry(1, V1.sha256)}
@@ -332,7 +359,7 @@ def test_install_done_ok_activates_and_raises_the_floor() -> None:
 def test_upgrade_keeps_the_previous_bundle() -> None:
     core = on_v1()
     deploy(core, V2, seq=2)
-    core.handle(InstallDone(V2.sha256, True), NOW + 1)
+    promote(core, V2, NOW + 1)
     assert core.active == active_ref(V2)
     assert core.previous == active_ref(V1)
     assert core.floor["demo"] == FloorEntry(2, V2.sha256)
@@ -738,12 +765,14 @@ def test_transitions_reject_an_illegal_phase_change() -> None:
 
 
 def test_transition_table_is_closed_and_never_skips_verification() -> None:
-    phases = {IDLE, DOWNLOADING, VERIFYING, INSTALLING, ACTIVE, FAILED}
+    phases = {IDLE, DOWNLOADING, VERIFYING, INSTALLING, TRIAL, ACTIVE, FAILED}
     assert set(TRANSITIONS) == phases
     for targets in TRANSITIONS.values():
         assert targets <= phases
     assert INSTALLING not in TRANSITIONS[DOWNLOADING]  # no install without verification
     assert INSTALLING not in TRANSITIONS[IDLE]
+    assert ACTIVE not in TRANSITIONS[INSTALLING]  # no activation without a trial
+    assert ACTIVE not in TRANSITIONS[VERIFYING]
 
 
 # ── races and outages ─────────────────────────────────────────────────────────────────────────────
@@ -771,3 +800,113 @@ def test_outage_longer_than_the_timeout_resumes_after_reconnect() -> None:
     out += desire(core, V2, NOW + 5 * TIMEOUT, seq=2)  # the broker redelivers the retained desired
     assert core.phase == DOWNLOADING
     assert chunk_indices(subscribed(out)) or T.bundle_manifest("demo", 2) in subscribed(out)
+
+
+# ── trial, commit, revert ────────────────────────────────────────────────────────────
+
+
+def test_failed_trial_reverts_and_keeps_the_previous_model() -> None:
+    core = on_v1()
+    deploy(core, V2, seq=2)
+    core.handle(InstallDone(V2.sha256, True), NOW + 1)
+    out = core.handle(TrialDone(V2.sha256, False, "trial.failed", "on live row 3: inference failed"), NOW + 2)
+    assert [a.sha256 for a in of_type(out, Revert)] == [V2.sha256]
+    assert not of_type(out, Commit)
+    assert core.phase == FAILED and codes(out) == ["trial.failed"]
+    assert core.active == active_ref(V1) and core.floor == {"demo": FloorEntry(1, V1.sha256)}
+
+
+def test_a_commit_that_cannot_be_written_reverts() -> None:
+    core = on_v1()
+    deploy(core, V2, seq=2)
+    core.handle(InstallDone(V2.sha256, True), NOW + 1)
+    core.handle(TrialDone(V2.sha256, True), NOW + 1)
+    out = core.handle(Committed(V2.sha256, False, "storage.failed", "No space left on device"), NOW + 1)
+    assert of_type(out, Revert) and codes(out) == ["storage.failed"]
+    assert core.phase == FAILED and core.active == active_ref(V1)
+
+
+def test_a_bundle_whose_trials_crashed_is_not_retried_without_a_new_request() -> None:
+    persisted = Persisted(
+        active=active_ref(V1),
+        floor={"demo": FloorEntry(1, V1.sha256)},
+        desired_seq={"device": 2},  # the retained request that led to the crashes
+        interrupted={V2.sha256: MAX_TRIAL_CRASHES},
+    )
+    core = new_core(persisted=persisted)
+    core.handle(Connected(), NOW)
+    out = desire(core, V2, seq=2)
+    assert codes(out) == ["trial.crashed"]
+    assert T.bundle_manifest("demo", 2) not in subscribed(out)
+    out = desire(core, V2, NOW + 1, seq=3)  # the operator asks again, deliberately
+    assert T.bundle_manifest("demo", 2) in subscribed(out)
+
+
+# ── resumable transfer ───────────────────────────────────────────────────────────────
+
+
+def test_transfer_is_staged_and_resumes_with_only_the_missing_chunks() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    first, parts = send_transfer_doc(core, V2)
+    staged_doc = of_type(first, StageTransfer)
+    assert len(staged_doc) == 1 and staged_doc[0].sha256 == V2.sha256
+    got: dict[int, bytes] = {}
+    for i in chunk_indices(subscribed(first))[:3]:
+        acts = core.handle(Message(T.bundle_chunk("demo", 2, i), parts[i], True), NOW)
+        got.update({a.index: a.data for a in of_type(acts, StageChunk)})
+    assert sorted(got) == chunk_indices(subscribed(first))[:3]
+
+    # The agent restarts: a new core is built from what the slots kept on disk.
+    persisted = Persisted(
+        active=active_ref(V1),
+        floor={"demo": FloorEntry(1, V1.sha256)},
+        desired_seq={"device": 2},
+        staging={V2.sha256: (staged_doc[0].envelope, got)},
+    )
+    core2 = new_core(persisted=persisted)
+    core2.handle(Connected(), NOW + 10)
+    out = desire(core2, V2, NOW + 10, seq=2)
+    assert T.bundle_manifest("demo", 2) not in subscribed(out), "the staged transfer document is reused"
+    asked = chunk_indices(subscribed(out))
+    assert asked and not set(asked) & set(got), "chunks already on disk are not asked for again"
+    assert core2.transfer is not None and core2.transfer.received == 3
+
+
+def test_a_stale_staging_area_is_dropped() -> None:
+    persisted = Persisted(
+        active=active_ref(V1), floor={"demo": FloorEntry(1, V1.sha256)}, staging={"ab" * 32: (b"{}", {})}
+    )
+    core = new_core(persisted=persisted)
+    core.handle(Connected(), NOW)
+    out = desire(core, V2, seq=2)
+    assert [a.sha256 for a in of_type(out, DropStaging)] == ["ab" * 32]
+
+
+def test_timed_out_transfer_is_retried_later_with_jitter() -> None:
+    core = on_v1()
+    desire(core, V2, seq=2)
+    send_transfer_doc(core, V2)
+    out = core.handle(Tick(), NOW + TIMEOUT + 1)
+    assert codes(out) == ["transfer.timeout"] and core.phase == FAILED
+    assert core.retry_pursue_at is not None
+    delay = core.retry_pursue_at - (NOW + TIMEOUT + 1)
+    assert 5.0 <= delay <= 15.0  # 10 s base, jittered by ±50 %
+    assert not subscribed(core.handle(Tick(), NOW + TIMEOUT + 2))
+    out = core.handle(Tick(), core.retry_pursue_at + 0.01)
+    assert T.bundle_manifest("demo", 2) in subscribed(out) and core.phase == DOWNLOADING
+
+
+# ── floods ───────────────────────────────────────────────────────────────────────────
+
+
+def test_a_flood_of_junk_is_bounded_and_summarised() -> None:
+    core = on_v1()
+    sent = []
+    for k in range(500):
+        sent += codes(core.handle(Message(T.desired_device(DEV), b"junk %d" % k, False), NOW + k * 0.01))
+    assert sent.count("protocol.bad_message") == EVENT_BURST
+    assert core.failures["protocol.bad_message"] == 500
+    assert core.suppressed["protocol.bad_message"] == 500 - EVENT_BURST
+    later = codes(core.handle(Message(T.desired_device(DEV), b"junk", False), NOW + 120))
+    assert later == ["events.suppressed", "protocol.bad_message"]

@@ -23,7 +23,7 @@ from bundle_factory import (
 )
 
 from device_agent.bundle import VerifiedBundle
-from device_agent.core import DriftReady, Event, RowRejected
+from device_agent.core import DriftReady, Event, RowRejected, TrialDone
 from device_agent.engine import InferenceEngine
 from device_agent.errors import (
     BadValue,
@@ -31,6 +31,7 @@ from device_agent.errors import (
     ModelLoadFailed,
     NoModel,
     NotFinite,
+    OutputNotFinite,
     RowError,
     WrongShape,
 )
@@ -292,3 +293,57 @@ def test_partial_window_is_reported_on_switch_and_close(model: LoadedModel, bund
     engine.close()  # nothing new to report
     assert len(rec.of(DriftReady)) == 2
     assert engine.model is v2
+
+
+# ── trial ────────────────────────────────────────────────────────────────────────────
+
+
+def test_trial_passes_after_its_rows(model: LoadedModel) -> None:
+    rec = Recorder()
+    engine = InferenceEngine(rec, window_rows=100)
+    engine.activate(model)
+    v2 = LoadedModel(verify_built(make_bundle(version=2)))
+    engine.start_trial(v2, rows=3, max_s=60)
+    for row in sample_rows(5, seed=3).tolist():
+        engine.serve(row)
+    done = rec.of(TrialDone)
+    assert [(d.sha256, d.ok) for d in done] == [(v2.bundle.sha256, True)], "notified once"
+    engine.commit_trial()
+    engine.revert(v2.bundle.sha256)  # too late: committed
+    assert engine.model is v2
+
+
+def test_trial_failure_puts_the_old_model_back_at_once(model: LoadedModel) -> None:
+    rec = Recorder()
+    engine = InferenceEngine(rec, window_rows=100)
+    engine.activate(model)
+    v2 = LoadedModel(verify_built(make_bundle(version=2)))
+    engine.start_trial(v2, rows=50, max_s=60)
+    engine.serve([0.1, 0.2, 0.3])
+    with np.errstate(over="ignore"), pytest.raises(OutputNotFinite):
+        engine.serve([1e39, 0.0, 0.0])  # overflows float32: the model's output is NaN
+    done = rec.of(TrialDone)
+    assert len(done) == 1 and not done[0].ok and done[0].code == "trial.failed"
+    assert engine.model is model
+    assert engine.serve([0.1, 0.2, 0.3]).label in CLASSES
+
+
+def test_a_quiet_trial_passes_at_its_deadline(model: LoadedModel) -> None:
+    rec = Recorder()
+    engine = InferenceEngine(rec, window_rows=100)
+    engine.activate(model)
+    v2 = LoadedModel(verify_built(make_bundle(version=2)))
+    engine.start_trial(v2, rows=50, max_s=0.0)
+    engine.tick()
+    assert [d.ok for d in rec.of(TrialDone)] == [True]
+
+
+def test_wrong_rows_do_not_fail_a_trial(model: LoadedModel) -> None:
+    rec = Recorder()
+    engine = InferenceEngine(rec, window_rows=100)
+    engine.activate(model)
+    v2 = LoadedModel(verify_built(make_bundle(version=2)))
+    engine.start_trial(v2, rows=50, max_s=60)
+    with pytest.raises(WrongShape):
+        engine.serve([1.0])  # the input's fault, not the model's
+    assert rec.of(TrialDone) == [] and engine.model is v2

@@ -268,3 +268,35 @@ def test_acked_rows_make_room_without_drops(tmp_path: Path) -> None:
         assert [t for _, t, _ in box.peek(10)] == ["b", "c"]
     finally:
         box.close()
+
+
+# ── staging ──────────────────────────────────────────────────────────────────────────
+
+SHA = "ab" * 32
+
+
+def test_staged_transfer_survives_a_restart(tmp_path: Path) -> None:
+    slots = Slots(tmp_path)
+    slots.stage_transfer(SHA, b'{"body": "x"}')
+    slots.stage_chunk(SHA, 0, b"zero")
+    slots.stage_chunk(SHA, 2, b"two")
+    (tmp_path / "staging" / SHA / ".tmp-1").write_bytes(b"half a chunk")  # a crash mid-write
+    again = Slots(tmp_path)
+    assert again.load().staging == {SHA: (b'{"body": "x"}', {0: b"zero", 2: b"two"})}
+    assert not (tmp_path / "staging" / SHA / ".tmp-1").exists()
+    again.drop_staging(SHA)
+    assert again.load_staging() == {}
+
+
+def test_staging_refuses_names_that_are_not_hashes(tmp_path: Path) -> None:
+    slots = Slots(tmp_path)
+    with pytest.raises(StorageError):
+        slots.stage_transfer("../../etc", b"x")
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_interrupted_trials_are_persisted(tmp_path: Path) -> None:
+    slots = Slots(tmp_path)
+    slots.save(Persisted(interrupted={SHA: 1}, bdseq=7))
+    loaded = Slots(tmp_path).load()
+    assert loaded.interrupted == {SHA: 1} and loaded.bdseq == 7
