@@ -95,6 +95,8 @@ class Device:
                 "demo-fleet",
                 "--heartbeat",
                 "1",
+                "--trial-seconds",
+                "2",
                 "-v",
             ],
             stdin=subprocess.PIPE,

@@ -62,7 +62,8 @@ def connect(broker: str, timeout: float = 5.0, purpose: str = "cli") -> Iterator
         ready.set()
 
     def on_message(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        conn.last_message = time.monotonic()
+        if msg.retain:  # live messages (heartbeats every few seconds) must not hold a collect open
+            conn.last_message = time.monotonic()
         if conn.on_message is not None:
             conn.on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
         else:
@@ -115,7 +116,8 @@ def publish_all(
 def collect(
     conn: Connection, topics: list[str], settle: float = 0.4, max_wait: float = 5.0
 ) -> list[tuple[str, bytes, bool]]:
-    """Subscribe and gather messages until none has arrived for ``settle`` seconds."""
+    """Subscribe and gather messages until no retained one has arrived for ``settle`` seconds
+    (the broker sends the retained messages right after the subscription is acknowledged)."""
     done = threading.Event()
 
     def on_subscribe(_c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:

@@ -37,6 +37,8 @@ class AgentProcess:
             str(trust),
             "--heartbeat",
             "0.5",
+            "--trial-seconds",
+            "1",
             "-v",
         ]
         for g in groups:
