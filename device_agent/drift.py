@@ -618,11 +618,18 @@ class DriftWindow:
         self.low_confidence = low_confidence
         feats = reference.features
         self._f = len(feats)
-        self._width = MAX_EDGES + 1
-        edges = np.full((self._f, MAX_EDGES), np.inf)
-        for i, f in enumerate(feats):
-            edges[i, : len(f.edges)] = f.edges
-        # (MAX_EDGES, 1, F): comparing a batch against it and summing over the leading axis
+        # Categorical columns arrive as codes 0..len(categories) (the last is "other"): edges
+        # at k + 0.5 bin them with the same broadcast comparison as the numeric columns.
+        feat_edges = [
+            tuple(k + 0.5 for k in range(len(f.categories))) if isinstance(f, CategoricalRef) else f.edges
+            for f in feats
+        ]
+        n_edges = max([MAX_EDGES, *(len(e) for e in feat_edges)])
+        self._width = n_edges + 1
+        edges = np.full((self._f, n_edges), np.inf)
+        for i, e in enumerate(feat_edges):
+            edges[i, : len(e)] = e
+        # (edges, 1, F): comparing a batch against it and summing over the leading axis
         # is ~3x faster than reducing over a short trailing axis.
         self._edges = np.ascontiguousarray(edges.T[:, None, :])
         self._nbins = np.array([f.bins for f in feats], dtype=np.int64)
@@ -634,10 +641,16 @@ class DriftWindow:
             self._props[i, : f.bins] = f.proportions
         self._top = self._nbins - 1
         self._offsets = np.arange(self._f, dtype=np.int64) * self._width
-        self._min = np.array([f.min for f in feats])
-        self._max = np.array([f.max for f in feats])
-        self._conf_edges = np.array(reference.confidence.edges, dtype=np.float64)
-        self._classes = len(reference.prediction.labels)
+        self._cat = np.array([i for i, f in enumerate(feats) if isinstance(f, CategoricalRef)], dtype=np.int64)
+        self._cat_top = self._top[self._cat].astype(np.float64)
+        self._min = np.array([f.min if isinstance(f, FeatureRef) else -np.inf for f in feats])
+        self._max = np.array([f.max if isinstance(f, FeatureRef) else np.inf for f in feats])
+        conf = reference.confidence
+        self._conf_edges = np.array(conf.edges if conf is not None else (), dtype=np.float64)
+        self._has_conf = conf is not None
+        self._regression = reference.prediction.kind == "bins"
+        self._pred_edges = np.array(reference.prediction.edges, dtype=np.float64)
+        self._classes = reference.prediction.bins
         self.reset()
 
     def reset(self) -> None:
@@ -654,6 +667,7 @@ class DriftWindow:
         self._conf = np.zeros(len(self._conf_edges) + 1, dtype=np.int64)
         self._conf_sum = 0.0
         self._low = 0
+        self._pred_sum = 0.0
 
     @property
     def n(self) -> int:
@@ -670,19 +684,39 @@ class DriftWindow:
         X: npt.ArrayLike,
         label_idx: npt.ArrayLike | None = None,
         confidence: npt.ArrayLike | None = None,
+        predicted: npt.ArrayLike | None = None,
     ) -> None:
-        """Add a batch: ``X`` (n, F) floats with NaN for missing, ``label_idx`` (n,) indices
-        into the reference class labels, ``confidence`` (n,) max probabilities.
+        """Add a batch: ``X`` (n, F) floats with NaN for missing — for a categorical feature its
+        code (:meth:`Reference.category_codes`: the category's index, ``len(categories)`` for any
+        other value, NaN for missing); ``label_idx`` (n,) indices into the reference class labels
+        and ``confidence`` (n,) max probabilities for a classifier; ``predicted`` (n,) predicted
+        values for a regressor.
 
-        Raises ValueError on shapes or label indices that do not fit the reference, before
-        changing any state, so a bad batch cannot leave the window half-updated.
+        Raises ValueError on shapes, codes or label indices that do not fit the reference,
+        before changing any state, so a bad batch cannot leave the window half-updated.
         """
         x = np.asarray(X, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self._f:
             raise ValueError(f"X must have shape (n, {self._f}), got {x.shape}")
         rows = x.shape[0]
+        if self._cat.size and rows:
+            codes = x[:, self._cat]
+            bad = ~np.isnan(codes) & ((codes < 0) | (codes > self._cat_top) | (codes != np.floor(codes)))
+            if bad.any():
+                raise ValueError("categorical columns must hold codes 0..len(categories) or NaN")
+        values: FloatArray | None = None
+        if predicted is not None:
+            if not self._regression:
+                raise ValueError("predicted values are for a regressor's reference; pass label_idx")
+            values = np.asarray(predicted, dtype=np.float64).reshape(-1)
+            if values.shape[0] != rows:
+                raise ValueError(f"predicted has {values.shape[0]} entries for {rows} rows")
+        if confidence is not None and not self._has_conf:
+            raise ValueError("this reference has no confidence distribution (a regressor)")
         labels: IntArray | None = None
         if label_idx is not None:
+            if self._regression:
+                raise ValueError("a regressor's reference bins predicted values; pass predicted, not label_idx")
             raw = np.asarray(label_idx)
             if raw.size and raw.dtype.kind not in "iu":
                 raise ValueError(f"label_idx must hold integers, got dtype {raw.dtype}")
@@ -731,6 +765,10 @@ class DriftWindow:
 
         if labels is not None:
             self._pred += np.bincount(labels, minlength=self._classes)
+        if values is not None:
+            values = values[~np.isnan(values)]
+            self._pred += np.bincount(np.searchsorted(self._pred_edges, values, side="right"), minlength=self._classes)
+            self._pred_sum += float(values[np.isfinite(values)].sum())
         if conf is not None:
             conf = conf[np.isfinite(conf)]
             self._conf += np.bincount(np.searchsorted(self._conf_edges, conf, side="right"), minlength=len(self._conf))
@@ -767,6 +805,26 @@ class DriftWindow:
             p = float(psis[i])
             limit = self._psi_limit(th.psi[f.name], int(counts.sum()), f.proportions, alpha_f)
             psi_used[f.name] = limit
+            r = min(max(f.missing_rate, 0.5 / ref.n), 1.0 - 0.5 / ref.n)
+            missing_z = (missing - n * r) / math.sqrt(n * r * (1.0 - r)) if n > 0 else math.nan
+            if isinstance(f, CategoricalRef):
+                # No mean or z for categories: PSI over the categories (and "other"), and the
+                # missing-value test.
+                flag = enough and (p > limit or (math.isfinite(missing_z) and missing_z > z_limit))
+                if flag:
+                    drifted.append(f.name)
+                features[f.name] = {
+                    "kind": "categorical",
+                    "counts": [int(c) for c in counts],
+                    "missing": missing,
+                    "unseen": int(counts[-1]),
+                    "count": int(counts.sum()),
+                    "psi": p,
+                    "js": float(jss[i]),
+                    "missing_z": _opt(missing_z),
+                    "drifted": flag,
+                }
+                continue
             mean = float(self._wmean[i]) if m > 0 else math.nan
             shift = z = math.nan
             constant_broken = False
@@ -777,8 +835,6 @@ class DriftWindow:
                 constant_broken = bool(self._oor[i] > 0 or mean != f.mean)
                 if not constant_broken:
                     shift = z = 0.0
-            r = min(max(f.missing_rate, 0.5 / ref.n), 1.0 - 0.5 / ref.n)
-            missing_z = (missing - n * r) / math.sqrt(n * r * (1.0 - r)) if n > 0 else math.nan
             flag = enough and (
                 p > limit
                 or (math.isfinite(z) and abs(z) > z_limit)
@@ -788,6 +844,7 @@ class DriftWindow:
             if flag:
                 drifted.append(f.name)
             features[f.name] = {
+                "kind": "numeric",
                 "counts": [int(c) for c in counts],
                 "missing": missing,
                 "out_of_range": int(self._oor[i]),
@@ -807,20 +864,27 @@ class DriftWindow:
         pred_limit = self._psi_limit(th.prediction_psi, pred_n, ref.prediction.proportions, ref.alpha)
         conf_n = int(self._conf.sum())
         verdict = "insufficient" if not enough else ("drift" if drifted else "ok")
+        prediction: dict[str, Any] = {
+            "kind": ref.prediction.kind,
+            "counts": [int(c) for c in self._pred],
+            "psi": pred_psi,
+            "drifted": bool(enough and pred_n > 0 and pred_psi > pred_limit),
+        }
+        if self._regression:
+            prediction["mean"] = self._pred_sum / pred_n if pred_n else None
         return {
             "n": n,
             "features": features,
-            "prediction": {
-                "counts": [int(c) for c in self._pred],
-                "psi": pred_psi,
-                "drifted": bool(enough and pred_n > 0 and pred_psi > pred_limit),
-            },
+            "prediction": prediction,
+            # A regressor has no confidence: None, and no low-confidence rate.
             "confidence": {
                 "counts": [int(c) for c in self._conf],
                 "mean": self._conf_sum / conf_n if conf_n else None,
-            },
+            }
+            if self._has_conf
+            else None,
             "low_confidence": self._low,
-            "low_confidence_rate": self._low / conf_n if conf_n else 0.0,
+            "low_confidence_rate": (self._low / conf_n if conf_n else 0.0) if self._has_conf else None,
             "drifted": drifted,
             "verdict": verdict,
             "thresholds": {

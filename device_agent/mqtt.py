@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -127,6 +128,7 @@ class Agent:
         self._restore_active()
         self.client = self._make_client()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self.outbox_errors = 0
         self._recent: list[paho.MQTTMessageInfo] = []  # last publishes, awaited at shutdown
         self._last_sent = 0
         self._connected = False
@@ -179,7 +181,7 @@ class Agent:
         """Report the last partial drift window, say goodbye, drain what can be drained."""
         self.engine.close()
         stats = self.engine.stats()
-        stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped}
+        stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped, "errors": self.outbox_errors}
         self.events.put(Tick(stats))
         self.events.put(Stopping())
         deadline = time.monotonic() + timeout
@@ -251,7 +253,7 @@ class Agent:
                     next_tick = time.monotonic() + self.config.tick_interval_s
                     self.engine.tick()
                     stats = self.engine.stats()
-                    stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped}
+                    stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped, "errors": self.outbox_errors}
                     self._handle(Tick(stats))
                 self._drain()
             except Exception:  # the worker must survive anything one message can do
@@ -270,7 +272,12 @@ class Agent:
 
     def _execute(self, action: Action) -> None:
         if isinstance(action, Send):
-            self.outbox.put(action.topic, action.payload)
+            try:
+                self.outbox.put(action.topic, action.payload)
+            except sqlite3.Error as exc:  # a full or broken disk: deliver now, best effort
+                self.outbox_errors += 1
+                log.error("outbox unavailable (%s); publishing without durability", exc)
+                self.client.publish(action.topic, action.payload, qos=1)
         elif isinstance(action, Publish):
             info = self.client.publish(action.topic, action.payload, qos=action.qos, retain=action.retain)
             self._recent.append(info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -22,6 +23,7 @@ class AgentProcess:
         groups: tuple[str, ...] = (),
         extra: tuple[str, ...] = (),
         python: str = sys.executable,
+        env: dict[str, str] | None = None,
     ) -> None:
         args = [
             python,
@@ -49,7 +51,13 @@ class AgentProcess:
         state_dir.parent.mkdir(parents=True, exist_ok=True)
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **(env or {})},
         )
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -62,12 +70,22 @@ class AgentProcess:
 
     def send(self, row: Any) -> None:
         assert self.proc.stdin is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"agent {self.device} has exited ({self.proc.returncode}): {self.stderr()[-2000:]}")
         self.proc.stdin.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
         self.proc.stdin.flush()
 
     def ask(self, row: Any, timeout: float = 10.0) -> dict[str, Any]:
         self.send(row)
         return self.lines.get(timeout=timeout)
+
+    def rss_mib(self) -> float:
+        """Resident memory of the agent process, from /proc."""
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
