@@ -180,9 +180,7 @@ class Agent:
     def stop(self, timeout: float = 5.0) -> None:
         """Report the last partial drift window, say goodbye, drain what can be drained."""
         self.engine.close()
-        stats = self.engine.stats()
-        stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped, "errors": self.outbox_errors}
-        self.events.put(Tick(stats))
+        self.events.put(Tick(self._stats()))
         self.events.put(Stopping())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._connected and (len(self.outbox) or not self.events.empty()):
@@ -252,12 +250,15 @@ class Agent:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.config.tick_interval_s
                     self.engine.tick()
-                    stats = self.engine.stats()
-                    stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped, "errors": self.outbox_errors}
-                    self._handle(Tick(stats))
+                    self._handle(Tick(self._stats()))
                 self._drain()
             except Exception:  # the worker must survive anything one message can do
                 log.exception("agent worker error")
+
+    def _stats(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped, "errors": self.outbox_errors}
+        return stats
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, Connected):
