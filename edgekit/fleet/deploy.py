@@ -58,6 +58,7 @@ class DeployResult:
     target: str
     seq: int
     seconds: float
+    published: int = 0  # messages published; fewer than chunks + 1 when the broker already had them
     outcome: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +73,11 @@ def chunk_size_for(max_packet: int | None, wanted: int = DEFAULT_CHUNK) -> int:
     return wanted
 
 
+def retained(conn: Connection, topic_filter: str) -> dict[str, bytes]:
+    """Every retained message under a topic filter, by topic (empty payloads are deletions)."""
+    return {t: p for t, p, r in collect(conn, [topic_filter], settle=0.3) if r and p}
+
+
 def publish_bundle(
     conn: Connection,
     topics: Topics,
@@ -80,16 +86,33 @@ def publish_bundle(
     version: int,
     bundle_key: Ed25519PrivateKey,
     chunk_size: int = DEFAULT_CHUNK,
-) -> TransferInfo:
-    """Retain the bundle's chunks and its signed transfer document on the broker (idempotent)."""
+    repair: bool = True,
+) -> tuple[TransferInfo, int]:
+    """Retain the bundle's chunks and its signed transfer document on the broker.
+
+    Idempotent: with ``repair`` the retained copy is read back first and only what is
+    missing or different is published, so deploying again costs almost nothing and mends
+    a broker that lost part of a bundle. Returns the transfer info and how many messages
+    were published.
+    """
     size = chunk_size_for(conn.max_packet_size, chunk_size)
     parts = split(data, size)
     sha = hashlib.sha256(data).hexdigest()
     info = TransferInfo(name, version, len(data), sha, size, tuple(hashlib.sha256(p).hexdigest() for p in parts))
-    items = [(topics.bundle_chunk(name, version, i), p, True) for i, p in enumerate(parts)]
-    items.append((topics.bundle_manifest(name, version), seal(bundle_key, TRANSFER_DOMAIN, info.to_json()), True))
+    doc = seal(bundle_key, TRANSFER_DOMAIN, info.to_json())  # Ed25519 is deterministic: same bytes each time
+    have = retained(conn, f"{topics.prefix}/bundle/{name}/{version}/#") if repair else {}
+    items = [
+        (topics.bundle_chunk(name, version, i), p, True)
+        for i, p in enumerate(parts)
+        if have.get(topics.bundle_chunk(name, version, i)) != p
+    ]
+    wanted = {topics.bundle_chunk(name, version, i) for i in range(len(parts))}
+    wanted.add(topics.bundle_manifest(name, version))
+    items += [(t, b"", True) for t in have if t not in wanted]  # chunks of an older chunking
+    if have.get(topics.bundle_manifest(name, version)) != doc:
+        items.append((topics.bundle_manifest(name, version), doc, True))  # last: chunks are in place first
     publish_all(conn, items)
-    return info
+    return info, len(items)
 
 
 def publish_desired(
@@ -134,7 +157,7 @@ def deploy(
     topics = Topics(prefix)
     with connect(broker, purpose="deploy") as conn:
         progress(f"publishing {name} v{version} ({len(data)} bytes)")
-        info = publish_bundle(conn, topics, data, name, version, bundle_key, chunk_size)
+        info, published = publish_bundle(conn, topics, data, name, version, bundle_key, chunk_size)
         seq = publish_desired(conn, topics, target, info, deploy_key)
         progress(f"desired state seq {seq} -> {target.label}")
         outcome = wait_for(conn, topics, target, info.sha256, wait, progress) if wait > 0 else None
@@ -148,6 +171,7 @@ def deploy(
         target.label,
         seq,
         round(time.monotonic() - started, 3),
+        published,
         outcome,
     )
 

@@ -47,7 +47,7 @@ def test_agent_runs_with_device_dependencies_only(
         ws = workspace.load(host.root)
         key = keys.load_private(ws, "release")
         with connect(broker.url) as conn:
-            info = publish_bundle(conn, Topics(), host.bundles[1].read_bytes(), "wine", 1, key)
+            info, _ = publish_bundle(conn, Topics(), host.bundles[1].read_bytes(), "wine", 1, key)
             publish_desired(conn, Topics(), Target(device="lean-1"), info, key)
         answer = wait_until(
             lambda: (a := agent.ask(host.rows[0])) and "prediction" in a and a,

@@ -28,7 +28,7 @@ def _deploy(host: HostSetup, broker: Broker, bundle: Path, target: Target) -> No
     key = keys.load_private(ws, "release")
     data = bundle.read_bytes()
     with connect(broker.url) as conn:
-        info = publish_bundle(conn, Topics(P), data, "wine", int(bundle.stem.rsplit("-v", 1)[1]), key)
+        info, _ = publish_bundle(conn, Topics(P), data, "wine", int(bundle.stem.rsplit("-v", 1)[1]), key)
         publish_desired(conn, Topics(P), target, info, key)
 
 

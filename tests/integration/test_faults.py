@@ -36,7 +36,7 @@ def _key(host: HostSetup):  # type: ignore[no-untyped-def]
 def _deploy(host: HostSetup, broker: Broker, version: int, device: str) -> None:
     key = _key(host)
     with connect(broker.url) as conn:
-        info = publish_bundle(conn, T, host.bundles[version].read_bytes(), "wine", version, key)
+        info, _ = publish_bundle(conn, T, host.bundles[version].read_bytes(), "wine", version, key)
         publish_desired(conn, T, Target(device=device), info, key)
 
 
