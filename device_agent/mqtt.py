@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import sqlite3
@@ -163,7 +164,9 @@ class Agent:
         )
         self._state_topic = Topics(self.config.prefix).state(self.config.device_id)
         client.will_set(self._state_topic, self.core.will_payload(self._bdseq), 1, True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # paho backs off exponentially but without jitter: a random first delay spreads a fleet
+        # that lost its broker at the same moment over the reconnect window.
+        client.reconnect_delay_set(min_delay=1 + int(random.random() * 3), max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
