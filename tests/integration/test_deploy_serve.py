@@ -160,3 +160,19 @@ def test_missing_trust_file_fails_closed(host: HostSetup, broker: Broker, tmp_pa
     finally:
         agent.stop()
         watcher.close()
+
+
+def test_csv_replay_serves_every_row_once_a_model_is_active(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
+    agent = AgentProcess(
+        "c1", broker.url, tmp_path / "c1" / "state", host.trust, extra=("--input", f"csv:{host.csv}", "--exit-on-eof")
+    )
+    try:
+        _deploy(host, broker, host.bundles[1], Target(device="c1"))
+        answers = [agent.lines.get(timeout=30) for _ in host.rows]
+        assert all(a["bundle"] == "wine@1" for a in answers)
+        labels = [int(line.rsplit(",", 1)[1]) for line in host.csv.read_text().splitlines()[1:]]
+        agreement = sum(a["prediction"] == y for a, y in zip(answers, labels, strict=True)) / len(labels)
+        assert agreement > 0.95  # the training data itself, through the device
+        assert agent.proc.wait(20) == 0, "--exit-on-eof ends the agent after the last row"
+    finally:
+        agent.stop()
