@@ -72,9 +72,7 @@ class DriftReady:
 
 
 @dataclass(frozen=True)
-class InstallDone:
-    """The adapter's answer to :class:`Install`: model loaded, health checked, slot switched."""
-
+class _Outcome:
     sha256: str
     ok: bool
     code: str = ""
@@ -82,23 +80,18 @@ class InstallDone:
 
 
 @dataclass(frozen=True)
-class TrialDone:
+class InstallDone(_Outcome):
+    """The adapter's answer to :class:`Install`: model loaded, health checked, bundle stored, trial begun."""
+
+
+@dataclass(frozen=True)
+class TrialDone(_Outcome):
     """The engine's verdict on the new model's first live rows."""
 
-    sha256: str
-    ok: bool
-    code: str = ""
-    detail: str = ""
-
 
 @dataclass(frozen=True)
-class Committed:
+class Committed(_Outcome):
     """The adapter wrote the switch to disk (or could not)."""
-
-    sha256: str
-    ok: bool
-    code: str = ""
-    detail: str = ""
 
 
 @dataclass(frozen=True)
