@@ -329,6 +329,7 @@ class AgentCore:
         self._last_hb = -1e18
         self._last_reported = -1e18
         self._reported_dirty = True
+        self._phase_changed = False
 
     # ── public surface ──────────────────────────────────────────────────────────────
 
@@ -377,7 +378,9 @@ class AgentCore:
                     retain=True,
                 )
             )
-        if self._reported_dirty and self.connected and now - self._last_reported >= self.reported_min_interval:
+        # Phase changes go out at once; progress and counters at most every reported_min_interval.
+        due = self._phase_changed or now - self._last_reported >= self.reported_min_interval
+        if self._reported_dirty and self.connected and due:
             out.append(self._reported(now))
         return out
 
@@ -811,6 +814,8 @@ class AgentCore:
     def _phase(self, phase: str) -> None:
         if phase != self.phase and phase not in TRANSITIONS[self.phase]:
             raise RuntimeError(f"illegal phase change {self.phase} -> {phase}")
+        if phase != self.phase:
+            self._phase_changed = True
         self.phase = phase
         self._reported_dirty = True
 
@@ -860,4 +865,5 @@ class AgentCore:
     def _reported(self, now: float) -> Publish:
         self._last_reported = now
         self._reported_dirty = False
+        self._phase_changed = False
         return Publish(self.topics.reported(self.device), dumps(self.summary(now)), retain=True)

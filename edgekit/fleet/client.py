@@ -116,20 +116,37 @@ def publish_all(
 def collect(
     conn: Connection, topics: list[str], settle: float = 0.4, max_wait: float = 5.0
 ) -> list[tuple[str, bytes, bool]]:
-    """Subscribe and gather messages until no retained one has arrived for ``settle`` seconds
-    (the broker sends the retained messages right after the subscription is acknowledged)."""
-    done = threading.Event()
+    """Subscribe and gather the retained messages (and whatever else arrives meanwhile).
+
+    The broker queues the retained messages of a subscription before anything published
+    after it, so a marker message published once the subscription is acknowledged comes back
+    after the last of them: that ends the wait with no guessing. A broker that orders
+    differently still ends by silence: no retained message for ``settle`` seconds.
+    """
+    subscribed = threading.Event()
+    marker_seen = threading.Event()
+    marker = f"edgekit-sync/{uuid.uuid4().hex}"
 
     def on_subscribe(_c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
-        done.set()
+        subscribed.set()
+
+    def on_marker(_c: paho.Client, _u: Any, _msg: paho.MQTTMessage) -> None:
+        marker_seen.set()
 
     conn.client.on_subscribe = on_subscribe
+    conn.client.message_callback_add(marker, on_marker)
     conn.messages.clear()
-    conn.client.subscribe([(t, 1) for t in topics])
-    started = time.monotonic()
-    done.wait(max_wait)
-    conn.last_message = time.monotonic()
-    while time.monotonic() - started < max_wait and time.monotonic() - conn.last_message < settle:
-        time.sleep(0.05)
-    conn.client.unsubscribe(topics)
+    try:
+        conn.client.subscribe([(t, 1) for t in [*topics, marker]])
+        started = time.monotonic()
+        subscribed.wait(max_wait)
+        conn.client.publish(marker, b"", qos=1)
+        conn.last_message = time.monotonic()
+        while time.monotonic() - started < max_wait and not marker_seen.is_set():
+            if time.monotonic() - conn.last_message >= settle:
+                break
+            marker_seen.wait(0.01)
+        conn.client.unsubscribe([*topics, marker])
+    finally:
+        conn.client.message_callback_remove(marker)
     return list(conn.messages)
