@@ -158,16 +158,21 @@ class Install:
 
 @dataclass(frozen=True)
 class StageTransfer:
-    """Keep the signed transfer document on disk so a restart resumes the transfer."""
+    """Keep the signed transfer document on disk, and room for the bundle, so a restart
+    resumes the transfer."""
 
     sha256: str
     envelope: bytes = field(repr=False)
+    size: int
 
 
 @dataclass(frozen=True)
 class StageChunk:
+    """Write one verified chunk at its place in the staged bundle file."""
+
     sha256: str
     index: int
+    offset: int
     data: bytes = field(repr=False)
 
 
@@ -264,7 +269,8 @@ class Persisted:
     floor: dict[str, FloorEntry] = field(default_factory=dict)
     desired_seq: dict[str, int] = field(default_factory=dict)
     bdseq: int = 0
-    staging: dict[str, tuple[bytes, dict[int, bytes]]] = field(default_factory=dict)  # sha -> envelope, chunks
+    # sha -> (signed transfer document, staged bundle bytes so far: chunks not yet received are zeros)
+    staging: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     interrupted: dict[str, int] = field(default_factory=dict)  # sha -> trials cut short by a crash
 
 
@@ -592,7 +598,7 @@ class AgentCore:
         out.append(Unsubscribe((self.topics.bundle_manifest(goal.name, goal.version),)))
         self._start_transfer(payload, now, out, resumed=None)
 
-    def _start_transfer(self, envelope: bytes, now: float, out: list[Action], resumed: dict[int, bytes] | None) -> None:
+    def _start_transfer(self, envelope: bytes, now: float, out: list[Action], resumed: bytes | None) -> None:
         """Open the signed transfer document and start (or resume) pulling chunks."""
         goal = self.goal
         assert goal is not None and self.trust is not None
@@ -620,12 +626,15 @@ class AgentCore:
             return
         self.transfer = Assembly(info)
         if resumed is None:
-            self.staged[goal.sha256] = (envelope, {})
-            out.append(StageTransfer(goal.sha256, envelope))
+            self.staged[goal.sha256] = (envelope, b"")
+            out.append(StageTransfer(goal.sha256, envelope, info.size))
         else:
-            for index, data in sorted(resumed.items()):
-                with contextlib.suppress(ChunkRejected):  # a torn chunk on disk is simply fetched again
-                    self.transfer.accept(index, data)
+            # The hashes are the bitmap: a region that matches its chunk's signed hash was
+            # received; zeros (never written) or a torn write simply do not, and are fetched.
+            for index in range(len(info.chunks)):
+                start = index * info.chunk_size
+                with contextlib.suppress(ChunkRejected):
+                    self.transfer.accept(index, resumed[start : start + info.chunk_length(index)])
         self.last_progress = now
         self._reported_dirty = True
         if self.transfer.complete:
@@ -657,7 +666,7 @@ class AgentCore:
             if transfer.accept(index, payload):
                 self.last_progress = now
                 self._reported_dirty = True
-                out.append(StageChunk(transfer.info.sha256, index, payload))
+                out.append(StageChunk(transfer.info.sha256, index, index * transfer.info.chunk_size, payload))
         except ChunkRejected as exc:
             # Counted and reported; asked for again after a pause, so a bad retained copy
             # cannot make the device loop (the transfer timeout bounds the whole attempt).
@@ -689,8 +698,7 @@ class AgentCore:
             return
         self._phase(INSTALLING)
         self.staged.pop(goal.sha256, None)
-        out.append(DropStaging(goal.sha256))  # the bundle itself is stored by the install
-        out.append(Install(bundle, data))
+        out.append(Install(bundle, data))  # the install adopts the staged file and clears staging
 
     # ── installation results ────────────────────────────────────────────────────────
 
@@ -699,6 +707,7 @@ class AgentCore:
         if goal is None or event.sha256 != goal.sha256 or self.phase != INSTALLING:
             return
         if not event.ok:
+            out.append(DropStaging(goal.sha256))
             self._fail(out, now, event.code, event.detail, goal.sha256)
             self._pursue_newer(goal, now, out)
             return

@@ -302,9 +302,9 @@ class Agent:
         elif isinstance(action, Revert):
             self._revert(action)
         elif isinstance(action, StageTransfer):
-            self._stage(lambda: self.slots.stage_transfer(action.sha256, action.envelope))
+            self._stage(lambda: self.slots.stage_transfer(action.sha256, action.envelope, action.size))
         elif isinstance(action, StageChunk):
-            self._stage(lambda: self.slots.stage_chunk(action.sha256, action.index, action.data))
+            self._stage(lambda: self.slots.stage_chunk(action.sha256, action.offset, action.data))
         elif isinstance(action, DropStaging):
             self.slots.drop_staging(action.sha256)
 

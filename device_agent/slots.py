@@ -17,6 +17,7 @@ bundle it names is complete on disk before the switch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ STATE = "state.json"
 BUNDLES = "bundles"
 STAGING = "staging"
 TRANSFER_DOC = "transfer.json"
+PART = "bundle.part"
 
 
 class StorageError(AgentError):
@@ -44,6 +46,14 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -117,11 +127,24 @@ class Slots:
         return self.bundles / f"{sha256}.ekb"
 
     def store_bundle(self, sha256: str, data: bytes) -> None:
-        """Stage a verified bundle durably; a full disk raises StorageError and changes nothing."""
+        """Keep a verified bundle durably; a full disk raises StorageError and changes nothing.
+
+        The staged file already holds these bytes (written chunk by chunk as they arrived): it
+        is synced and renamed into place rather than written a second time.
+        """
+        target = self.bundle_path(sha256)
         try:
-            atomic_write(self.bundle_path(sha256), data)
+            part = self._stage_dir(sha256) / PART
+            if part.is_file() and _file_sha256(part) == sha256:
+                with open(part, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(part, target)
+                _fsync_dir(self.bundles)
+            else:
+                atomic_write(target, data)
         except OSError as exc:
             raise StorageError(f"cannot store bundle: {exc.strerror}") from None
+        self.drop_staging(sha256)
 
     def read_bundle(self, sha256: str) -> bytes:
         try:
@@ -142,39 +165,38 @@ class Slots:
             raise StorageError(f"not a SHA-256: {sha256[:80]!r}")
         return self.staging / sha256
 
-    def stage_transfer(self, sha256: str, envelope: bytes) -> None:
+    def stage_transfer(self, sha256: str, envelope: bytes, size: int) -> None:
+        """The signed transfer document, and a sparse file of the bundle's size for the chunks."""
         folder = self._stage_dir(sha256)
         try:
             folder.mkdir(exist_ok=True)
             atomic_write(folder / TRANSFER_DOC, envelope)
+            with open(folder / PART, "wb") as fh:
+                fh.truncate(size)
         except OSError as exc:
             raise StorageError(f"cannot stage the transfer: {exc.strerror}") from None
 
-    def stage_chunk(self, sha256: str, index: int, data: bytes) -> None:
-        """Chunks are renamed into place but not fsynced: a torn chunk fails its hash on
-        reload and is simply fetched again, so durability is not worth a sync per chunk."""
-        folder = self._stage_dir(sha256)
-        tmp = folder / f".tmp-{index}"
+    def stage_chunk(self, sha256: str, offset: int, data: bytes) -> None:
+        """Written in place, not fsynced: a torn chunk fails its hash on reload and is fetched
+        again, so durability is not worth a sync per chunk."""
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, folder / f"{index}.chunk")
+            fd = os.open(self._stage_dir(sha256) / PART, os.O_WRONLY)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise StorageError(f"cannot stage chunk {index}: {exc.strerror}") from None
+            raise StorageError(f"cannot stage a chunk: {exc.strerror}") from None
 
     def drop_staging(self, sha256: str) -> None:
         with contextlib.suppress(StorageError, OSError):
             shutil.rmtree(self._stage_dir(sha256))
 
-    def load_staging(self) -> dict[str, tuple[bytes, dict[int, bytes]]]:
-        staged: dict[str, tuple[bytes, dict[int, bytes]]] = {}
+    def load_staging(self) -> dict[str, tuple[bytes, bytes]]:
+        staged: dict[str, tuple[bytes, bytes]] = {}
         for folder in self.staging.iterdir():
             try:
-                envelope = (folder / TRANSFER_DOC).read_bytes()
-                chunks = {int(p.stem): p.read_bytes() for p in folder.glob("*.chunk") if p.stem.isdigit()}
-            except (OSError, ValueError):
+                staged[folder.name] = ((folder / TRANSFER_DOC).read_bytes(), (folder / PART).read_bytes())
+            except OSError:
                 shutil.rmtree(folder, ignore_errors=True)
-                continue
-            staged[folder.name] = (envelope, chunks)
         return staged

@@ -851,18 +851,22 @@ def test_transfer_is_staged_and_resumes_with_only_the_missing_chunks() -> None:
     first, parts = send_transfer_doc(core, V2)
     staged_doc = of_type(first, StageTransfer)
     assert len(staged_doc) == 1 and staged_doc[0].sha256 == V2.sha256
-    got: dict[int, bytes] = {}
+    part = bytearray(len(V2.data))  # the staged file: sparse until chunks are written at their offsets
+    got: list[int] = []
     for i in chunk_indices(subscribed(first))[:3]:
         acts = core.handle(Message(T.bundle_chunk("demo", 2, i), parts[i], True), NOW)
-        got.update({a.index: a.data for a in of_type(acts, StageChunk)})
-    assert sorted(got) == chunk_indices(subscribed(first))[:3]
+        for a in of_type(acts, StageChunk):
+            part[a.offset : a.offset + len(a.data)] = a.data
+            got.append(a.index)
+    assert got == chunk_indices(subscribed(first))[:3]
+    assert of_type(first, StageTransfer)[0].size == len(V2.data)
 
     # The agent restarts: a new core is built from what the slots kept on disk.
     persisted = Persisted(
         active=active_ref(V1),
         floor={"demo": FloorEntry(1, V1.sha256)},
         desired_seq={"device": 2},
-        staging={V2.sha256: (staged_doc[0].envelope, got)},
+        staging={V2.sha256: (staged_doc[0].envelope, bytes(part))},
     )
     core2 = new_core(persisted=persisted)
     core2.handle(Connected(), NOW + 10)
@@ -875,7 +879,7 @@ def test_transfer_is_staged_and_resumes_with_only_the_missing_chunks() -> None:
 
 def test_a_stale_staging_area_is_dropped() -> None:
     persisted = Persisted(
-        active=active_ref(V1), floor={"demo": FloorEntry(1, V1.sha256)}, staging={"ab" * 32: (b"{}", {})}
+        active=active_ref(V1), floor={"demo": FloorEntry(1, V1.sha256)}, staging={"ab" * 32: (b"{}", b"")}
     )
     core = new_core(persisted=persisted)
     core.handle(Connected(), NOW)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -277,21 +278,44 @@ SHA = "ab" * 32
 
 def test_staged_transfer_survives_a_restart(tmp_path: Path) -> None:
     slots = Slots(tmp_path)
-    slots.stage_transfer(SHA, b'{"body": "x"}')
+    slots.stage_transfer(SHA, b'{"body": "x"}', 12)
     slots.stage_chunk(SHA, 0, b"zero")
-    slots.stage_chunk(SHA, 2, b"two")
-    (tmp_path / "staging" / SHA / ".tmp-1").write_bytes(b"half a chunk")  # a crash mid-write
+    slots.stage_chunk(SHA, 8, b"two!")
     again = Slots(tmp_path)
-    assert again.load().staging == {SHA: (b'{"body": "x"}', {0: b"zero", 2: b"two"})}
-    assert not (tmp_path / "staging" / SHA / ".tmp-1").exists()
+    envelope, part = again.load().staging[SHA]
+    assert envelope == b'{"body": "x"}'
+    assert part == b"zero" + b"\0" * 4 + b"two!", "chunks sit at their offsets; the gap is still zeros"
     again.drop_staging(SHA)
     assert again.load_staging() == {}
+
+
+def test_a_complete_staged_file_is_adopted_not_written_again(tmp_path: Path) -> None:
+    data = b"a whole verified bundle"
+    sha = hashlib.sha256(data).hexdigest()
+    slots = Slots(tmp_path)
+    slots.stage_transfer(sha, b"{}", len(data))
+    slots.stage_chunk(sha, 0, data)
+    inode = (tmp_path / "staging" / sha / "bundle.part").stat().st_ino
+    slots.store_bundle(sha, data)
+    assert slots.read_bundle(sha) == data
+    assert slots.bundle_path(sha).stat().st_ino == inode, "renamed into place"
+    assert slots.load_staging() == {}
+
+
+def test_an_incomplete_staged_file_is_not_adopted(tmp_path: Path) -> None:
+    data = b"a whole verified bundle"
+    sha = hashlib.sha256(data).hexdigest()
+    slots = Slots(tmp_path)
+    slots.stage_transfer(sha, b"{}", len(data))
+    slots.stage_chunk(sha, 0, data[:5])  # a chunk write was lost
+    slots.store_bundle(sha, data)
+    assert slots.read_bundle(sha) == data
 
 
 def test_staging_refuses_names_that_are_not_hashes(tmp_path: Path) -> None:
     slots = Slots(tmp_path)
     with pytest.raises(StorageError):
-        slots.stage_transfer("../../etc", b"x")
+        slots.stage_transfer("../../etc", b"x", 1)
     assert list((tmp_path / "staging").iterdir()) == []
 
 
