@@ -198,8 +198,8 @@ def wait_for(
                 outcome[parsed[0]] = "active"
             elif doc.get("phase") == "failed" and err.get("sha256") == sha:
                 outcome[parsed[0]] = f"failed: {err.get('code')}: {err.get('detail')}"
-            else:
-                outcome[parsed[0]] = str(doc.get("phase"))
+            else:  # still on its way (its phase may read "active": that is the old bundle)
+                outcome[parsed[0]] = f"pending ({doc.get('phase')})"
         done = [d for d, s in outcome.items() if s == "active" or s.startswith("failed")]
         if members and len(done) == len(members):
             break
