@@ -35,8 +35,7 @@ class _Window:
         self.model = model
         self.rows = rows
         self.drift = DriftWindow(reference, window=rows, low_confidence=low_confidence)
-        codes = getattr(reference, "category_codes", None)
-        self.codes: list[dict[str, float] | None] = codes() if codes else [None] * len(reference.features)
+        self.codes = reference.category_codes()
         self.started = time.monotonic()
         self.bundle = {"name": model.bundle.name, "version": model.bundle.version}
         self.low_confidence = low_confidence
@@ -85,7 +84,7 @@ class InferenceEngine:
         self._window: _Window | None = None
         self._rows: list[Sequence[Any]] = []
         self._labels: list[int] = []
-        self._conf: list[float] = []
+        self._scores: list[float] = []  # confidence for a classifier, the predicted value for a regressor
         self._latency = np.zeros(LATENCY_SAMPLES, dtype=np.float64)
         self._lat_n = 0
         self.served = 0
@@ -125,7 +124,7 @@ class InferenceEngine:
     def _revert_locked(self, trial: _Trial) -> None:
         self.model, self._window = trial.fallback
         self._low_conf_threshold = self._window.low_confidence if self._window else 0.0
-        self._rows, self._labels, self._conf = [], [], []  # rows served by the failed model are not drift data
+        self._rows, self._labels, self._scores = [], [], []  # rows served by the failed model are not drift data
         self._trial = None
 
     def _switch(self, model: LoadedModel, trial: _Trial | None) -> None:
@@ -203,7 +202,7 @@ class InferenceEngine:
             if len(self._rows) < MAX_PENDING:
                 self._rows.append(row)
                 self._labels.append(pred.class_index)
-                self._conf.append(pred.confidence)
+                self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
             else:
                 self.unaccounted += 1
             if pred.confidence < self._low_conf_threshold:
@@ -219,8 +218,8 @@ class InferenceEngine:
     # ── drift accounting (worker thread) ────────────────────────────────────────────
 
     def _take_locked(self) -> tuple[list[Sequence[Any]], list[int], list[float]]:
-        taken = (self._rows, self._labels, self._conf)
-        self._rows, self._labels, self._conf = [], [], []
+        taken = (self._rows, self._labels, self._scores)
+        self._rows, self._labels, self._scores = [], [], []
         return taken
 
     def _account(
@@ -231,10 +230,12 @@ class InferenceEngine:
         while start < len(rows):
             take = min(len(rows) - start, window.rows - window.drift.n)
             end = start + take
+            scores = np.array(conf[start:end], dtype=np.float64)
             window.drift.update(
                 window.matrix(rows[start:end]),
                 np.array(labels[start:end], dtype=np.int64) if classifier else None,
-                np.array(conf[start:end], dtype=np.float64) if classifier else None,
+                confidence=scores if classifier else None,
+                predicted=None if classifier else scores,
             )
             start = end
             if window.drift.n >= window.rows:

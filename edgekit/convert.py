@@ -1,14 +1,54 @@
 """scikit-learn pipeline → ONNX, and the parity gate that decides whether the ONNX model is
 the same model.
 
-The device runs only onnxruntime, so the ONNX graph *is* the product: a model whose
-probabilities differ from the estimator we measured would ship metrics that are not its own.
-On the bundled data sets a correct conversion differs by at most ~1.4e-6; the default
-tolerance (1e-4) is far above float32 noise and far below any real change.
+The device runs only onnxruntime, so the ONNX graph *is* the product: a model whose outputs
+differ from the estimator we measured would ship metrics that are not its own. The whole
+pipeline is converted (imputation, scaling, one-hot encoding, the model), so the device feeds
+raw features (``docs/contract-model-spec.md``):
+
+* every feature numeric → layout ``tensor``: one ``[None, F]`` input named ``input``;
+* any categorical feature → layout ``columns``: one ``[None, 1]`` input per feature, float32
+  for numeric features and string for categorical ones.
+
+The parity gate (:func:`check_parity`) runs two sets of rows through both models:
+
+* the holdout rows;
+* *boundary* rows: pairs of holdout rows the model labels differently, bisected along the
+  segment between them to where the predicted class flips (both sides of the flip), plus
+  copies with small noise (1e-3 of each feature's standard deviation). Holdout rows are mostly
+  far from any decision boundary; a conversion that moves a boundary shows up here first.
+  Regression has no boundary: its extra rows are random points on segments between holdout
+  rows, with the same noise.
+
+Classification is judged on the probabilities (max |Δp|, default tolerance 1e-4: on the
+bundled data sets a correct float32 conversion differs by at most ~1.4e-6) and the labels; a
+label difference on a row whose top two probabilities are within the tolerance is a *tie*
+(either label is right there). Regression is judged on max |Δy| divided by the training
+target's standard deviation (same tolerance).
+
+Float32
+    Devices feed float32 (or float64 where the manifest says so). A row whose *own* sklearn
+    output changes when its inputs are rounded to the input dtype, or moved one representable
+    step up or down from there, sits within rounding of a decision boundary: a model fed that
+    dtype cannot be held to scikit-learn's float64 answer there, so such rows are counted apart
+    (``precision_rows``) and excused — on the boundary rows always (they sit on a boundary by
+    construction: HistGradientBoosting's float64 thresholds, rounded to float32 by skl2onnx,
+    flip 2-7 of 256 of them on breast_cancer and wine), on the holdout while they are rare
+    (≤ 1 %). Rounding HGB thresholds down instead of to nearest makes float32-exact inputs
+    exact but was worse on real rows (5 of 111 diabetes holdout rows flipped, 0 with nearest),
+    so the converter's rounding is kept. More than 1 % of the holdout means the data need
+    more precision than float32 gives (epoch timestamps, large offsets):
+    :func:`convert_checked` then converts again with a float64 input (``tensor`` layout,
+    families onnxruntime runs in double: logistic / linear regression, MLP, random-forest
+    classifier, and no imputer), and keeps it if it passes. Tree ensembles are never put behind
+    a scaler (see :mod:`edgekit.train`), which is where float32 bites hardest: the float32
+    graph rounds the scaled value differently from scikit-learn's float64 scaler and rows near
+    a split change branch.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,68 +57,109 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from skl2onnx import to_onnx as skl_to_onnx
-from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx import update_registered_converter
+from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+from skl2onnx.operator_converters.multilayer_perceptron import convert_sklearn_mlp_regressor
+from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
+from sklearn.impute import SimpleImputer
 
 from edgekit.errors import ConversionError
-from edgekit.train import TrainResult
+from edgekit.train import TargetScaledMLPRegressor, TrainResult
 
 INPUT_NAME = "input"
 # Pinned rather than "newest skl2onnx knows": onnxruntime 1.17 (the oldest the agent accepts)
 # loads opset <= 20, and a pin keeps the produced graph stable across skl2onnx upgrades.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 _LABEL_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.STRING)
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+DEFAULT_TOLERANCE = 1e-4
+BOUNDARY_PAIRS = 64  # pairs of holdout rows bisected per parity check
+BISECT_STEPS = 20  # the flip is located to 2**-20 of the segment
+NOISE = 1e-3  # jitter, in feature standard deviations
+MAX_PRECISION_SHARE = 0.01  # precision rows excused up to this share of all rows checked
+DOUBLE_FAMILIES = {"classification": frozenset({"logreg", "mlp", "rf"}), "regression": frozenset({"linear", "mlp"})}
+WORST_ROWS = 5
+
+update_registered_converter(
+    TargetScaledMLPRegressor,
+    "EdgekitTargetScaledMLPRegressor",
+    calculate_linear_regressor_output_shapes,
+    convert_sklearn_mlp_regressor,
+)
 
 
 @dataclass
 class OnnxModel:
     data: bytes = field(repr=False)
-    input_name: str
-    input_dtype: str  # "float32"
+    input_name: str  # the tensor layout's input; the first column's input for "columns"
+    input_dtype: str  # "float32" | "float64" (numeric inputs; categorical ones are strings)
     label_output: str
-    proba_output: str
+    proba_output: str | None  # None for regression
     opset: int  # the default (ai.onnx) domain's version
+    layout: str = "tensor"  # "tensor" | "columns"
+    input_names: list[str] = field(default_factory=list)  # one per feature for "columns"
+    feature_types: list[str] = field(default_factory=list)  # "numeric" | "categorical", per feature
+
+    def __post_init__(self) -> None:
+        if not self.input_names:
+            self.input_names = [self.input_name]
+
+    def input_spec(self) -> dict[str, Any]:
+        """The manifest's ``model.input`` object (docs/contract-model-spec.md)."""
+        if self.layout == "columns":
+            return {"layout": "columns", "names": list(self.input_names), "dtype": "float32"}
+        return {"layout": "tensor", "name": self.input_name, "dtype": self.input_dtype}
+
+    def outputs_spec(self) -> dict[str, Any]:
+        return {"label": self.label_output, "probabilities": self.proba_output}
 
 
-@dataclass
-class ParityReport:
-    """onnxruntime on the float32 holdout rows vs the fitted estimator.
-
-    The gate compares against the estimator on the *original* rows: that is the model whose
-    metrics were measured, and a correct conversion reproduces it (skl2onnx casts tree
-    thresholds to float32 as well, and rounding is monotonic, so float32 input and thresholds
-    take the float64 branches, barring a value that rounds onto a threshold). The estimator on the float32-cast rows is
-    compared and reported too (``f32_rows_*``), not gated: HistGradientBoosting keeps float64
-    thresholds, so casting only the input moves rows across splits (|Δp| ~1e-3 on
-    breast_cancer) with no conversion fault at all.
-
-    ``ties`` counts label differences on rows whose top two probabilities are within the
-    tolerance: either label is right there, so they do not fail the gate.
-    """
-
-    rows: int
-    max_abs_dp: float
-    label_agreement: float
-    tolerance: float
-    ok: bool
-    ties: int = 0
-    f32_rows_max_abs_dp: float = 0.0
-    f32_rows_label_agreement: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def feeds(model: OnnxModel, X: np.ndarray) -> dict[str, np.ndarray]:
+    """onnxruntime inputs for rows ``X`` (float (n, F), or object (n, F) with str categoricals)."""
+    if model.layout == "tensor":
+        return {model.input_name: np.ascontiguousarray(np.asarray(X, dtype=np.float64), dtype=model.input_dtype)}
+    out: dict[str, np.ndarray] = {}
+    for j, (name, kind) in enumerate(zip(model.input_names, model.feature_types, strict=True)):
+        col = X[:, j : j + 1]
+        if kind == "categorical":
+            out[name] = np.asarray(col, dtype=str).astype(object)
+        else:
+            out[name] = np.ascontiguousarray(np.asarray(col, dtype=np.float64), dtype=np.float32)
+    return out
 
 
-def to_onnx(result: TrainResult) -> OnnxModel:
-    """Convert the fitted pipeline: one float32 input ``[None, F]``, probabilities as a tensor."""
+def input_names_for(feature_names: list[str]) -> list[str]:
+    """One ONNX input name per feature: the feature's name made identifier-safe, deduplicated."""
+    out: list[str] = []
+    for name in feature_names:
+        base = re.sub(r"[^0-9A-Za-z_]", "_", name) or "f"
+        if base[0].isdigit():
+            base = "f_" + base
+        candidate, k = base, 1
+        while candidate in out:
+            k += 1
+            candidate = f"{base}_{k}"
+        out.append(candidate)
+    return out
+
+
+def to_onnx(result: TrainResult, dtype: str = "float32") -> OnnxModel:
+    """Convert the fitted pipeline. Numeric-only tables get one ``[None, F]`` input of ``dtype``;
+    tables with a categorical feature one ``[None, 1]`` input per feature (float32 / string).
+    Classifier probabilities come out as a tensor (no ZipMap)."""
+    features = result.features or []
+    columns = any(f.type == "categorical" for f in features)
+    if columns and dtype != "float32":
+        raise ConversionError("the columns layout takes float32 numeric inputs only")
     try:
-        proto = _skl2onnx(result)
+        proto, names = _skl2onnx(result, columns, dtype)
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         hint = "try another model family, or report it with the skl2onnx version"
         if "Expected an int, got a boolean" in detail:
             hint = "skl2onnx 1.20 needs protobuf < 7 for this model: install 'protobuf>=4,<7'"
         raise ConversionError(
-            f"cannot convert the {result.model} model to ONNX: {type(exc).__name__}: {detail}", hint
+            f"cannot convert the {result.model} model to ONNX ({dtype}): {type(exc).__name__}: {detail}", hint
         ) from exc
     dedupe_opset_imports(proto)
     try:
@@ -88,31 +169,42 @@ def to_onnx(result: TrainResult) -> OnnxModel:
             f"the converted {result.model} model is not valid ONNX: {str(exc).splitlines()[0]}",
             "report it with the skl2onnx and onnx versions",
         ) from exc
-    label, proba = _output_names(proto)
+    label, proba = _output_names(proto, result.task)
     return OnnxModel(
         data=proto.SerializeToString(),
-        input_name=INPUT_NAME,
-        input_dtype="float32",
+        input_name=names[0],
+        input_dtype=dtype,
         label_output=label,
         proba_output=proba,
         opset=next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        layout="columns" if columns else "tensor",
+        input_names=names,
+        feature_types=[f.type for f in features] if features else ["numeric"] * result.X_train.shape[1],
     )
 
 
-def _skl2onnx(result: TrainResult) -> onnx.ModelProto:
-    classifier = result.estimator.steps[-1][1]
+def _skl2onnx(result: TrainResult, columns: bool, dtype: str) -> tuple[onnx.ModelProto, list[str]]:
+    final = result.estimator.steps[-1][1]
+    if columns:
+        names = input_names_for([f.name for f in result.features])
+        initial: list[tuple[str, Any]] = [
+            (n, StringTensorType([None, 1]) if f.type == "categorical" else FloatTensorType([None, 1]))
+            for n, f in zip(names, result.features, strict=True)
+        ]
+    else:
+        names = [INPUT_NAME]
+        tensor = DoubleTensorType if dtype == "float64" else FloatTensorType
+        initial = [(INPUT_NAME, tensor([None, result.X_train.shape[1]]))]
+    # No ZipMap: a list of dicts per row is slow to build and awkward to read on a device.
+    options = {id(final): {"zipmap": False}} if result.task == "classification" else None
     with warnings.catch_warnings():
         # protobuf 6 warns that skl2onnx's HGB converter passes booleans as ints; protobuf 7
         # rejects them (hence the pin < 7, and the hint in to_onnx). Known: not repeated per call.
         warnings.filterwarnings("ignore", message=".*Expected an int, got a boolean", category=DeprecationWarning)
         proto: onnx.ModelProto = skl_to_onnx(
-            result.estimator,
-            initial_types=[(INPUT_NAME, FloatTensorType([None, result.X_train.shape[1]]))],
-            # No ZipMap: a list of dicts per row is slow to build and awkward to read on a device.
-            options={id(classifier): {"zipmap": False}},
-            target_opset=TARGET_OPSET,
+            result.estimator, initial_types=initial, options=options, target_opset=TARGET_OPSET
         )
-    return proto
+    return proto, names
 
 
 def dedupe_opset_imports(proto: onnx.ModelProto) -> None:
@@ -130,17 +222,27 @@ def dedupe_opset_imports(proto: onnx.ModelProto) -> None:
         proto.opset_import.add(domain=domain, version=version)
 
 
-def _output_names(proto: onnx.ModelProto) -> tuple[str, str]:
-    """(label, probabilities), found by type: skl2onnx's names are not a contract."""
+def _output_names(proto: onnx.ModelProto, task: str = "classification") -> tuple[str, str | None]:
+    """(label, probabilities), found by type: skl2onnx's names are not a contract. A regressor's
+    label is its one float output and it has no probabilities."""
+    outputs = list(proto.graph.output)
+    found = ", ".join(o.name for o in outputs)
+    if task == "regression":
+        floats = [o.name for o in outputs if o.type.tensor_type.elem_type in _FLOAT_TYPES]
+        if len(floats) != 1:
+            raise ConversionError(
+                f"the converted regressor's outputs ({found}) are not one float tensor",
+                "report it with the skl2onnx version",
+            )
+        return floats[0], None
     label = proba = None
-    for out in proto.graph.output:
+    for out in outputs:
         elem = out.type.tensor_type.elem_type
         if elem in _LABEL_TYPES and label is None:
             label = out.name
-        elif elem == onnx.TensorProto.FLOAT and proba is None:
+        elif elem in _FLOAT_TYPES and proba is None:
             proba = out.name
     if label is None or proba is None:
-        found = ", ".join(o.name for o in proto.graph.output)
         raise ConversionError(
             f"the converted model's outputs ({found}) are not one label and one probability tensor",
             "report it with the skl2onnx version",
@@ -156,41 +258,412 @@ def session(data: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def check_parity(result: TrainResult, model: OnnxModel, tolerance: float = 1e-4) -> ParityReport:
-    """Run the holdout rows through onnxruntime (as float32, like a device) and the estimator."""
-    X32 = np.ascontiguousarray(result.X_test, dtype=np.float32)
-    labels, proba = session(model.data).run([model.label_output, model.proba_output], {model.input_name: X32})
-    onnx_labels = np.asarray(labels).tolist()  # int64 or str, compared as python values
-    proba = np.asarray(proba, dtype=np.float64)
+# --- parity ---------------------------------------------------------------------------------------
 
-    ref_proba = result.estimator.predict_proba(result.X_test)
-    ref_labels = result.estimator.predict(result.X_test).tolist()
-    differs = np.array([a != b for a, b in zip(onnx_labels, ref_labels, strict=True)])
-    top2 = np.sort(ref_proba, axis=1)[:, -2:]
-    ties = int(np.sum(differs & ((top2[:, 1] - top2[:, 0]) <= tolerance)))
-    max_abs_dp = float(np.max(np.abs(proba - ref_proba)))
 
-    f32_labels = result.estimator.predict(X32).tolist()
-    return ParityReport(
-        rows=len(X32),
-        max_abs_dp=max_abs_dp,
-        label_agreement=1.0 - float(np.mean(differs)),
-        tolerance=tolerance,
-        ok=max_abs_dp <= tolerance and int(np.sum(differs)) == ties,
-        ties=ties,
-        f32_rows_max_abs_dp=float(np.max(np.abs(proba - result.estimator.predict_proba(X32)))),
-        f32_rows_label_agreement=float(np.mean([a == b for a, b in zip(onnx_labels, f32_labels, strict=True)])),
+@dataclass
+class ParityReport:
+    """The ONNX model (fed as a device feeds it) against the fitted estimator.
+
+    ``max_abs_dp``, ``label_agreement`` and ``ties`` are about the holdout rows, ``boundary_*``
+    about the boundary rows (module docstring). For regression ``max_abs_dp`` is max |Δy| divided
+    by ``target_scale`` (the training target's std), ``max_abs_dy`` the absolute value, and the
+    label fields are 1.0 / 0. ``f32_rows_*``: the estimator on the rows rounded to the input
+    dtype vs the ONNX model (reported, not gated: HistGradientBoosting keeps float64 thresholds,
+    so rounding only the input moves rows across splits with no conversion fault at all).
+    """
+
+    rows: int
+    max_abs_dp: float
+    label_agreement: float
+    tolerance: float
+    ok: bool
+    ties: int = 0
+    f32_rows_max_abs_dp: float = 0.0
+    f32_rows_label_agreement: float = 1.0
+    task: str = "classification"
+    input_dtype: str = "float32"
+    layout: str = "tensor"
+    boundary_rows: int = 0
+    boundary_max_abs_dp: float = 0.0
+    boundary_label_agreement: float = 1.0
+    boundary_ties: int = 0
+    precision_rows: int = 0  # rows whose own sklearn output moves when rounded to the input dtype
+    max_abs_dy: float | None = None
+    target_scale: float | None = None
+    divergent_rows: int = 0
+    worst: list[dict[str, Any]] = field(default_factory=list)
+    explanation: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _round_to_input(X: np.ndarray, model: OnnxModel, step: int = 0) -> np.ndarray:
+    """Rows as the model receives them: numeric values rounded to the input dtype, then moved
+    ``step`` representable values up (+1) or down (-1)."""
+    dtype = np.float32 if model.layout == "columns" or model.input_dtype == "float32" else np.float64
+
+    def rounded(col: np.ndarray) -> np.ndarray:
+        r = np.asarray(col, dtype=np.float64).astype(dtype)
+        if step:
+            r = np.nextafter(r, dtype(np.inf) if step > 0 else dtype(-np.inf))
+        return r.astype(np.float64)
+
+    if X.dtype != object:
+        return rounded(X)
+    out = X.copy()
+    for j, kind in enumerate(model.feature_types):
+        if kind == "numeric":
+            out[:, j] = rounded(X[:, j])
+    return out
+
+
+def _numeric_std(result: TrainResult) -> np.ndarray:
+    X = result.X_train
+    stds = np.zeros(X.shape[1])
+    for j, f in enumerate(result.features or []):
+        if f.type == "numeric":
+            col = np.asarray(X[:, j], dtype=np.float64)
+            s = float(np.nanstd(col)) if np.isfinite(col).any() else 0.0
+            stds[j] = s if s > 0 else 1.0
+    if not result.features:
+        stds = np.nanstd(np.asarray(X, dtype=np.float64), axis=0)
+        stds[~(stds > 0)] = 1.0
+    return stds
+
+
+def _interpolate(a: np.ndarray, b: np.ndarray, t: np.ndarray, numeric: list[int]) -> np.ndarray:
+    """Rows a + t (b - a) on the numeric columns; every other column (categorical) from ``a``.
+    A column missing at either end stays as in ``a``."""
+    out = a.copy()
+    for j in numeric:
+        aj = np.asarray(a[:, j], dtype=np.float64)
+        bj = np.asarray(b[:, j], dtype=np.float64)
+        val = aj + t * (bj - aj)
+        out[:, j] = np.where(np.isnan(bj), aj, val)
+    return out
+
+
+def boundary_rows(result: TrainResult, pairs: int = BOUNDARY_PAIRS, seed: int = 0) -> np.ndarray:
+    """Rows near the model's decision boundaries (see the module docstring); shaped like X_test."""
+    X = result.X_test
+    n = X.shape[0]
+    if n < 2:
+        return X[:0]
+    rng = np.random.default_rng(seed)
+    numeric = (
+        [j for j, f in enumerate(result.features) if f.type == "numeric"]
+        if result.features
+        else list(range(X.shape[1]))
     )
+    std = _numeric_std(result)
+    est = result.estimator
+    i = rng.integers(0, n, size=pairs * 8)
+    j = rng.integers(0, n, size=pairs * 8)
+    a, b = X[i], X[j]
+    if result.task == "classification":
+        la = est.predict(a)
+        lb = est.predict(_interpolate(a, b, np.ones(len(a)), numeric))
+        keep = np.flatnonzero(la != lb)[:pairs]
+        if keep.size == 0:
+            return X[:0]
+        a, b, la = a[keep], b[keep], la[keep]
+        lo = np.zeros(len(a))
+        hi = np.ones(len(a))
+        for _ in range(BISECT_STEPS):
+            mid = (lo + hi) / 2
+            same = est.predict(_interpolate(a, b, mid, numeric)) == la
+            lo = np.where(same, mid, lo)
+            hi = np.where(same, hi, mid)
+        anchors = [_interpolate(a, b, lo, numeric), _interpolate(a, b, hi, numeric)]
+        centre = _interpolate(a, b, (lo + hi) / 2, numeric)
+    else:
+        keep = np.arange(min(pairs, len(a)))
+        a, b = a[keep], b[keep]
+        anchors = [_interpolate(a, b, rng.uniform(0, 1, len(a)), numeric)]
+        centre = _interpolate(a, b, rng.uniform(0, 1, len(a)), numeric)
+    noisy = []
+    for _ in range(2):
+        row = centre.copy()
+        for c in numeric:
+            col = np.asarray(row[:, c], dtype=np.float64)
+            row[:, c] = col + rng.normal(0.0, NOISE * std[c], size=len(col))
+        noisy.append(row)
+    return np.concatenate([*anchors, *noisy])
+
+
+@dataclass
+class _Comparison:
+    rows: int
+    max_abs: float
+    agreement: float
+    ties: int
+    precision: int
+    divergent: np.ndarray  # row indices
+    abs_diff: np.ndarray
+    expected: list[Any]
+    got: list[Any]
+    f32_max_abs: float
+    f32_agreement: float
+    max_abs_dy: float | None = None
+
+
+def _compare(result: TrainResult, model: OnnxModel, X: np.ndarray, tolerance: float) -> _Comparison:
+    sess = session(model.data)
+    est = result.estimator
+    X_in = _round_to_input(X, model)
+    inputs = feeds(model, X)
+    if result.task == "classification":
+        assert model.proba_output is not None
+        labels, proba = sess.run([model.label_output, model.proba_output], inputs)
+        onnx_labels = np.asarray(labels).reshape(-1).tolist()
+        got_p = np.asarray(proba, dtype=np.float64)
+        ref_p = est.predict_proba(X)
+        ref_l = est.predict(X).tolist()
+        ref32_p = est.predict_proba(X_in)
+        ref32_l = est.predict(X_in).tolist()
+        # A row within one input-dtype step of a decision boundary: no model fed that dtype
+        # can be held to scikit-learn's float64 answer there.
+        moved = np.zeros(len(ref_l), dtype=bool)
+        for step in (0, 1, -1):
+            near_p = ref32_p if step == 0 else est.predict_proba(_round_to_input(X, model, step))
+            near_l = est.predict(X_in).tolist() if step == 0 else est.classes_[np.argmax(near_p, axis=1)].tolist()
+            moved |= (np.abs(near_p - ref_p).max(axis=1) > tolerance) | np.array(
+                [x != y for x, y in zip(near_l, ref_l, strict=True)], dtype=bool
+            )
+        diff = np.abs(got_p - ref_p).max(axis=1)
+        differs = np.array([x != y for x, y in zip(onnx_labels, ref_l, strict=True)], dtype=bool)
+        top2 = np.sort(ref_p, axis=1)[:, -2:]
+        tie = differs & ((top2[:, 1] - top2[:, 0]) <= tolerance)
+        bad = (diff > tolerance) | (differs & ~tie)
+        divergent = np.flatnonzero(bad & ~moved)
+        precision = int(np.sum(bad & moved))
+        clean = ~(bad & moved)
+        f32_agree = float(np.mean([x == y for x, y in zip(onnx_labels, ref32_l, strict=True)])) if X.shape[0] else 1.0
+        return _Comparison(
+            rows=X.shape[0],
+            max_abs=float(diff[clean].max()) if clean.any() else 0.0,
+            agreement=1.0 - float(np.mean(differs)) if X.shape[0] else 1.0,
+            ties=int(np.sum(tie & clean)),
+            precision=precision,
+            divergent=divergent,
+            abs_diff=diff,
+            expected=[_pair(ref_l[k], ref_p[k]) for k in range(len(ref_l))],
+            got=[_pair(onnx_labels[k], got_p[k]) for k in range(len(onnx_labels))],
+            f32_max_abs=float(np.abs(got_p - ref32_p).max()) if X.shape[0] else 0.0,
+            f32_agreement=f32_agree,
+        )
+    (out,) = sess.run([model.label_output], inputs)
+    got = np.asarray(out, dtype=np.float64).reshape(-1)
+    ref = np.asarray(est.predict(X), dtype=np.float64).reshape(-1)
+    ref32 = np.asarray(est.predict(X_in), dtype=np.float64).reshape(-1)
+    scale = result.target_scale
+    dy = np.abs(got - ref)
+    rel = dy / scale
+    bad = rel > tolerance
+    moved = np.abs(ref32 - ref) / scale > tolerance
+    for step in (1, -1):
+        near = np.asarray(est.predict(_round_to_input(X, model, step)), dtype=np.float64).reshape(-1)
+        moved |= np.abs(near - ref) / scale > tolerance
+    clean = ~(bad & moved)
+    return _Comparison(
+        rows=X.shape[0],
+        max_abs=float(rel[clean].max()) if clean.any() else 0.0,
+        agreement=1.0,
+        ties=0,
+        precision=int(np.sum(bad & moved)),
+        divergent=np.flatnonzero(bad & ~moved),
+        abs_diff=rel,
+        expected=[float(v) for v in ref],
+        got=[float(v) for v in got],
+        f32_max_abs=float((np.abs(got - ref32) / scale).max()) if X.shape[0] else 0.0,
+        f32_agreement=1.0,
+        max_abs_dy=float(dy[clean].max()) if clean.any() else 0.0,
+    )
+
+
+def _pair(label: Any, proba: np.ndarray) -> dict[str, Any]:
+    value = label.item() if isinstance(label, np.generic) else label
+    return {"label": value, "p_max": round(float(np.max(proba)), 6)}
+
+
+def check_parity(
+    result: TrainResult, model: OnnxModel, tolerance: float = DEFAULT_TOLERANCE, boundary: bool = True
+) -> ParityReport:
+    """Run the holdout rows and the boundary rows through onnxruntime (fed as a device feeds
+    the model) and through the estimator; see the module docstring for the rules."""
+    hold = _compare(result, model, result.X_test, tolerance)
+    extra = boundary_rows(result, seed=result.seed) if boundary else result.X_test[:0]
+    bnd = _compare(result, model, extra, tolerance) if extra.shape[0] else None
+    precision = hold.precision + (bnd.precision if bnd else 0)
+    divergent = len(hold.divergent) + (len(bnd.divergent) if bnd else 0)
+    # Boundary rows sit at a boundary by construction, so their precision rows are expected;
+    # the share that matters is the holdout's (rows like the ones a device will see).
+    ok = divergent == 0 and hold.precision <= MAX_PRECISION_SHARE * hold.rows
+    worst = _worst("holdout", hold) + (_worst("boundary", bnd) if bnd else [])
+    worst = sorted(worst, key=lambda w: -w["diff"])[:WORST_ROWS]
+    report = ParityReport(
+        rows=hold.rows,
+        max_abs_dp=hold.max_abs,
+        label_agreement=hold.agreement,
+        tolerance=tolerance,
+        ok=ok,
+        ties=hold.ties,
+        f32_rows_max_abs_dp=hold.f32_max_abs,
+        f32_rows_label_agreement=hold.f32_agreement,
+        task=result.task,
+        input_dtype=model.input_dtype,
+        layout=model.layout,
+        boundary_rows=bnd.rows if bnd else 0,
+        boundary_max_abs_dp=bnd.max_abs if bnd else 0.0,
+        boundary_label_agreement=bnd.agreement if bnd else 1.0,
+        boundary_ties=bnd.ties if bnd else 0,
+        precision_rows=precision,
+        max_abs_dy=hold.max_abs_dy if result.task == "regression" else None,
+        target_scale=result.target_scale if result.task == "regression" else None,
+        divergent_rows=divergent,
+        worst=worst,
+    )
+    if not ok:
+        report.explanation = _explain(result, model, report, hold, bnd)
+    return report
+
+
+def _worst(kind: str, cmp: _Comparison | None) -> list[dict[str, Any]]:
+    if cmp is None or not cmp.rows:
+        return []
+    idx = np.argsort(-cmp.abs_diff)[:WORST_ROWS]
+    return [
+        {
+            "set": kind,
+            "row": int(k),
+            "diff": float(cmp.abs_diff[k]),
+            "expected": cmp.expected[k],
+            "got": cmp.got[k],
+            "divergent": bool(k in set(cmp.divergent.tolist())),
+        }
+        for k in idx
+        if cmp.abs_diff[k] > 0
+    ]
+
+
+def precision_loss(result: TrainResult, dtype: str = "float32") -> dict[str, float]:
+    """Per numeric feature: the largest change rounding its training values to ``dtype`` makes,
+    in units of the feature's standard deviation (only features where it exceeds 1e-6)."""
+    if dtype == "float64":
+        return {}
+    X = result.X_train
+    out: dict[str, float] = {}
+    std = _numeric_std(result)
+    feats = result.features or []
+    for j in range(X.shape[1]):
+        if feats and feats[j].type != "numeric":
+            continue
+        col = np.asarray(X[:, j], dtype=np.float64)
+        col = col[np.isfinite(col)]
+        if not col.size:
+            continue
+        loss = float(np.max(np.abs(col.astype(np.float32).astype(np.float64) - col)) / std[j])
+        if loss > 1e-6:
+            out[feats[j].name if feats else f"column {j}"] = loss
+    return out
+
+
+def _explain(
+    result: TrainResult, model: OnnxModel, report: ParityReport, hold: _Comparison, bnd: _Comparison | None
+) -> str:
+    what = "max |Δp|" if result.task == "classification" else "max |Δy| / target std"
+    parts = [
+        f"{len(hold.divergent)} of {hold.rows} holdout rows"
+        + (f" and {len(bnd.divergent)} of {bnd.rows} boundary rows" if bnd else "")
+        + f" diverge ({what} {max(report.max_abs_dp, report.boundary_max_abs_dp):.3g}, "
+        f"tolerance {report.tolerance:g})"
+    ]
+    if hold.precision > MAX_PRECISION_SHARE * hold.rows:
+        parts.append(
+            f"{hold.precision} of {hold.rows} holdout rows sit within {model.input_dtype} rounding of a decision "
+            f"boundary (more than {MAX_PRECISION_SHARE:.0%}): the data need more precision than the input gives"
+        )
+    shown = [w for w in report.worst if w["divergent"]][:3] or report.worst[:3]
+    if shown:
+        parts.append(
+            "worst: "
+            + "; ".join(f"{w['set']} row {w['row']}: sklearn {w['expected']} vs onnx {w['got']}" for w in shown)
+        )
+    steps = [type(step).__name__ for _, step in result.estimator.steps]
+    if "StandardScaler" in steps and result.model in ("rf", "hgb"):
+        parts.append(
+            "a scaler sits in front of a tree ensemble: the float32 graph rounds the scaled values differently "
+            "from scikit-learn's float64 scaler and rows near a split change branch; trees need no scaler, drop it"
+        )
+    lossy = precision_loss(result, model.input_dtype)
+    if lossy:
+        top = sorted(lossy.items(), key=lambda kv: -kv[1])[:3]
+        parts.append(
+            f"{model.input_dtype} inputs lose precision on "
+            + ", ".join(f"'{name}' ({loss:.2g} std)" for name, loss in top)
+            + ": subtract an offset or rescale those columns"
+        )
+    if result.task == "regression":
+        y = np.asarray(result.y_train, dtype=np.float64)
+        if abs(float(y.mean())) > 1e4 * result.target_scale:
+            parts.append("the target's offset is large next to its spread: float32 outputs cannot resolve it")
+    return "; ".join(parts)
+
+
+def can_use_float64(result: TrainResult) -> bool:
+    """Whether a float64 tensor input is possible: numeric-only table, a family onnxruntime runs
+    in double, and no imputer (onnxruntime's Imputer is float32-only)."""
+    if result.features and any(f.type != "numeric" for f in result.features):
+        return False
+    if result.model not in DOUBLE_FAMILIES.get(result.task, frozenset()):
+        return False
+    return not any(isinstance(step, SimpleImputer) for _, step in result.estimator.steps)
+
+
+def convert_checked(result: TrainResult, tolerance: float = DEFAULT_TOLERANCE) -> tuple[OnnxModel, ParityReport]:
+    """Convert with float32 inputs and check parity; if that fails and a float64 input is
+    possible, convert again with float64 and keep it if it passes. The report lists both
+    attempts; when nothing passes it is the float32 one, with its explanation."""
+    model = to_onnx(result, "float32")
+    report = check_parity(result, model, tolerance)
+    attempts = [_attempt(report)]
+    if not report.ok and can_use_float64(result):
+        model64 = to_onnx(result, "float64")
+        report64 = check_parity(result, model64, tolerance)
+        attempts.append(_attempt(report64))
+        if report64.ok:
+            model, report = model64, report64
+    report.attempts = attempts
+    return model, report
+
+
+def _attempt(report: ParityReport) -> dict[str, Any]:
+    return {
+        "input_dtype": report.input_dtype,
+        "ok": report.ok,
+        "max_abs_dp": report.max_abs_dp,
+        "boundary_max_abs_dp": report.boundary_max_abs_dp,
+        "precision_rows": report.precision_rows,
+        "divergent_rows": report.divergent_rows,
+    }
 
 
 def require_parity(report: ParityReport) -> None:
     """The parity gate: refuse to go on with an ONNX model that is not the measured model."""
     if report.ok:
         return
+    what = "max |Δp|" if report.task == "classification" else "max |Δy|/std"
+    detail = report.explanation or (
+        f"{what} {report.max_abs_dp:.3g} (tolerance {report.tolerance:g}), "
+        f"label agreement {report.label_agreement:.2%} ({report.ties} at near-ties)"
+    )
     raise ConversionError(
-        f"the ONNX model diverges from the scikit-learn model on {report.rows} holdout rows: "
-        f"max |Δp| {report.max_abs_dp:.3g} (tolerance {report.tolerance:g}), "
-        f"label agreement {report.label_agreement:.2%} ({report.ties} at near-ties)",
+        f"the ONNX model diverges from the scikit-learn model on {report.rows} holdout rows"
+        + (f" and {report.boundary_rows} boundary rows" if report.boundary_rows else "")
+        + f": {detail}",
         "this is a conversion bug, do not ship the model: try another model family, "
         "or report it with the skl2onnx and onnxruntime versions",
     )

@@ -13,10 +13,17 @@ bootstrap can never make the threshold looser than theory says. Windows resample
 training rows match the reference proportions exactly, while live windows are compared with
 proportions *estimated* from those rows, so the shipped value is widened by ``1 + window/n``
 (:func:`device_agent.drift.reference_factor`).
+
+Categorical features get their :data:`~device_agent.drift.MAX_CATEGORIES` most frequent
+categories (ties by name) and one "other" share, computed over non-missing values; their PSI
+thresholds are bootstrapped the same way over those bins. A regressor's reference describes
+its out-of-fold predictions in bins (the numeric features' binning rule) and has no
+confidence distribution.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any
@@ -24,7 +31,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from device_agent.drift import FORMAT, Reference, bin_index, psi_rows, psi_threshold, reference_factor
+from device_agent.drift import (
+    FORMAT,
+    MAX_CATEGORIES,
+    Reference,
+    bin_index,
+    psi_rows,
+    psi_threshold,
+    reference_factor,
+)
 from edgekit.errors import DataError
 
 DECILES = np.linspace(0.1, 0.9, 9)
@@ -86,6 +101,19 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def categorical_stats(values: Sequence[Any]) -> tuple[list[str], IntArray, IntArray]:
+    """(top categories, counts per bin incl. "other", code per row) of one categorical column.
+    Missing values ("" or None) get the code ``len(categories) + 1`` and are not counted."""
+    present = [str(v) for v in values if v is not None and v != ""]
+    freq = Counter(present)
+    top = [c for c, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CATEGORIES]]
+    index = {c: i for i, c in enumerate(top)}
+    other = len(top)
+    codes = np.array([other + 1 if v is None or v == "" else index.get(str(v), other) for v in values], dtype=np.int64)
+    counts = np.bincount(codes[codes <= other], minlength=other + 1)
+    return top, counts, codes
+
+
 def build_reference(
     X: npt.ArrayLike,
     feature_names: Sequence[str],
@@ -95,32 +123,51 @@ def build_reference(
     alpha: float = 0.01,
     seed: int = 0,
     bootstrap: int = 2000,
+    *,
+    feature_types: Sequence[str] | None = None,
+    task: str = "classification",
 ) -> dict[str, Any]:
-    """Build ``reference.json`` from training features and out-of-fold probabilities.
+    """Build ``reference.json`` from training features and out-of-fold predictions.
 
-    ``X`` is (n, F) with NaN for missing values; ``oof_proba`` is (m, C) out-of-fold class
-    probabilities in the order of ``classes`` (in-sample predictions are over-confident and
-    would make a healthy device look drifted). ``window`` is the device's window size: the
-    shipped PSI thresholds are calibrated for exactly that many rows at family-wise
-    false-alarm rate ``alpha`` (Bonferroni over features). Deterministic for a given seed.
+    ``X`` is (n, F): floats with NaN for missing values, or an object array whose categorical
+    columns hold strings ("" or None for missing); ``feature_types`` gives each column's type
+    ("numeric" / "categorical", default all numeric). For a classifier ``oof_proba`` is (m, C)
+    out-of-fold class probabilities in the order of ``classes`` (in-sample predictions are
+    over-confident and would make a healthy device look drifted); for a regressor
+    (``task="regression"``, ``classes`` empty) it is the (m,) out-of-fold predicted values.
+    ``window`` is the device's window size: the shipped PSI thresholds are calibrated for
+    exactly that many rows at family-wise false-alarm rate ``alpha`` (Bonferroni over
+    features). Deterministic for a given seed.
     """
-    x = np.asarray(X, dtype=np.float64)
+    raw = np.asarray(X)
     names = list(feature_names)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise DataError(f"reference data must be a 2-D table with at least 2 rows, got shape {x.shape}")
-    n, n_features = x.shape
+    if raw.ndim != 2 or raw.shape[0] < 2:
+        raise DataError(f"reference data must be a 2-D table with at least 2 rows, got shape {raw.shape}")
+    n, n_features = raw.shape
     if len(names) != n_features:
         raise DataError(f"{len(names)} feature names for {n_features} columns")
     if len(set(names)) != len(names) or not all(isinstance(s, str) and s for s in names):
         raise DataError("feature names must be unique, non-empty strings")
+    types = list(feature_types) if feature_types is not None else ["numeric"] * n_features
+    if len(types) != n_features or not set(types) <= {"numeric", "categorical"}:
+        raise DataError(f"feature_types must give 'numeric' or 'categorical' for each of the {n_features} columns")
+    numeric_cols = [j for j, t in enumerate(types) if t == "numeric"]
+    x = np.full((n, n_features), np.nan)
+    if numeric_cols:
+        x[:, numeric_cols] = np.asarray(raw[:, numeric_cols], dtype=np.float64)
     if np.isinf(x).any():
         raise DataError("reference data holds infinite values; use NaN for missing values")
+    if task not in ("classification", "regression"):
+        raise DataError(f"unknown task {task!r}")
     proba = np.asarray(oof_proba, dtype=np.float64)
     labels = [_scalar(c) for c in classes]
-    if len(labels) < 2:
-        raise DataError("a classifier reference needs at least 2 classes")
-    if proba.ndim != 2 or proba.shape[1] != len(labels) or proba.shape[0] < 1:
-        raise DataError(f"oof_proba must have shape (m, {len(labels)}), got {proba.shape}")
+    if task == "classification":
+        if len(labels) < 2:
+            raise DataError("a classifier reference needs at least 2 classes")
+        if proba.ndim != 2 or proba.shape[1] != len(labels) or proba.shape[0] < 1:
+            raise DataError(f"oof_proba must have shape (m, {len(labels)}), got {proba.shape}")
+    elif proba.ndim != 1 or proba.shape[0] < 2:
+        raise DataError(f"a regressor's out-of-fold predictions must have shape (m,), got {proba.shape}")
     if not np.isfinite(proba).all():
         raise DataError("oof_proba holds non-finite values")
     if window < 1 or bootstrap < 1:
@@ -134,6 +181,26 @@ def build_reference(
     features: list[dict[str, Any]] = []
     psi_thresholds: dict[str, float] = {}
     for j, name in enumerate(names):
+        if types[j] == "categorical":
+            top, counts, codes = categorical_stats(raw[:, j].tolist())
+            if not top:
+                raise DataError(f"feature {name!r} has no values in the reference data", hint="drop the column")
+            props = _proportions(counts)
+            missing = int(np.count_nonzero(codes > len(top)))
+            boot = _bootstrap_psi(codes, idx, np.asarray(props))
+            bins = len(top) + 1
+            null = max(float(np.quantile(boot, 1.0 - alpha_f)), psi_threshold(window, bins, alpha_f))
+            psi_thresholds[name] = null * reference_factor(window, n)
+            features.append(
+                {
+                    "name": name,
+                    "kind": "categorical",
+                    "categories": top,
+                    "proportions": props,
+                    "missing_rate": missing / n,
+                }
+            )
+            continue
         col = x[:, j]
         present = ~np.isnan(col)
         values = col[present]
@@ -143,9 +210,9 @@ def build_reference(
         bins = edges.size + 1
         counts = np.bincount(bin_index(edges, values), minlength=bins)
         props = _proportions(counts)
-        codes = np.full(n, bins, dtype=np.int8)
-        codes[present] = bin_index(edges, values)
-        boot = _bootstrap_psi(codes, idx, np.asarray(props))
+        num_codes = np.full(n, bins, dtype=np.int8)
+        num_codes[present] = bin_index(edges, values)
+        boot = _bootstrap_psi(num_codes, idx, np.asarray(props))
         null = max(float(np.quantile(boot, 1.0 - alpha_f)), psi_threshold(window, bins, alpha_f))
         psi_thresholds[name] = null * reference_factor(window, n)
         features.append(
@@ -162,30 +229,40 @@ def build_reference(
             }
         )
 
-    n_classes = len(labels)
-    predicted = np.argmax(proba, axis=1)
-    pred_props = _proportions(np.bincount(predicted, minlength=n_classes))
+    prediction: dict[str, Any]
+    confidence: dict[str, Any] | None
+    if task == "classification":
+        n_bins = len(labels)
+        predicted = np.argmax(proba, axis=1)
+        pred_props = _proportions(np.bincount(predicted, minlength=n_bins))
+        prediction = {"kind": "classes", "labels": labels, "proportions": pred_props}
+        top_p = proba.max(axis=1)
+        conf_edges = np.linspace(1.0 / n_bins, 1.0, CONFIDENCE_BINS + 1)[1:-1]
+        confidence = {
+            "edges": [float(e) for e in conf_edges],
+            "proportions": _proportions(np.bincount(bin_index(conf_edges, top_p), minlength=CONFIDENCE_BINS)),
+            "mean": float(top_p.mean()),
+        }
+    else:
+        pred_edges = feature_edges(proba)
+        n_bins = pred_edges.size + 1
+        predicted = bin_index(pred_edges, proba)
+        pred_props = _proportions(np.bincount(predicted, minlength=n_bins))
+        prediction = {"kind": "bins", "edges": [float(e) for e in pred_edges], "proportions": pred_props}
+        confidence = None
     pred_idx = rng.integers(0, predicted.size, size=(bootstrap, window))
     pred_boot = _bootstrap_psi(predicted, pred_idx, np.asarray(pred_props))
     prediction_psi = max(
-        float(np.quantile(pred_boot, 1.0 - alpha)), psi_threshold(window, n_classes, alpha)
+        float(np.quantile(pred_boot, 1.0 - alpha)), psi_threshold(window, n_bins, alpha)
     ) * reference_factor(window, predicted.size)
-
-    top = proba.max(axis=1)
-    conf_edges = np.linspace(1.0 / n_classes, 1.0, CONFIDENCE_BINS + 1)[1:-1]
-    conf_props = _proportions(np.bincount(bin_index(conf_edges, top), minlength=CONFIDENCE_BINS))
 
     obj: dict[str, Any] = {
         "format": FORMAT,
         "n": int(n),
         "alpha": float(alpha),
         "features": features,
-        "prediction": {"kind": "classes", "labels": labels, "proportions": pred_props},
-        "confidence": {
-            "edges": [float(e) for e in conf_edges],
-            "proportions": conf_props,
-            "mean": float(top.mean()),
-        },
+        "prediction": prediction,
+        "confidence": confidence,
         "thresholds": {
             "window": int(window),
             "psi": psi_thresholds,

@@ -43,9 +43,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import bundles, fleet, keys, runs, workspace
+    from . import bundles, delivery, fleet, keys, registry, runs, workspace
 
-    for module in (workspace, keys, runs, bundles, fleet):
+    for module in (workspace, keys, runs, bundles, registry, fleet, delivery):
         for command in module.COMMANDS:
             main.add_command(command)
 

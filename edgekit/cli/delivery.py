@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import workspace
 from ..fleet.gc import collect_garbage
+from ..rollback import rollback
 from .output import emit, json_option
 
 
@@ -38,4 +40,24 @@ def gc_cmd(broker: str | None, dry_run: bool, as_json: bool) -> None:
     emit(report.to_dict(), as_json, text)
 
 
-COMMANDS = [bundles_group]
+@click.command("rollback")
+@click.argument("name")
+@click.option("--to", "to_version", type=int, required=True, help="The older version to go back to.")
+@click.option("--key", "key_name", required=True, help="Signing key (role 'bundle').")
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=".", show_default=True)
+@json_option
+def rollback_cmd(name: str, to_version: int, key_name: str, out_dir: Path, as_json: bool) -> None:
+    """Ship an older version again as a new, higher version marked as a rollback; deploy it next.
+
+    Example: edgekit rollback wine --to 3 --key release && edgekit deploy wine-v5.ekb --group plant-a
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built = rollback(workspace.find(), name, to_version, key_name, out_dir)
+    emit(
+        built.to_dict(),
+        as_json,
+        lambda d: f"{d['path']}  {d['name']} v{d['version']} restores v{to_version}; deploy it like any upgrade",
+    )
+
+
+COMMANDS = [bundles_group, rollback_cmd]

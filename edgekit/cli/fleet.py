@@ -8,7 +8,7 @@ import click
 
 from device_agent.trust import ROLE_BUNDLE, ROLE_DEPLOY
 
-from .. import bundler, keys, workspace
+from .. import keys, registry, workspace
 from ..fleet.deploy import Target, deploy
 from ..fleet.status import fleet_status
 from .output import ago, emit, json_option, progress_printer, table
@@ -35,10 +35,12 @@ def deploy_cmd(
 ) -> None:
     """Publish a bundle to the broker and point a device or a group at it.
 
-    Example: edgekit deploy wine-v1.ekb --group plant-a --wait 30
+    BUNDLE is a .ekb file, NAME@VERSION from the registry, or NAME: its production version.
+
+    Example: edgekit deploy wine --group plant-a --wait 30
     """
     ws = workspace.find()
-    path = bundler.resolve_bundle(ws, bundle)
+    path = registry.resolve(ws, bundle)
     deploy_key = keys.pick_key(ws, ROLE_DEPLOY, key_name)
     bundle_key = keys.pick_key(ws, ROLE_BUNDLE, key_name)
     result = deploy(

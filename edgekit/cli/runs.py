@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 
 from .. import runs as runs_mod
 from .. import workspace
+from ..errors import EdgekitError
 from .output import emit, json_option, progress_printer, table
 
 MODEL_CHOICES = ("logreg", "rf", "hgb", "mlp")
@@ -17,106 +19,399 @@ MODEL_CHOICES = ("logreg", "rf", "hgb", "mlp")
 def _train_text(d: dict[str, Any]) -> str:
     h = d["metrics"]["holdout"]
     p = d["parity"]
+    model = d["model"]
+    task = d.get("task", "classification")
+    kinds = [f.get("type", "numeric") for f in model["features"]]
+    n_cat = sum(1 for k in kinds if k == "categorical")
+    shape = f"{len(kinds)} features" + (f" ({n_cat} categorical)" if n_cat else "")
+    if task == "regression":
+        scores = f"r2 {h['r2']:.4f}  mae {h['mae']:.4g}  rmse {h['rmse']:.4g}"
+        parity = f"max |Δy| {p.get('max_abs_dy') or 0.0:.2e} ({p['max_abs_dp']:.1e} of the target's std)"
+    else:
+        scores = f"accuracy {h['accuracy']:.4f}  f1_macro {h['f1_macro']:.4f}"
+        if "roc_auc" in h:
+            scores += f"  roc_auc {h['roc_auc']:.4f}"
+        parity = f"max |Δp| {p['max_abs_dp']:.2e}  label agreement {p['label_agreement']:.4f}"
+    if p.get("boundary_rows"):
+        parity += f"; {p['boundary_rows']} boundary rows max {p['boundary_max_abs_dp']:.2e}"
+    inp = model.get("input") or {}
     lines = [
         f"run {d['id']}",
-        f"  model      {d['model']['family']} on {d['data']['rows']} rows, {len(d['model']['features'])} features",
-        f"  holdout    accuracy {h['accuracy']:.4f}  f1_macro {h['f1_macro']:.4f}",
-        f"  parity     max |Δp| {p['max_abs_dp']:.2e}  label agreement {p['label_agreement']:.4f}  "
-        + ("ok" if p["ok"] else "FAILED (this run cannot be bundled)"),
-        f"  data       sha256 {d['data']['sha256'][:16]}…",
+        f"  model      {model['family']} ({task}) on {d['data']['rows']} rows, {shape}; "
+        f"input {inp.get('layout', 'tensor')} {inp.get('dtype', 'float32')}",
+        f"  holdout    {scores}",
     ]
+    cv = d["metrics"].get("cv") or {}
+    if "mean" in cv:
+        lines.append(f"  cv         {cv['metric']} {cv['mean']:.4f} ± {cv['std']:.4f}")
+    lines.append(f"  parity     {parity}  " + ("ok" if p["ok"] else "FAILED (this run cannot be bundled)"))
+    if not p["ok"] and p.get("explanation"):
+        lines.append(f"             {p['explanation']}")
+    lines.append(f"  data       sha256 {d['data']['sha256'][:16]}…")
+    for warning in d.get("warnings") or []:
+        lines.append(f"  warning    {warning}")
+    board = d.get("leaderboard")
+    if board:
+        search = d.get("search") or {}
+        lines.append(
+            f"  search     {search.get('evaluated', len(board))} candidates in {search.get('elapsed_s', 0):.0f} s "
+            f"(budget {search.get('time_budget_s', 0):.0f} s), by cv {search.get('metric', '')}; * = chosen:"
+        )
+        rows = [
+            [
+                str(e["rank"]) + ("*" if e.get("chosen") else ""),
+                e["model"],
+                f"{e['cv_mean']:.4f} ± {e['cv_std']:.4f}",
+                f"{e['fit_seconds']:.2f}",
+                json.dumps(e["params"], sort_keys=True),
+            ]
+            for e in board[:10]
+        ]
+        body = table(rows, ["#", "MODEL", "CV", "FIT S", "PARAMS"])
+        lines.extend("    " + line for line in body.splitlines())
+        if len(board) > 10:
+            lines.append(f"    … {len(board) - 10} more (--json for all)")
     return "\n".join(lines)
+
+
+def _search_printer(enabled: bool) -> Any:
+    """One line per evaluated search candidate on stderr (silenced by --json)."""
+
+    def show(event: dict[str, Any]) -> None:
+        if not enabled or event.get("event") != "candidate":
+            return
+        best = event["best"]
+        click.echo(
+            f"[{event['elapsed_s']:5.1f}/{event['time_budget_s']:.0f} s] #{event['index']:<3} {event['model']:<6} "
+            f"cv {event['metric']} {event['cv_mean']:.4f} ± {event['cv_std']:.4f}   "
+            f"best {best['model']} {best['cv_mean']:.4f}",
+            err=True,
+        )
+
+    return show
 
 
 @click.command("train")
 @click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", required=True, help="The column to predict.")
-@click.option("--model", type=click.Choice(MODEL_CHOICES), default="logreg", show_default=True)
+@click.option(
+    "--model",
+    type=click.Choice(("logreg", "linear", "rf", "hgb", "mlp", "auto")),
+    default="logreg",
+    show_default=True,
+    help="A model family, or auto: a cross-validated search within --time-budget.",
+)
+@click.option("--time-budget", type=float, default=None, help="Seconds for --model auto (default 30).")
+@click.option(
+    "--metric",
+    type=click.Choice(("accuracy", "f1_macro", "roc_auc", "log_loss", "r2", "neg_mae", "neg_rmse")),
+    default=None,
+    help="Declared metric; auto picks by it (default: accuracy / r2).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(("classification", "regression")),
+    default=None,
+    help="Override the inferred task.",
+)
+@click.option("--categorical", multiple=True, help="Treat this column as categorical (repeatable).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: edgekit.toml).")
 @click.option("--test-size", type=float, default=None, help="Holdout fraction (default: edgekit.toml).")
 @json_option
-def train_cmd(data: Path, target: str, model: str, seed: int | None, test_size: float | None, as_json: bool) -> None:
-    """Train a model from a CSV, convert it to ONNX, check parity; prints the run id.
+def train_cmd(
+    data: Path,
+    target: str,
+    model: str,
+    time_budget: float | None,
+    metric: str | None,
+    task: str | None,
+    categorical: tuple[str, ...],
+    seed: int | None,
+    test_size: float | None,
+    as_json: bool,
+) -> None:
+    """Train a model from a CSV or Parquet file, convert it to ONNX, check parity; prints the run.
 
-    Example: edgekit train data.csv --target label --model rf
+    Example: edgekit train data.csv --target label --model auto --time-budget 60 --metric f1_macro
     """
     ws = workspace.find()
-    run = runs_mod.train_run(ws, data, target, model, seed, test_size, progress=progress_printer(not as_json))
+    run = runs_mod.train_run(
+        ws,
+        data,
+        target,
+        model,
+        seed,
+        test_size,
+        progress=progress_printer(not as_json),
+        task=task,
+        categorical=categorical,
+        metric=metric,
+        time_budget=time_budget,
+        search_progress=_search_printer(not as_json),
+    )
     emit(run.record, as_json, _train_text)
     if not run.record["parity"]["ok"]:
         raise SystemExit(4)
 
 
 def _quant_text(d: dict[str, Any]) -> str:
-    verdict = "applied" if d["applied"] else "not applied — the float model is kept"
-    return "\n".join(
-        [
-            f"quantization ({d['method']}): {verdict}",
-            f"  reason     {d['reason']}",
-            f"  size       {d['size_before']} → {d['size_after']} bytes ({d['size_after'] / d['size_before']:.2f}×)",
-            f"  accuracy   {d['accuracy_before']:.4f} → {d['accuracy_after']:.4f}  "
-            f"label agreement {d['label_agreement']:.4f}  (gate: ≤ {d['max_accuracy_loss'] * 100:.1f} pt loss)",
-            f"  quantized nodes {d['quantized_nodes']}",
+    verdict = f"applied ({d['method']})" if d["applied"] else "not applied — the float model is kept"
+    metric = d.get("metric", "accuracy")
+    p50 = (d.get("latency_p50_us_before"), d.get("latency_p50_us_after"))
+    lines = [
+        f"quantization: {verdict}",
+        f"  reason     {d['reason']}",
+        f"  size       {d['size_before']} → {d['size_after']} bytes ({d['size_after'] / d['size_before']:.2f}×)",
+        f"  {metric:<10} {d['accuracy_before']:.4f} → {d['accuracy_after']:.4f}  "
+        f"label agreement {d['label_agreement']:.4f}  (gate: ≤ {d['max_accuracy_loss'] * 100:.1f} pt loss)",
+    ]
+    if None not in p50:
+        lines.append(f"  p50        {p50[0]:.1f} → {p50[1]:.1f} µs per row (onnxruntime, 1 thread)")
+    lines.append(f"  quantized nodes {d['quantized_nodes']}")
+    candidates = d.get("candidates") or []
+    if candidates:
+        rows = [
+            [
+                c["strategy"],
+                c["verdict"],
+                "" if c["size"] is None else f"{c['size']} ({c['size'] / d['size_before']:.2f}×)",
+                "" if c["latency_p50_us"] is None else f"{c['latency_p50_us']:.1f}",
+                "" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
+                "" if c["label_changes"] is None else str(c["label_changes"]),
+            ]
+            for c in candidates
         ]
-    )
+        lines += ["", table(rows, ["STRATEGY", "VERDICT", "BYTES", "P50 µs", metric.upper(), "LABELS CHANGED"])]
+        lines += [f"  {c['strategy']}: {c['reason']}" for c in candidates if c["verdict"] != "chosen"]
+    return "\n".join(lines)
 
 
 @click.command("quantize")
 @click.argument("run_id")
 @click.option("--max-accuracy-loss", type=float, default=0.005, show_default=True, help="Gate, as a fraction.")
+@click.option(
+    "--max-label-changes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Holdout rows allowed to change label, for every strategy (default: 0 for tree ensembles, "
+    "not limited for the others, where the accuracy gate decides).",
+)
+@click.option(
+    "--strategy",
+    "strategies",
+    multiple=True,
+    help="Try only this strategy (repeatable), e.g. dynamic-int8, static-qdq-int8, fp16, compact.",
+)
 @json_option
-def quantize_cmd(run_id: str, max_accuracy_loss: float, as_json: bool) -> None:
-    """Quantize a run's model to int8 where it helps; reports size and accuracy before/after.
+def quantize_cmd(
+    run_id: str, max_accuracy_loss: float, max_label_changes: int | None, strategies: tuple[str, ...], as_json: bool
+) -> None:
+    """Shrink a run's model where it helps: tries int8 (dynamic, static), fp16, the MatMul form
+    of linear models and lossless compaction, as fit the model family; reports size, p50
+    latency, accuracy and label agreement per strategy and ships the best that passes the gates.
 
     Example: edgekit quantize latest --max-accuracy-loss 0.01
     """
-    _, report = runs_mod.quantize_run(workspace.find(), run_id, max_accuracy_loss)
+    _, report = runs_mod.quantize_run(
+        workspace.find(), run_id, max_accuracy_loss, max_label_changes, list(strategies) or None
+    )
     emit(report.to_dict(), as_json, _quant_text)
+
+
+def _headline(record: dict[str, Any]) -> str:
+    """The holdout metric a list shows: accuracy for classifiers, else the first recorded one."""
+    holdout = (record.get("metrics") or {}).get("holdout") or {}
+    for key in ("accuracy", "r2", *sorted(holdout)):
+        value = holdout.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return f"{key} {value:.4f}"
+    return "-"
+
+
+def _list_text(records: list[dict[str, Any]]) -> str:
+    if not records:
+        return "no runs yet: train one with 'edgekit train data.csv --target COLUMN'"
+    rows = []
+    for r in records:
+        parity = r.get("parity") or {}
+        rows.append(
+            [
+                r["id"],
+                str((r.get("model") or {}).get("family") or (r.get("params") or {}).get("model")),
+                _headline(r),
+                "ok" if parity.get("ok") else "FAIL",
+                "yes" if (r.get("quantization") or {}).get("applied") else "no",
+                str((r.get("data") or {}).get("sha256", ""))[:12],
+                str(r.get("reproduces") or ""),
+            ]
+        )
+    return table(rows, ["RUN", "MODEL", "HOLDOUT", "PARITY", "QUANTIZED", "DATA", "REPRODUCES"])
 
 
 @click.group("runs")
 def runs_group() -> None:
-    """Recorded training runs."""
+    """Recorded training runs: list, show, compare, reproduce.
+
+    Example: edgekit runs compare 20260101-120000-ab12cd latest
+    """
 
 
 @runs_group.command("list")
 @json_option
 def runs_list(as_json: bool) -> None:
-    """List runs, newest last.
+    """List runs, oldest first.
 
     Example: edgekit runs list --json
     """
     records = [r.record for r in runs_mod.list_runs(workspace.find())]
-    emit(
-        records,
-        as_json,
-        lambda rs: table(
-            [
-                [
-                    r["id"],
-                    r["model"]["family"],
-                    f"{r['metrics']['holdout']['accuracy']:.4f}",
-                    "ok" if r["parity"]["ok"] else "FAIL",
-                    "yes" if (r.get("quantization") or {}).get("applied") else "no",
-                    r["data"]["sha256"][:12],
-                ]
-                for r in rs
-            ],
-            ["RUN", "MODEL", "ACCURACY", "PARITY", "QUANTIZED", "DATA"],
+    emit(records, as_json, _list_text)
+
+
+def _show_text(d: dict[str, Any]) -> str:
+    from ..explain import top_features
+
+    try:
+        lines = [_train_text(d)]
+    except (KeyError, TypeError, ValueError):  # a record shape the training summary does not know
+        lines = [f"run {d['id']}"]
+    code = d.get("code_version") or {}
+    env = d.get("environment") or {}
+    quant = d.get("quantization") or {}
+    params = {k: v for k, v in (d.get("params") or {}).items() if k not in ("model", "seed", "test_size")}
+    metrics = d.get("metrics") or {}
+    lines += [
+        f"  created    {d.get('created')}  ({d.get('duration_s')} s)",
+        f"  file       {(d.get('data') or {}).get('path')}  target {(d.get('data') or {}).get('target')}",
+        f"  seed       {d.get('seed')}  params {json.dumps(params, sort_keys=True, default=str)[:200]}",
+        "  cv         " + "  ".join(f"{k} {_cell(v, 40)}" for k, v in sorted((metrics.get("cv") or {}).items())),
+        "  quantized  "
+        + (
+            f"{quant.get('method')}: {'applied' if quant.get('applied') else 'not applied'} ({quant.get('reason')})"
+            if quant
+            else "not tried"
         ),
-    )
+        "  code       "
+        + (
+            f"git {str(code.get('git_commit'))[:12]}{' (dirty)' if code.get('dirty') else ''}" if code else "not in git"
+        ),
+        f"  env        python {env.get('python')}  {env.get('platform')}",
+    ]
+    if d.get("reproduces"):
+        lines.append(f"  reproduces {d['reproduces']}")
+    explain = d.get("explain") or {}
+    top = top_features(explain, 5)
+    if top:
+        lines.append(
+            f"  top features (permutation importance, {explain.get('metric')} on {explain.get('rows')} "
+            f"{explain.get('on', 'holdout')} rows, {explain.get('n_repeats')} repeats)"
+        )
+        width = max(len(name) for name, _, _ in top)
+        lines += [f"    {name:<{width}}  {mean:+.4f} ± {std:.4f}" for name, mean, std in top]
+    elif explain.get("error"):
+        lines.append(f"  importance not computed: {explain['error']}")
+    return "\n".join(lines)
 
 
 @runs_group.command("show")
 @click.argument("run_id")
 @json_option
 def runs_show(run_id: str, as_json: bool) -> None:
-    """Show everything recorded about a run.
+    """Show everything recorded about a run, with its most important features.
 
     Example: edgekit runs show latest
     """
     run = runs_mod.load_run(workspace.find(), run_id)
-    emit(run.record, as_json, _train_text)
+    emit(run.record, as_json, _show_text)
+
+
+def _cell(value: Any, width: int = 28) -> str:
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _compare_text(d: dict[str, Any]) -> str:
+    rows = [["≠" if f["differs"] else "", f["field"], *[_cell(v) for v in f["values"]]] for f in d["fields"]]
+    header = ["", "FIELD", *d["runs"]]
+    summary = f"{d['differing']} of {d['total']} fields differ" + (" (only those shown)" if d["diff_only"] else "")
+    return table(rows, header) + "\n" + summary if rows else summary
+
+
+@runs_group.command("compare")
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--diff-only", is_flag=True, help="Show only the fields that differ.")
+@json_option
+def runs_compare(run_ids: tuple[str, ...], diff_only: bool, as_json: bool) -> None:
+    """Compare runs side by side: data, parameters, metrics, environment; ≠ marks differences.
+
+    Example: edgekit runs compare 20260101-120000-ab12cd latest --diff-only
+    """
+    if len(run_ids) < 2:
+        raise EdgekitError("compare needs at least two runs", "e.g. edgekit runs compare RUN_A RUN_B")
+    ws = workspace.find()
+    result = runs_mod.compare([runs_mod.load_run(ws, r) for r in run_ids])
+    result["total"] = len(result["fields"])
+    result["diff_only"] = diff_only
+    if diff_only:
+        result["fields"] = [f for f in result["fields"] if f["differs"]]
+    emit(result, as_json, _compare_text)
+
+
+def _reproduce_text(d: dict[str, Any]) -> str:
+    p = d["predictions"]
+    lines = [
+        f"run {d['run']} reproduced as run {d['reproduction']}: " + ("MATCH" if d["match"] else "DOES NOT MATCH"),
+        f"  data         {d['data']['path']}  sha256 {str(d['data']['sha256'])[:16]}…  unchanged",
+        "  inputs       " + "  ".join(f"{k}={v}" for k, v in sorted(d["inputs"].items())),
+        f"  predictions  max |Δp| {p['max_abs_dp']:.3g} on {p['rows']} holdout rows (tolerance {p['tolerance']:g}), "
+        f"label agreement {p['label_agreement']:.4f}"
+        + ("" if p["same_holdout_rows"] else ", BUT the holdout split differs"),
+        f"  model bytes  {'identical' if d['model_bytes_identical'] else 'differ'}",
+        *(
+            [
+                f"  quantized    {q['method'][0]} → {q['method'][1]}, applied {q['applied'][0]} → {q['applied'][1]}, "
+                f"max |Δp| {q['max_abs_dp']:.3g}: " + ("same" if q["match"] else "DIFFERENT")
+            ]
+            if (q := d.get("quantization"))
+            else []
+        ),
+        "  metrics" + ("      all equal" if d["metrics_match"] else "      (≠ beyond tolerance)"),
+    ]
+    for name, m in sorted(d["metrics"].items()):
+        delta = m["delta"]
+        mark = "≠ " if delta is None or abs(delta) > d["tolerances"]["metrics"] else "  "
+        after = "missing" if m["reproduced"] is None else f"{m['reproduced']:.6g}"
+        shown = "" if delta is None else f"  Δ {delta:+.3g}"
+        lines.append(f"    {mark}{name:<28} {m['recorded']:.6g} → {after}{shown}")
+    for pkg, (a, b) in sorted(d["package_differences"].items()):
+        lines.append(f"  package      {pkg} {a} → {b}")
+    return "\n".join(lines)
+
+
+@runs_group.command("reproduce")
+@click.argument("run_id")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The run's data file, if it moved (its fingerprint must still match).",
+)
+@json_option
+def runs_reproduce(run_id: str, data_path: Path | None, as_json: bool) -> None:
+    """Retrain a run from its recorded data, parameters and seed; compare metrics and predictions.
+
+    Exit 0 when both match, 1 when they do not, 3 when the data file is gone or changed.
+
+    Example: edgekit runs reproduce latest --json
+    """
+    ws = workspace.find()
+    report = runs_mod.reproduce(ws, run_id, data_path, progress=progress_printer(not as_json))
+    emit(report, as_json, _reproduce_text)
+    if not report["match"]:
+        raise SystemExit(1)
 
 
 COMMANDS = [train_cmd, quantize_cmd, runs_group]

@@ -65,3 +65,25 @@ def test_gc_keeps_active_previous_and_desired_and_clears_the_rest(
         assert agent.ask(host.rows[0])["bundle"] == "wine@2"
     finally:
         agent.stop()
+
+
+def test_rollback_ships_the_old_model_as_a_higher_version(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
+    from device_agent.bundle import MODEL, verify
+    from edgekit.rollback import rollback
+
+    ws = workspace.load(host.root)
+    key = keys.load_private(ws, "release")
+    agent = AgentProcess("rb1", broker.url, tmp_path / "rb1" / "state", host.trust)
+    try:
+        deploy(broker.url, T.prefix, host.bundles[2], Target(device="rb1"), key, key, wait=20)
+        built = rollback(ws, "wine", 1, "release", tmp_path)
+        assert built.version > 2
+        restored = verify(built.path.read_bytes(), keys.trust_file(ws), now=0)
+        original = verify(host.bundles[1].read_bytes(), keys.trust_file(ws), now=0)
+        assert restored.files[MODEL] == original.files[MODEL]
+        assert restored.manifest["rollback_of"]["version"] == 1
+        result = deploy(broker.url, T.prefix, built.path, Target(device="rb1"), key, key, wait=20)
+        assert result.outcome == {"rb1": "active"}, "a rollback is an ordinary upgrade for the device"
+        assert agent.ask(host.rows[0])["bundle"] == f"wine@{built.version}"
+    finally:
+        agent.stop()

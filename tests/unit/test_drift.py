@@ -525,3 +525,112 @@ def test_from_json_rejects_malformed(case: str) -> None:
 def test_from_json_rejects_non_object() -> None:
     with pytest.raises(ProtocolError):
         Reference.from_json([reference_obj()])
+
+
+# --- categorical features and regressors (hand-written references) ---------------------------------
+
+
+def categorical_obj() -> dict[str, Any]:
+    obj = reference_obj(n_features=2)
+    obj["features"][1] = {
+        "name": "f1",
+        "kind": "categorical",
+        "categories": ["red", "green"],
+        "proportions": [0.6, 0.3, 0.1],
+        "missing_rate": 0.05,
+    }
+    return obj
+
+
+def test_categorical_reference_round_trip_and_codes() -> None:
+    obj = categorical_obj()
+    ref = Reference.from_json(obj)
+    assert ref.to_json() == obj
+    assert ref.category_codes() == [None, {"red": 0.0, "green": 1.0}]
+
+
+def test_categorical_counts_psi_js_against_naive() -> None:
+    w = make_window(categorical_obj())
+    codes = [0.0] * 50 + [1.0] * 20 + [2.0] * 25 + [math.nan] * 5
+    X = np.column_stack([np.zeros(100), codes])
+    w.update(X)
+    f = w.report()["features"]["f1"]
+    assert f["counts"] == [50, 20, 25] and f["unseen"] == 25 and f["missing"] == 5 and f["count"] == 95
+    assert f["psi"] == pytest.approx(naive_psi([0.6, 0.3, 0.1], [50, 20, 25]), abs=1e-9)
+    assert f["js"] == pytest.approx(naive_js([0.6, 0.3, 0.1], [50, 20, 25]), abs=1e-9)
+    assert f["drifted"] and set(f) == {
+        "kind",
+        "counts",
+        "missing",
+        "unseen",
+        "count",
+        "psi",
+        "js",
+        "missing_z",
+        "drifted",
+    }
+    assert w.report()["features"]["f0"]["kind"] == "numeric"
+
+
+def test_categorical_codes_are_validated_before_any_state_changes() -> None:
+    w = make_window(categorical_obj())
+    w.update(np.zeros((3, 2)))
+    before = w.report()
+    for bad in (3.0, -1.0, 0.5):
+        with pytest.raises(ValueError, match="codes"):
+            w.update(np.array([[0.0, 0.0], [0.0, bad]]))
+    assert w.report() == before
+
+
+def regression_obj() -> dict[str, Any]:
+    obj = reference_obj(n_features=1)
+    obj["prediction"] = {"kind": "bins", "edges": [0.0, 10.0], "proportions": [0.2, 0.5, 0.3]}
+    obj["confidence"] = None
+    return obj
+
+
+def test_regression_reference_and_window() -> None:
+    obj = regression_obj()
+    ref = Reference.from_json(obj)
+    assert ref.to_json() == obj and ref.confidence is None and ref.prediction.bins == 3
+    w = DriftWindow(ref, window=200, low_confidence=0.5)
+    w.update(np.zeros((4, 1)), predicted=[-1.0, 0.0, 5.0, math.nan])
+    rep = w.report(min_rows=1)
+    assert rep["prediction"]["counts"] == [1, 2, 0] and rep["prediction"]["mean"] == pytest.approx(4 / 3)
+    assert rep["confidence"] is None and rep["low_confidence_rate"] is None
+    json.loads(dumps(rep))
+    with pytest.raises(ValueError, match="regressor"):
+        w.update(np.zeros((1, 1)), label_idx=[0])
+    with pytest.raises(ValueError, match="confidence"):
+        w.update(np.zeros((1, 1)), confidence=[0.5])
+    with pytest.raises(ValueError, match="predicted"):
+        make_window().update(np.zeros((1, 3)), predicted=[1.0])
+
+
+BAD_EXTENDED: dict[str, Callable[[dict[str, Any]], None]] = {
+    "categories not strings": _set(["features", 1, "categories"], ["red", 2]),
+    "categories duplicate": _set(["features", 1, "categories"], ["red", "red"]),
+    "categories too many": _set(["features", 1, "categories"], [f"c{i}" for i in range(21)]),
+    "categorical proportions length": _set(["features", 1, "proportions"], [0.6, 0.4]),
+    "categorical no missing_rate": _delete(["features", 1, "missing_rate"]),
+    "kind unknown": _set(["features", 1, "kind"], "ordinal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXTENDED))
+def test_from_json_rejects_malformed_categorical(case: str) -> None:
+    obj = copy.deepcopy(categorical_obj())
+    BAD_EXTENDED[case](obj)
+    with pytest.raises(ProtocolError):
+        Reference.from_json(obj)
+
+
+def test_regression_reference_needs_null_confidence() -> None:
+    obj = regression_obj()
+    obj["confidence"] = reference_obj()["confidence"]
+    with pytest.raises(ProtocolError, match="confidence must be null"):
+        Reference.from_json(obj)
+    obj = regression_obj()
+    obj["prediction"]["edges"] = [1.0, 0.0]
+    with pytest.raises(ProtocolError):
+        Reference.from_json(obj)

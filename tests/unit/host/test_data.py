@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def small_rows(n: int = 24) -> list[list[object]]:
     return [[i, i * 0.5, i % 2] for i in range(n)]
 
 
-def refusal(path: Path, target: str = "y", **kwargs: int) -> str:
+def refusal(path: Path, target: str = "y", **kwargs: Any) -> str:
     with pytest.raises(DataError) as info:
         load_table(path, target, **kwargs)
     message = str(info.value)
@@ -52,7 +53,9 @@ def test_breast_cancer_round_trips(tmp_path: Path) -> None:
     assert table.y.tolist() == data.target.tolist()
     fp = table.fingerprint
     assert fp["rows"] == 569 and fp["columns"] == 31 and fp["target"] == "target"
-    assert fp["schema"][0] == {"name": "mean radius", "type": "numeric"} and len(fp["schema"]) == 30
+    assert fp["schema"][0] == {"name": "mean radius", "type": "numeric", "allow_missing": False}
+    assert len(fp["schema"]) == 30 and fp["task"] == "classification"
+    assert table.task == "classification" and table.numeric_only and table.warnings == []
     assert len(fp["sha256"]) == 64
 
 
@@ -122,15 +125,19 @@ def test_non_numeric_value_names_column_line_value(tmp_path: Path) -> None:
     rows[6][1] = "12,5"  # a decimal comma, quoted by the csv writer
     message = refusal(write_csv(tmp_path / "n.csv", ["a", "b", "y"], rows))
     assert "'b'" in message and "line 8" in message and "'12,5'" in message
+    assert "mixed types" in message and "23 of 24 values are numbers" in message and "clean" in message
 
 
-@pytest.mark.parametrize("value", ["", "NA", "nan", "?"])
-def test_missing_value_names_column_and_line(tmp_path: Path, value: str) -> None:
+@pytest.mark.parametrize("value", ["", "NA", "nan", "?", "null", "None"])
+def test_missing_numeric_values_become_nan_and_allow_missing(tmp_path: Path, value: str) -> None:
     rows = small_rows()
     rows[2][0] = value
-    message = refusal(write_csv(tmp_path / "m.csv", ["a", "b", "y"], rows))
-    assert "missing value" in message and "not supported" in message
-    assert "'a'" in message and "line 4" in message
+    table = load_table(write_csv(tmp_path / "m.csv", ["a", "b", "y"], rows), "y")
+    assert np.isnan(table.X[2, 0]) and np.isnan(table.X[:, 0]).sum() == 1
+    assert [f.to_dict() for f in table.features] == [
+        {"name": "a", "type": "numeric", "allow_missing": True},
+        {"name": "b", "type": "numeric", "allow_missing": False},
+    ]
 
 
 def test_missing_label(tmp_path: Path) -> None:
@@ -171,3 +178,130 @@ def test_single_class(tmp_path: Path) -> None:
     rows = [[i, i, "ok"] for i in range(30)]
     message = refusal(write_csv(tmp_path / "s.csv", ["a", "b", "y"], rows))
     assert "single class 'ok'" in message and "30 rows" in message
+
+
+# --- categorical, missing, regression, Parquet ---------------------------------------------------
+
+
+def mixed_rows(n: int = 40) -> list[list[object]]:
+    colors = ["red", "green", "blue", ""]
+    return [[i * 0.5 if i % 7 else "NA", colors[i % 4], ("yes" if i % 3 else "no"), i % 2] for i in range(n)]
+
+
+def test_categorical_and_missing_columns(tmp_path: Path) -> None:
+    table = load_table(write_csv(tmp_path / "m.csv", ["num", "color", "flag", "y"], mixed_rows()), "y")
+    assert [(f.name, f.type, f.allow_missing) for f in table.features] == [
+        ("num", "numeric", True),
+        ("color", "categorical", True),
+        ("flag", "categorical", False),
+    ]
+    assert table.X.dtype == object and not table.numeric_only
+    assert table.categorical_idx == [1, 2] and table.numeric_idx == [0]
+    assert np.isnan(table.X[0, 0]) and table.X[1, 0] == 0.5
+    assert table.X[3, 1] == "" and table.X[0, 1] == "red"  # missing category is ""
+    assert table.fingerprint["schema"][1] == {"name": "color", "type": "categorical", "allow_missing": True}
+
+
+def test_forced_categorical_and_fingerprint_depends_on_it(tmp_path: Path) -> None:
+    rows = [[i % 3 + 1, i, i % 2] for i in range(30)]
+    path = write_csv(tmp_path / "c.csv", ["level", "x", "y"], rows)
+    plain = load_table(path, "y")
+    forced = load_table(path, "y", categorical=["level"])
+    assert plain.features[0].type == "numeric" and forced.features[0].type == "categorical"
+    assert forced.X[0, 0] == "1"
+    assert plain.fingerprint["sha256"] != forced.fingerprint["sha256"]
+    assert "no column 'nope'" in refusal(path, categorical=["nope"])
+
+
+def test_mostly_text_column_is_categorical_not_mixed(tmp_path: Path) -> None:
+    rows = [["A" if i % 4 else "7", i, i % 2] for i in range(30)]
+    table = load_table(write_csv(tmp_path / "t.csv", ["code", "x", "y"], rows), "y")
+    assert table.features[0].type == "categorical" and set(table.X[:, 0]) == {"A", "7"}
+
+
+def test_all_missing_column_is_refused(tmp_path: Path) -> None:
+    rows = [[i, "", i % 2] for i in range(30)]
+    message = refusal(write_csv(tmp_path / "a.csv", ["a", "empty", "y"], rows))
+    assert "'empty'" in message and "all 30 rows are missing" in message and "drop the column" in message
+
+
+def test_constant_columns_warn_and_all_constant_is_refused(tmp_path: Path) -> None:
+    table = load_table(write_csv(tmp_path / "c.csv", ["a", "k", "y"], [[i, "same", i % 2] for i in range(30)]), "y")
+    assert len(table.warnings) == 1 and "'k' is constant ('same')" in table.warnings[0]
+    message = refusal(write_csv(tmp_path / "d.csv", ["a", "b", "y"], [[1, 2, i % 2] for i in range(30)]))
+    assert "every feature column is constant (a, b)" in message
+
+
+def test_identifier_like_text_column_warns(tmp_path: Path) -> None:
+    rows = [[f"id-{i}", i, i % 2] for i in range(30)]
+    table = load_table(write_csv(tmp_path / "i.csv", ["id", "x", "y"], rows), "y")
+    assert any("'id' has 30 distinct text values" in w for w in table.warnings)
+
+
+def test_regression_inferred_from_floats_and_many_integers(tmp_path: Path) -> None:
+    floats = load_table(write_csv(tmp_path / "f.csv", ["x", "y"], [[i, i * 0.37] for i in range(30)]), "y")
+    assert floats.task == "regression" and floats.y.dtype == np.float64
+    many = load_table(write_csv(tmp_path / "m.csv", ["x", "y"], [[i, i * 3] for i in range(30)]), "y")
+    assert many.task == "regression"
+    few = load_table(write_csv(tmp_path / "c.csv", ["x", "y"], [[i, i % 5] for i in range(30)]), "y")
+    assert few.task == "classification" and few.y.dtype == np.int64
+    forced = load_table(tmp_path / "c.csv", "y", task="regression")
+    assert forced.task == "regression" and forced.fingerprint["sha256"] == few.fingerprint["sha256"]
+    as_class = load_table(tmp_path / "m.csv", "y", task="classification")
+    assert as_class.task == "classification" and as_class.y.dtype == np.int64
+
+
+def test_float_written_integer_labels_are_integer_classes(tmp_path: Path) -> None:
+    table = load_table(write_csv(tmp_path / "f.csv", ["x", "y"], [[i, f"{i % 2}.0"] for i in range(30)]), "y")
+    assert table.task == "classification" and table.y.dtype == np.int64 and set(table.y.tolist()) == {0, 1}
+
+
+def test_regression_target_refusals(tmp_path: Path) -> None:
+    rows = [[i, i * 0.5] for i in range(30)]
+    rows[4][1] = "high"
+    message = refusal(write_csv(tmp_path / "r.csv", ["x", "y"], rows), task="regression")
+    assert "non-numeric value 'high'" in message and "line 6" in message
+    message = refusal(write_csv(tmp_path / "k.csv", ["x", "y"], [[i, 2.5] for i in range(30)]), task="regression")
+    assert "constant (2.5)" in message
+    with pytest.raises(DataError, match="unknown task"):
+        load_table(tmp_path / "k.csv", "y", task="ranking")
+
+
+def test_fingerprint_of_numeric_tables_is_unchanged(tmp_path: Path) -> None:
+    """Tables the previous loader accepted hash exactly as before (run records stay comparable)."""
+    import hashlib
+    import json
+
+    rows = small_rows()
+    fp = load_table(write_csv(tmp_path / "a.csv", ["a", "b", "y"], rows), "y").fingerprint
+    digest = hashlib.sha256(b"edgekit-table-v1\n")
+    digest.update((json.dumps(["a", "b", "y"]) + "\n").encode())
+    for a, b, y in rows:
+        digest.update((json.dumps([float(a), float(b), y]) + "\n").encode())
+    assert fp["sha256"] == digest.hexdigest()
+
+
+def test_parquet_without_pyarrow_says_so(tmp_path: Path) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("pyarrow is installed here")
+    path = tmp_path / "data.parquet"
+    path.write_bytes(b"PAR1")
+    message = refusal(path)
+    assert message.startswith(f"{path}: install pyarrow to read Parquet")
+
+
+def test_parquet_cells_are_read_like_csv_cells() -> None:
+    """The Parquet reader's cell conversion (pyarrow is optional, so its values are fed by hand)."""
+    from edgekit.data import _build, _parquet_cell
+
+    columns = [
+        [_parquet_cell(v) for v in col] for col in ([1.5, None, 3.0] * 10, ["a", None, "b"] * 10, [0, 1, 1] * 10)
+    ]
+    table = _build("t.parquet", ["x", "c", "y"], columns, lambda i: f"data row {i + 1}", "y", 20, None, set())
+    assert [(f.type, f.allow_missing) for f in table.features] == [("numeric", True), ("categorical", True)]
+    assert table.X[1, 1] == "" and np.isnan(table.X[1, 0]) and table.y.dtype == np.int64
+    assert _parquet_cell(True) == "True" and _parquet_cell(" x ") == "x"

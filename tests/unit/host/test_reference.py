@@ -218,3 +218,104 @@ def test_build_is_fast() -> None:
     start = time.perf_counter()
     build_reference(x, [f"c{i}" for i in range(30)], [0, 1, 2], oof(500, 3))
     assert time.perf_counter() - start < 2.0
+
+
+# --- categorical features and regressors ----------------------------------------------------------
+
+
+def mixed_sample(n: int, seed: int, shift: float = 0.0, p: tuple[float, ...] = (0.5, 0.3, 0.15, 0.05)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = np.empty((n, 2), dtype=object)
+    X[:, 0] = rng.standard_normal(n) + shift
+    cats = rng.choice(["a", "b", "c", ""], size=n, p=p)  # "" = missing
+    X[:, 1] = cats
+    return X
+
+
+def test_categorical_reference_and_codes() -> None:
+    X = mixed_sample(2000, 0)
+    obj = build_reference(X, ["x", "c"], [0, 1], oof(2000, 2), feature_types=["numeric", "categorical"], bootstrap=300)
+    f = obj["features"][1]
+    assert f["kind"] == "categorical" and f["categories"] == ["a", "b", "c"]
+    assert len(f["proportions"]) == 4 and f["proportions"][-1] == 0.0  # no "other" in training
+    present = X[:, 1][X[:, 1] != ""]
+    assert f["proportions"][0] == pytest.approx(np.mean(present == "a"))
+    assert f["missing_rate"] == pytest.approx(np.mean(X[:, 1] == ""))
+    assert "mean" not in f and "edges" not in f
+    ref = Reference.from_json(json.loads(json.dumps(obj)))
+    assert ref.category_codes() == [None, {"a": 0.0, "b": 1.0, "c": 2.0}]
+
+
+def test_top_categories_and_other() -> None:
+    from device_agent.drift import MAX_CATEGORIES
+
+    values = [f"k{i:02d}" for i in range(30) for _ in range(30 - i)]  # 30 categories, k00 most frequent
+    X = np.array([[v] for v in values], dtype=object)
+    obj = build_reference(X, ["k"], [0, 1], oof(len(values), 2), feature_types=["categorical"], bootstrap=100)
+    f = obj["features"][0]
+    assert f["categories"] == [f"k{i:02d}" for i in range(MAX_CATEGORIES)]
+    other = sum(30 - i for i in range(MAX_CATEGORIES, 30)) / len(values)
+    assert f["proportions"][-1] == pytest.approx(other)
+
+
+def categorical_alarm_rate(ref: Reference, p: tuple[float, ...], windows: int = 200, seed: int = 21) -> float:
+    codes = ref.category_codes()[1]
+    assert codes is not None
+    window = DriftWindow(ref, window=200, low_confidence=0.6)
+    alarms = 0
+    for k in range(windows):
+        X = mixed_sample(200, seed + k, p=p)
+        M = np.empty((200, 2))
+        M[:, 0] = X[:, 0].astype(float)
+        M[:, 1] = [np.nan if v == "" else codes.get(v, float(len(codes))) for v in X[:, 1]]
+        window.reset()
+        window.update(M)
+        alarms += window.report()["verdict"] == "drift"
+    return alarms / windows
+
+
+@pytest.fixture(scope="module")
+def mixed_ref() -> Reference:
+    X = mixed_sample(3000, 1)
+    obj = build_reference(X, ["x", "c"], ["n", "y"], oof(3000, 2), window=200, feature_types=["numeric", "categorical"])
+    return Reference.from_json(obj)
+
+
+def test_categorical_false_alarms_and_detection(mixed_ref: Reference) -> None:
+    assert categorical_alarm_rate(mixed_ref, (0.5, 0.3, 0.15, 0.05)) <= 0.03
+    assert categorical_alarm_rate(mixed_ref, (0.3, 0.3, 0.35, 0.05), windows=50, seed=99) >= 0.9
+
+
+def test_categorical_report_counts_unseen_and_missing(mixed_ref: Reference) -> None:
+    codes = mixed_ref.category_codes()[1]
+    assert codes is not None
+    M = np.zeros((100, 2))
+    M[:, 1] = [codes["a"]] * 60 + [3.0] * 30 + [np.nan] * 10  # 30 unseen, 10 missing
+    w = DriftWindow(mixed_ref, window=200, low_confidence=0.6)
+    w.update(M)
+    f = w.report()["features"]["c"]
+    assert f["kind"] == "categorical" and f["counts"] == [60, 0, 0, 30] and f["unseen"] == 30
+    assert f["missing"] == 10 and f["count"] == 90 and f["drifted"]
+    assert "mean" not in f and "z" not in f
+
+
+def test_regression_reference_bins_predictions() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1000, 3))
+    pred = x @ [2.0, -1.0, 0.5] + 10
+    obj = build_reference(x, ["a", "b", "c"], [], pred, task="regression", bootstrap=300)
+    assert obj["confidence"] is None
+    assert obj["prediction"]["kind"] == "bins" and len(obj["prediction"]["edges"]) == 9
+    assert obj["prediction"]["proportions"] == pytest.approx([0.1] * 10, abs=1e-12)
+    ref = Reference.from_json(json.loads(json.dumps(obj)))
+    w = DriftWindow(ref, window=200, low_confidence=0.0)
+    w.update(x[:200], predicted=pred[:200])
+    rep = w.report()
+    assert rep["confidence"] is None and rep["low_confidence_rate"] is None
+    assert rep["prediction"]["kind"] == "bins" and sum(rep["prediction"]["counts"]) == 200
+    assert not rep["prediction"]["drifted"]
+    w.reset()
+    w.update(x[:200], predicted=pred[:200] + 5.0)  # predictions shifted
+    assert w.report()["prediction"]["drifted"]
+    with pytest.raises(DataError, match="shape"):
+        build_reference(x, ["a", "b", "c"], [], np.zeros((1000, 2)), task="regression")
