@@ -77,7 +77,10 @@ BOUNDARY_PAIRS = 64  # pairs of holdout rows bisected per parity check
 BISECT_STEPS = 20  # the flip is located to 2**-20 of the segment
 NOISE = 1e-3  # jitter, in feature standard deviations
 MAX_PRECISION_SHARE = 0.01  # precision rows excused up to this share of all rows checked
-DOUBLE_FAMILIES = {"classification": frozenset({"logreg", "mlp", "rf"}), "regression": frozenset({"linear", "mlp"})}
+DOUBLE_FAMILIES = {
+    "classification": frozenset({"logreg", "mlp", "rf", "et"}),
+    "regression": frozenset({"linear", "mlp"}),
+}
 WORST_ROWS = 5
 
 update_registered_converter(
@@ -593,7 +596,7 @@ def _explain(
             + "; ".join(f"{w['set']} row {w['row']}: sklearn {w['expected']} vs onnx {w['got']}" for w in shown)
         )
     steps = [type(step).__name__ for _, step in result.estimator.steps]
-    if "StandardScaler" in steps and result.model in ("rf", "hgb"):
+    if "StandardScaler" in steps and result.model in ("rf", "et", "hgb"):
         parts.append(
             "a scaler sits in front of a tree ensemble: the float32 graph rounds the scaled values differently "
             "from scikit-learn's float64 scaler and rows near a split change branch; trees need no scaler, drop it"

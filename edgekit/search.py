@@ -2,12 +2,12 @@
 time budget, choosing by a declared metric.
 
 How it spends the budget
-    1. Every family's defaults first (logistic / linear regression, random forest, gradient
-       boosting, MLP), cheapest first: a search that is cut short still compared the families,
+    1. Every family's defaults first (logistic / linear regression, random forest, extra trees,
+       gradient boosting, MLP), cheapest first: a search that is cut short still compared the families,
        and the default random forest is always among the candidates, so ``auto`` can only lose
        to it on the holdout by the noise between cross-validation and holdout.
     2. Then random draws from each family's space, more of them for the families that are
-       ahead (weights 4 / 2 / 1 / 1 by rank), never the same configuration twice.
+       ahead (weights 4 / 2 / 1 / 1 / 1 by rank), never the same configuration twice.
     3. Before a candidate starts, its cost is estimated from the family's last measured one,
        scaled by its size (trees, boosting iterations, hidden units); a candidate that would not
        finish in the remaining time is skipped. One that overruns anyway is abandoned between
@@ -48,7 +48,7 @@ from edgekit.train import (
 )
 
 DEFAULT_BUDGET_S = 30.0
-RANK_WEIGHTS = (4.0, 2.0, 1.0, 1.0)
+RANK_WEIGHTS = (4.0, 2.0, 1.0, 1.0, 1.0)
 MAX_DRAW_ATTEMPTS = 50
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -65,7 +65,7 @@ def sample_params(family: str, task: str, rng: np.random.Generator) -> dict[str,
         return {"C": _log_uniform(rng, 1e-3, 1e2)}
     if family == "linear":
         return {"alpha": _log_uniform(rng, 1e-3, 1e3)}
-    if family == "rf":
+    if family in ("rf", "et"):
         feats: list[Any] = ["sqrt", "log2", 0.3, 0.5] if task == "classification" else [1.0, 0.5, 0.33, "sqrt"]
         return {
             "n_estimators": int(rng.choice([100, 200, 300])),
@@ -92,7 +92,7 @@ def sample_params(family: str, task: str, rng: np.random.Generator) -> dict[str,
 
 def _size(family: str, params: dict[str, Any]) -> float:
     """A rough cost unit per family, to scale a measured time to another configuration."""
-    if family == "rf":
+    if family in ("rf", "et"):
         return float(params.get("n_estimators", 100))
     if family == "hgb":
         return float(params.get("max_iter", 100)) * (0.5 + float(params.get("max_leaf_nodes", 31)) / 62.0)

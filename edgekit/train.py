@@ -38,6 +38,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
@@ -63,9 +65,9 @@ from threadpoolctl import threadpool_limits
 from edgekit.data import FeatureInfo, Table
 from edgekit.errors import DataError
 
-MODELS = ("logreg", "rf", "hgb", "mlp")  # classification families (``linear`` is an alias of logreg)
-REGRESSION_MODELS = ("linear", "rf", "hgb", "mlp")  # regression families (``logreg`` is an alias of linear)
-CHOICES = ("logreg", "linear", "rf", "hgb", "mlp", "auto")
+MODELS = ("logreg", "rf", "et", "hgb", "mlp")  # classification families (``linear`` is an alias of logreg)
+REGRESSION_MODELS = ("linear", "rf", "et", "hgb", "mlp")  # regression families (``logreg`` is an alias of linear)
+CHOICES = ("logreg", "linear", "rf", "et", "hgb", "mlp", "auto")
 CV_FOLDS = 5
 SCALED_FAMILIES = frozenset({"logreg", "linear", "mlp"})
 
@@ -159,7 +161,7 @@ class TargetScaledMLPRegressor(MLPRegressor):  # type: ignore[misc]
 def canonical_family(model: str, task: str) -> str:
     if model in ("logreg", "linear"):
         return "logreg" if task == "classification" else "linear"
-    if model in ("rf", "hgb", "mlp"):
+    if model in ("rf", "et", "hgb", "mlp"):
         return model
     families = MODELS if task == "classification" else REGRESSION_MODELS
     raise DataError(f"unknown model '{model}'", f"choose one of: {', '.join([*families, 'auto'])}")
@@ -171,7 +173,7 @@ def default_params(family: str, task: str) -> dict[str, Any]:
         return {"C": 1.0}
     if family == "linear":
         return {"alpha": 1.0}
-    if family == "rf":
+    if family in ("rf", "et"):
         return {"n_estimators": 100, "max_features": "sqrt" if task == "classification" else 1.0, "min_samples_leaf": 1}
     if family == "hgb":
         return {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 31, "min_samples_leaf": 20}
@@ -191,6 +193,9 @@ def _estimator(family: str, task: str, seed: int, params: dict[str, Any]) -> Bas
     if family == "rf":
         cls = RandomForestClassifier if task == "classification" else RandomForestRegressor
         return cls(random_state=seed, n_jobs=1, **p)
+    if family == "et":  # extremely randomised trees: random split points, often better on many features
+        cls_e = ExtraTreesClassifier if task == "classification" else ExtraTreesRegressor
+        return cls_e(random_state=seed, n_jobs=1, **p)
     if family == "hgb":
         cls_h = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
         return cls_h(random_state=seed, **p)

@@ -13,7 +13,7 @@ from .. import workspace
 from ..errors import EdgekitError
 from .output import emit, json_option, progress_printer, table
 
-MODEL_CHOICES = ("logreg", "rf", "hgb", "mlp")
+MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
 
 
 def _train_text(d: dict[str, Any]) -> str:
@@ -96,7 +96,7 @@ def _search_printer(enabled: bool) -> Any:
 @click.option("--target", required=True, help="The column to predict.")
 @click.option(
     "--model",
-    type=click.Choice(("logreg", "linear", "rf", "hgb", "mlp", "auto")),
+    type=click.Choice(("logreg", "linear", "rf", "et", "hgb", "mlp", "auto")),
     default="logreg",
     show_default=True,
     help="A model family, or auto: a cross-validated search within --time-budget.",

@@ -57,13 +57,14 @@ def test_leaderboard_budget_and_progress(iris: Table) -> None:
         seed=0, time_budget=2.0, progress=events.append,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
-    assert elapsed < 2.0 + 1.5  # a running candidate may finish, none starts after the budget
+    # A running candidate may finish, none starts after the budget; generous for a loaded CI machine.
+    assert elapsed < 2.0 + 6.0
     board = found.leaderboard
     assert len(board) == found.evaluated == len(events) >= 2  # timing-dependent beyond that
-    assert {e["model"] for e in board} <= {"logreg", "rf", "hgb", "mlp"}
+    assert {e["model"] for e in board} <= {"logreg", "rf", "et", "hgb", "mlp"}
     # Every family's defaults go first, cheapest first.
-    order = [e["model"] for e in events[:4]]
-    assert order == ["logreg", "rf", "hgb", "mlp"][: len(order)]
+    order = [e["model"] for e in events[:5]]
+    assert order == ["logreg", "rf", "et", "hgb", "mlp"][: len(order)]
     assert events[1]["params"] == {"n_estimators": 100, "max_features": "sqrt", "min_samples_leaf": 1}
     means = [e["cv_mean"] for e in board]
     assert means == sorted(means, reverse=True) and board[0]["rank"] == 1

@@ -101,7 +101,7 @@ def test_params_are_json_safe(trained: dict[str, TrainResult]) -> None:
 
 
 def test_unknown_model_lists_choices(cancer: Table) -> None:
-    with pytest.raises(DataError, match=r"unknown model 'svm'.*logreg, rf, hgb, mlp"):
+    with pytest.raises(DataError, match=r"unknown model 'svm'.*logreg, rf, et, hgb, mlp"):
         train(cancer, "svm")
 
 
@@ -265,7 +265,7 @@ def test_unseen_holdout_category_is_a_warning_not_an_error(tmp_path: Path) -> No
     assert all("never seen" in w for w in result.warnings)
 
 
-@pytest.mark.parametrize("name", ["linear", "rf", "hgb", "mlp"])
+@pytest.mark.parametrize("name", ["linear", "rf", "et", "hgb", "mlp"])
 def test_regression_every_family(diabetes: Table, name: str) -> None:
     assert diabetes.task == "regression"
     result = train(diabetes, name, seed=0)
