@@ -32,14 +32,19 @@ class DeviceStatus:
 
     def connectivity(self, now: float) -> str:
         seen = self.last_seen()
-        if self.state.get("online") is False:
+        interval = float(self.hb.get("interval") or 5.0)
+        fresh = seen is not None and now - seen <= STALE_AFTER * interval
+        if self.state.get("online") is False and not (fresh and self._will_is_stale()):
             return "offline"
         if not self.state:
             return "unknown"
-        interval = float(self.hb.get("interval") or 5.0)
-        if seen is None or now - seen > STALE_AFTER * interval:
-            return "stale"
-        return "online"
+        return "online" if fresh else "stale"
+
+    def _will_is_stale(self) -> bool:
+        """A Will from an older connection (lower birth/death sequence) than the device's
+        latest heartbeat came late: the device is back, whatever the retained state says."""
+        hb_seq, state_seq = self.hb.get("bdseq"), self.state.get("bdseq")
+        return isinstance(hb_seq, int) and isinstance(state_seq, int) and hb_seq > state_seq
 
     def to_dict(self, now: float) -> dict[str, Any]:
         seen = self.last_seen()
