@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -281,13 +282,9 @@ def test_fingerprint_of_numeric_tables_is_unchanged(tmp_path: Path) -> None:
     assert fp["sha256"] == digest.hexdigest()
 
 
-def test_parquet_without_pyarrow_says_so(tmp_path: Path) -> None:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pyarrow is installed here")
+def test_parquet_without_pyarrow_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as on a machine without the [parquet] extra
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     path = tmp_path / "data.parquet"
     path.write_bytes(b"PAR1")
     message = refusal(path)
@@ -305,3 +302,32 @@ def test_parquet_cells_are_read_like_csv_cells() -> None:
     assert [(f.type, f.allow_missing) for f in table.features] == [("numeric", True), ("categorical", True)]
     assert table.X[1, 1] == "" and np.isnan(table.X[1, 0]) and table.y.dtype == np.int64
     assert _parquet_cell(True) == "True" and _parquet_cell(" x ") == "x"
+
+
+def test_parquet_reads_like_the_same_csv(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    n = 60
+    x = [None if i % 11 == 0 else float(v) for i, v in enumerate(rng.normal(size=n))]
+    site = [None if i % 13 == 0 else str(rng.choice(["a", "b", "c"])) for i in range(n)]
+    count = [int(v) for v in rng.integers(0, 5, n)]
+    label = ["yes" if (v or 0) > 0 else "no" for v in x]
+    parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": x, "site": site, "count": count, "label": label}), parquet)
+    csv_path = tmp_path / "t.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["x", "site", "count", "label"])
+        for row in zip(x, site, count, label, strict=True):
+            writer.writerow(["" if v is None else v for v in row])
+    from_parquet, from_csv = load_table(parquet, "label"), load_table(csv_path, "label")
+    assert [f.to_dict() for f in from_parquet.features] == [f.to_dict() for f in from_csv.features]
+    types = {f.name: f.type for f in from_parquet.features}
+    assert types == {"x": "numeric", "site": "categorical", "count": "numeric"}
+    assert from_parquet.y.tolist() == from_csv.y.tolist()
+    assert from_parquet.X.shape == from_csv.X.shape == (n, 3)
+    for j in range(3):
+        a, b = from_parquet.X[:, j].tolist(), from_csv.X[:, j].tolist()
+        assert [str(v) for v in a] == [str(v) for v in b]
