@@ -95,7 +95,7 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
                 f"{err.get('code')}: {str(err.get('detail'))[:50]}" if err else "-",
             ]
         )
-    return table(rows, ["DEVICE", "STATUS", "ACTIVE", "PHASE", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"])
+    return table(rows, ["DEVICE", "STATUS", "ACTIVE", "DEPLOYMENT", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"])
 
 
 @click.group("fleet")
