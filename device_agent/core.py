@@ -339,10 +339,18 @@ class AgentCore:
 
     # ── public surface ──────────────────────────────────────────────────────────────
 
-    def will_payload(self, bdseq: int | None = None) -> bytes:
-        """What the broker publishes for us when the connection dies (set before connecting)."""
-        seq = self.bdseq if bdseq is None else bdseq
-        return dumps({"online": False, "bdseq": seq, "boot_id": self.boot_id, "groups": list(self.groups)})
+    def will_payload(self, bdseq: int | None = None, reason: str | None = None) -> bytes:
+        """The retained 'offline' state: set as the Will before connecting, and published
+        ourselves on a clean shutdown (a clean disconnect does not fire the Will)."""
+        doc: dict[str, Any] = {
+            "online": False,
+            "bdseq": self.bdseq if bdseq is None else bdseq,
+            "boot_id": self.boot_id,
+            "groups": list(self.groups),
+        }
+        if reason is not None:
+            doc["reason"] = reason
+        return dumps(doc)
 
     def handle(self, event: Event, now: float) -> list[Action]:
         out: list[Action] = []
@@ -369,21 +377,7 @@ class AgentCore:
             self._last_hb = -1e18  # a final heartbeat and summary carry the last counters
             self._on_tick(Tick(self.stats), now, out)
             out.append(self._reported(now))
-            out.append(
-                Publish(
-                    self.topics.state(self.device),
-                    dumps(
-                        {
-                            "online": False,
-                            "bdseq": self.bdseq,
-                            "boot_id": self.boot_id,
-                            "groups": list(self.groups),
-                            "reason": event.reason,
-                        }
-                    ),
-                    retain=True,
-                )
-            )
+            out.append(Publish(self.topics.state(self.device), self.will_payload(reason=event.reason), retain=True))
         # Phase changes go out at once; progress and counters at most every reported_min_interval.
         due = self._phase_changed or now - self._last_reported >= self.reported_min_interval
         if self._reported_dirty and self.connected and due:
