@@ -126,7 +126,7 @@ def render(cases: list[Case], args: argparse.Namespace, seconds: float, load: tu
         "## Quantization per family",
         "",
         "What `edgekit quantize` does to each model family, measured on the real pipeline (train → convert → "
-        "quantize); method and reasoning: docstrings of `bench/quantization.py` and `edgekit/quantize.py`.",
+        "quantize); method and reasoning: docstrings of `bench/quantization.py` and `edgekit/quantize/`.",
         "",
         f"- Rerun: `.venv/bin/python bench/quantization.py` ({seconds:.0f} s this time; rewrites only this section).",
         f"- Machine: {os.cpu_count()} CPUs ({platform.machine()}, {platform.system()} {platform.release()}); "
