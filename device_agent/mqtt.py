@@ -130,6 +130,8 @@ class Agent:
         self.client = self._make_client()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self.outbox_errors = 0
+        self.oversized = 0  # messages dropped because they exceed the broker's packet limit
+        self._max_packet: int | None = None
         self._recent: list[paho.MQTTMessageInfo] = []  # last publishes, awaited at shutdown
         self._last_sent = 0
         self._connected = False
@@ -260,12 +262,18 @@ class Agent:
 
     def _stats(self) -> dict[str, Any]:
         stats = self.engine.stats()
-        stats["outbox"] = {"queued": len(self.outbox), "dropped": self.outbox.dropped, "errors": self.outbox_errors}
+        stats["outbox"] = {
+            "queued": len(self.outbox),
+            "dropped": self.outbox.dropped,
+            "errors": self.outbox_errors,
+            "oversized": self.oversized,
+        }
         return stats
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, Connected):
             self._connected = True
+            self._max_packet = event.max_packet_size
             self._inflight.clear()
             self._last_sent = 0
             self._save()  # persist this connection's bdseq
@@ -281,8 +289,11 @@ class Agent:
             except sqlite3.Error as exc:  # a full or broken disk: deliver now, best effort
                 self.outbox_errors += 1
                 log.error("outbox unavailable (%s); publishing without durability", exc)
-                self.client.publish(action.topic, action.payload, qos=1)
+                if self._fits(action.topic, action.payload):
+                    self.client.publish(action.topic, action.payload, qos=1)
         elif isinstance(action, Publish):
+            if not self._fits(action.topic, action.payload):
+                return
             info = self.client.publish(action.topic, action.payload, qos=action.qos, retain=action.retain)
             self._recent.append(info)
             del self._recent[:-16]
@@ -378,6 +389,18 @@ class Agent:
         if self.persisted.interrupted.pop(action.sha256, None) is not None:
             self._save()
 
+    def _fits(self, topic: str, payload: bytes) -> bool:
+        """paho ignores the broker's Maximum Packet Size, and an oversized QoS 1 publish makes
+        it reconnect in a loop: such a message is dropped here and counted instead."""
+        limit = self._max_packet
+        if limit is None or len(payload) + len(topic) + 64 <= limit:
+            return True
+        self.oversized += 1
+        log.error(
+            "dropped a %d-byte message on %s: above the broker's %d-byte packet limit", len(payload), topic, limit
+        )
+        return False
+
     def _drain(self) -> None:
         """Publish queued durable messages in order, a bounded number in flight."""
         if not self._connected:
@@ -386,6 +409,10 @@ class Agent:
         if room <= 0:
             return
         for row_id, topic, payload in self.outbox.peek(room, after=self._last_sent):
+            if not self._fits(topic, payload):
+                self.outbox.ack(row_id)  # it can never be delivered here: counted, not retried forever
+                self._last_sent = row_id
+                continue
             info = self.client.publish(topic, payload, qos=1)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 break

@@ -87,3 +87,22 @@ def test_rollback_ships_the_old_model_as_a_higher_version(host: HostSetup, broke
         assert agent.ask(host.rows[0])["bundle"] == f"wine@{built.version}"
     finally:
         agent.stop()
+
+
+def test_chunks_fit_the_brokers_maximum_packet_size(host: HostSetup, tmp_path: Path) -> None:
+    """paho does not enforce the broker's limit (an oversized QoS 1 publish makes it reconnect
+    in a loop): deploy sizes chunks from the CONNACK's Maximum Packet Size itself."""
+    small = Broker(persistence=False, extra="max_packet_size 8192")
+    small.start()
+    agent = None
+    try:
+        key = keys.load_private(workspace.load(host.root), "release")
+        agent = AgentProcess("mp1", small.url, tmp_path / "mp1" / "state", host.trust)
+        result = deploy(small.url, T.prefix, host.bundles[1], Target(device="mp1"), key, key, wait=30)
+        assert result.chunk_size <= 8192 - 1024 and result.chunks > 1
+        assert result.outcome == {"mp1": "active"}
+        assert agent.ask(host.rows[0])["bundle"] == "wine@1"
+    finally:
+        if agent is not None:
+            agent.stop()
+        small.close()
