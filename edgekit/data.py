@@ -285,7 +285,7 @@ def _build(
     if n < min_rows:
         raise DataError(
             f"{path}: only {n} data rows after the header; need at least {min_rows}",
-            "add rows, or lower the minimum if you know the model can cope",
+            "add rows: cross-validation and a holdout need at least this many",
         )
 
     y, y_canon, resolved_task = _parse_target(path, target, columns[t_idx], where, task)
