@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -34,8 +35,19 @@ def parse_broker(url: str) -> tuple[str, int]:
 @click.option("--input", "source", default="stdin", show_default=True, help="stdin | csv:PATH | none")
 @click.option("--rate", default=0.0, show_default=True, help="Rows per second when replaying a CSV (0 = max).")
 @click.option("--heartbeat", default=5.0, show_default=True, help="Heartbeat interval, seconds.")
-@click.option("--drift-window", type=int, default=None, help="Rows per drift window (default: the bundle's policy).")
-@click.option("--trial-rows", default=50, show_default=True, help="Live rows a new model must serve before commit.")
+@click.option(
+    "--drift-window",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Rows per drift window (default: the bundle's policy).",
+)
+@click.option(
+    "--trial-rows",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Live rows a new model must serve before commit.",
+)
 @click.option(
     "--trial-seconds", default=10.0, show_default=True, help="A trial with no failure passes after this long."
 )
@@ -66,6 +78,10 @@ def main(
         level=logging.WARNING - 10 * verbose, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     host, port = parse_broker(broker)
+    if source not in ("stdin", "none") and not source.startswith("csv:"):
+        raise click.BadParameter("use stdin, csv:PATH or none", param_hint="--input")
+    if source.startswith("csv:") and not os.path.isfile(source[4:]):
+        raise click.BadParameter(f"no CSV file at {source[4:]!r}", param_hint="--input")
     config = AgentConfig(
         device_id=device_id,
         state_dir=state_dir,
@@ -99,8 +115,6 @@ def main(
                     stop.set()
 
             threading.Thread(target=feed, name="edgekit-agent-input", daemon=True).start()
-        elif source != "none":
-            raise click.BadParameter("use stdin, csv:PATH or none", param_hint="--input")
         while not stop.wait(0.5):
             pass
     finally:

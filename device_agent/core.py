@@ -320,7 +320,8 @@ class AgentCore:
         self.inflight: set[int] = set()
         self.retry_at: dict[int, float] = {}  # chunk index -> when a bad chunk may be asked for again
         self.last_progress = 0.0
-        self.last_error: dict[str, Any] | None = None
+        self.last_error: dict[str, Any] | None = None  # why the last deployment failed
+        self.last_runtime_error: dict[str, Any] | None = None  # the latest bad row, message or trust problem
         self.last_drift: dict[str, Any] | None = None
         self.failures: dict[str, int] = {}
         self.seq = 0
@@ -399,6 +400,7 @@ class AgentCore:
             "desired": self.goal.ref if self.goal else None,
             "progress": progress,
             "last_error": self.last_error,
+            "last_runtime_error": self.last_runtime_error,
             "last_drift": self.last_drift,
             "failures": dict(self.failures),
             "suppressed": dict(self.suppressed),
@@ -534,26 +536,26 @@ class AgentCore:
                 return  # this exact bundle already failed; wait for a new desired state
         crashes = self.interrupted.get(goal.sha256, 0)
         if crashes >= MAX_TRIAL_CRASHES and not retry:
-            if self.goal != goal:
-                self.goal = goal
-                self._fail_event(
-                    out,
-                    now,
-                    "trial.crashed",
-                    f"{goal.name} v{goal.version} was not retried: its trial ended in a restart {crashes} times",
-                    sha256=goal.sha256,
-                )
+            self._abandon(out)
+            self.goal = goal
+            self._fail(
+                out,
+                now,
+                "trial.crashed",
+                f"{goal.name} v{goal.version} was not retried: its trial ended in a restart {crashes} times",
+                goal.sha256,
+            )
             return
         held = self.floor.get(goal.name)
         if held is not None and goal.version < held.version:
             self._abandon(out)
             self.goal = goal
-            self._fail_event(
+            self._fail(
                 out,
                 now,
                 "bundle.version_rollback",
                 f"desired {goal.name} v{goal.version} is older than v{held.version}, already accepted",
-                sha256=goal.sha256,
+                goal.sha256,
             )
             return
         if self.goal is None or self.goal.sha256 != goal.sha256:
@@ -837,7 +839,13 @@ class AgentCore:
         """
         self.failures[code] = self.failures.get(code, 0) + 1
         bundle = self.goal.ref if (self.goal is not None and sha256) else None
-        self.last_error = {"ts": now, "code": code, "detail": detail[:500], "sha256": sha256 or None, "bundle": bundle}
+        record = {"ts": now, "code": code, "detail": detail[:500], "sha256": sha256 or None, "bundle": bundle}
+        # A deployment's failure (it names a bundle) and the latest bad row or message are kept
+        # apart, so a stream of bad rows never hides why a deployment failed.
+        if sha256:
+            self.last_error = record
+        else:
+            self.last_runtime_error = record
         self._reported_dirty = True
         start, sent = self._burst.get(code, (now, 0))
         if now - start >= EVENT_PERIOD_S:

@@ -76,7 +76,8 @@ class InferenceEngine:
         flush_s: float = 60.0,
     ) -> None:
         self._notify = notify
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the serving state; held briefly on every row
+        self._account_lock = threading.Lock()  # drift windows: the worker's tick and a shutdown's close
         self._window_override = window_rows
         self._min_rows = min_rows
         self._flush_s = flush_s
@@ -107,6 +108,11 @@ class InferenceEngine:
         with self._lock:
             fallback = (self.model, self._window)
         self._switch(model, trial=_Trial(model.bundle.sha256, rows, max_s, fallback))
+
+    def trial_sha(self) -> str | None:
+        """The bundle on trial, if any."""
+        trial = self._trial
+        return trial.sha256 if trial is not None else None
 
     def commit_trial(self) -> None:
         """The trial's result is on disk: forget the fallback."""
@@ -223,6 +229,12 @@ class InferenceEngine:
         return taken
 
     def _account(
+        self, window: _Window, rows: list[Sequence[Any]], labels: list[int], conf: list[float], final: bool
+    ) -> None:
+        with self._account_lock:
+            self._account_locked(window, rows, labels, conf, final)
+
+    def _account_locked(
         self, window: _Window, rows: list[Sequence[Any]], labels: list[int], conf: list[float], final: bool
     ) -> None:
         classifier = window.model.spec.task == "classification"

@@ -121,8 +121,11 @@ class InferenceFailed(RowError):
     code = "inference.failed"
 
 
-class OutputNotFinite(InferenceFailed):
-    code = "inference.not_finite"
+class OutputNotFinite(RowError):
+    """The model answered NaN or infinity: in practice an input beyond the model's float range
+    (1e39 in a float32 model). The row's fault, so it does not fail a trial."""
+
+    code = "row.out_of_range"
 
 
 class ProtocolError(AgentError):

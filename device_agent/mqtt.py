@@ -25,6 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -177,8 +178,16 @@ class Agent:
 
     def start(self) -> None:
         self._worker.start()
+        # Announce our Maximum Packet Size: the broker then never sends us a message larger
+        # than we accept, instead of our reading 100 MB only to refuse it.
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.MaximumPacketSize = max(self.config.max_payload_bytes, self.config.max_chunk_bytes) + 64 * 1024
         self.client.connect_async(
-            self.config.broker_host, self.config.broker_port, keepalive=self.config.keepalive_s, clean_start=True
+            self.config.broker_host,
+            self.config.broker_port,
+            keepalive=self.config.keepalive_s,
+            clean_start=True,
+            properties=props,
         )
         self.client.loop_start()
 
@@ -192,6 +201,16 @@ class Agent:
             time.sleep(0.05)
         self.events.put(_Stop())
         self._worker.join(timeout=max(0.1, deadline - time.monotonic()))
+        trial = self.engine.trial_sha()
+        if trial is not None and not self._worker.is_alive():
+            # A clean stop during a trial is not a crash: do not count it against the bundle.
+            left = self.persisted.interrupted.get(trial, 1) - 1
+            if left > 0:
+                self.persisted.interrupted[trial] = left
+            else:
+                self.persisted.interrupted.pop(trial, None)
+            with contextlib.suppress(AgentError):
+                self.slots.save(self.persisted)
         for info in list(self._recent):
             with contextlib.suppress(Exception):
                 info.wait_for_publish(max(0.05, deadline - time.monotonic()))
@@ -336,7 +355,11 @@ class Agent:
 
     def _install(self, action: Install) -> None:
         """Load, health-check and store the bundle, then let it serve on trial. Nothing on
-        disk names it as active until the trial has passed (see ``_commit``)."""
+        disk names it as active until the trial has passed (see ``_commit``).
+
+        The outcome is queued, not handled in place: handled here, it would publish a newer
+        'reported' document before the older one already planned in the current action list.
+        """
         bundle = action.bundle
         try:
             model = LoadedModel(bundle, self.config.intra_op_threads)
@@ -351,14 +374,14 @@ class Agent:
             _fault("after_trial_start")
         except AgentError as exc:
             log.error("install of %s v%s failed: %s", bundle.name, bundle.version, exc.detail)
-            self._handle(InstallDone(bundle.sha256, False, exc.code, exc.detail))
+            self.events.put(InstallDone(bundle.sha256, False, exc.code, exc.detail))
             return
         except Exception as exc:  # anything unexpected still must not take the old model down
             log.exception("install failed")
-            self._handle(InstallDone(bundle.sha256, False, "install.failed", str(exc)))
+            self.events.put(InstallDone(bundle.sha256, False, "install.failed", str(exc)))
             return
         log.info("%s v%s is on trial", bundle.name, bundle.version)
-        self._handle(InstallDone(bundle.sha256, True))
+        self.events.put(InstallDone(bundle.sha256, True))
 
     def _commit(self, action: Commit) -> None:
         """The switch: one atomic write of state.json names the new bundle as active."""
@@ -379,10 +402,10 @@ class Agent:
             self.engine.commit_trial()
             self.slots.prune({str(r["sha256"]) for r in (saved.active, saved.previous) if r})
         except AgentError as exc:
-            self._handle(Committed(sha, False, exc.code, exc.detail))
+            self.events.put(Committed(sha, False, exc.code, exc.detail))
             return
         log.info("committed %s v%s", action.active.get("name"), action.active.get("version"))
-        self._handle(Committed(sha, True))
+        self.events.put(Committed(sha, True))
 
     def _revert(self, action: Revert) -> None:
         self.engine.revert(action.sha256)

@@ -12,11 +12,12 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
+from .bundle import Feature
 from .engine import InferenceEngine
-from .errors import BadValue, InferenceFailed, RowError, WrongShape
+from .errors import BadValue, InferenceFailed, NoModel, RowError, WrongShape
 
 
 def _as_row(obj: Any, engine: InferenceEngine) -> tuple[Any, list[Any]]:
@@ -28,6 +29,8 @@ def _as_row(obj: Any, engine: InferenceEngine) -> tuple[Any, list[Any]]:
             return rid, obj["features"]
         values = obj.get("values")
         model = engine.model
+        if isinstance(values, dict) and model is None:
+            raise NoModel("no model is active yet; the row was not served")
         if isinstance(values, dict) and model is not None:
             missing = [f.name for f in model.spec.features if f.name not in values]
             if missing:
@@ -64,8 +67,11 @@ def serve_lines(engine: InferenceEngine, lines: Iterator[str], out: TextIO) -> i
         if not line:
             continue
         count += 1
+        rid: Any = None
         try:
-            rid, row = _as_row(json.loads(line), engine)
+            obj = json.loads(line)
+            rid = obj.get("id") if isinstance(obj, dict) else None
+            rid, row = _as_row(obj, engine)
         except ValueError:
             err = BadValue("input line is not valid JSON")
             engine.reject(err)
@@ -73,6 +79,8 @@ def serve_lines(engine: InferenceEngine, lines: Iterator[str], out: TextIO) -> i
         except RowError as exc:
             engine.reject(exc)
             result = {"error": exc.code, "detail": exc.detail}
+            if rid is not None:
+                result["id"] = rid  # so the caller can match the error to its row
         else:
             result = answer(engine, rid, row)
         out.write(json.dumps(result, default=str) + "\n")
@@ -89,6 +97,26 @@ def csv_rows(path: str) -> Iterator[dict[str, str]]:
         yield from csv.DictReader(fh)
 
 
+def _csv_row(record: dict[str, str], features: Sequence[Feature]) -> list[Any]:
+    """A CSV record as the model's row: numbers for numeric features, the text itself for
+    categorical ones (a category may look like a number), None for an empty cell."""
+    row: list[Any] = []
+    for feature in features:
+        if feature.name not in record:
+            raise WrongShape(f"the CSV has no column {feature.name!r}, which the model needs")
+        raw = record[feature.name]
+        if raw in (None, ""):
+            row.append(None)
+        elif feature.type == "categorical":
+            row.append(raw)
+        else:
+            try:
+                row.append(float(raw))
+            except ValueError:
+                row.append(raw)  # reported as a bad value, naming the feature
+    return row
+
+
 def serve_csv(engine: InferenceEngine, path: str, rate: float, out: TextIO, wait_model_s: float = 600.0) -> int:
     """Replay a CSV at ``rate`` rows/s (0 = as fast as possible), columns matched by name."""
     deadline = time.monotonic() + wait_model_s
@@ -98,15 +126,14 @@ def serve_csv(engine: InferenceEngine, path: str, rate: float, out: TextIO, wait
     start = time.monotonic()
     for record in csv_rows(path):
         model = engine.model
-        values: list[Any] = []
-        if model is not None:
-            for feature in model.spec.features:
-                raw = record.get(feature.name)
-                try:
-                    values.append(float(raw) if raw not in (None, "") else None)
-                except ValueError:
-                    values.append(raw)
-        out.write(json.dumps(answer(engine, count, values), default=str) + "\n")
+        try:
+            if model is None:
+                raise NoModel("no model is active yet; the row was not served")
+            result = answer(engine, count, _csv_row(record, model.spec.features))
+        except RowError as exc:
+            engine.reject(exc)
+            result = {"error": exc.code, "detail": exc.detail, "id": count}
+        out.write(json.dumps(result, default=str) + "\n")
         count += 1
         if rate > 0:
             delay = start + count / rate - time.monotonic()

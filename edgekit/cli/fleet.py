@@ -81,7 +81,11 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
         if verdict == "drift":
             names = list(drift.get("drifted") or [])
             verdict = "DRIFT: " + ",".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-        err = d.get("last_error") or {}
+        # The deployment's failure first; otherwise the latest bad row or message.
+        candidates = [e for e in (d.get("last_error"), d.get("last_runtime_error")) if e]
+        err = d["last_error"] if d.get("phase") == "failed" and d.get("last_error") else {}
+        if not err and candidates:
+            err = max(candidates, key=lambda e: e.get("ts") or 0)
         status = d["status"] if d["status"] == "online" else f"{d['status']} ({ago(d['last_seen_s'])})"
         rows.append(
             [

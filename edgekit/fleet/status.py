@@ -67,7 +67,8 @@ class DeviceStatus:
             "failures": failures,
             "latency": self.hb.get("latency"),
             "drift": drift,
-            "last_error": self.reported.get("last_error"),
+            "last_error": self.reported.get("last_error"),  # why the last deployment failed
+            "last_runtime_error": self.reported.get("last_runtime_error"),  # latest bad row or message
             "outbox": self.hb.get("outbox"),
         }
 

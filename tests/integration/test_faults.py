@@ -214,6 +214,7 @@ def test_flood_of_junk_keeps_memory_disk_and_serving_bounded(host: HostSetup, br
         junk = [(T.desired_device("j1"), os.urandom(64), False) for _ in range(2000)]
         junk += [(T.bundle_chunk("wine", 1, i % 7), os.urandom(200_000), False) for i in range(200)]
         junk += [(T.desired_group("nobody"), b"{}", False)] * 100
+        junk += [(T.desired_device("j1"), b"x" * (6 << 20), False)] * 3  # above the size the agent announced
         with connect(broker.url) as conn:
             publish_all(conn, junk, timeout=120)
         assert agent.ask(host.rows[0])["bundle"] == "wine@1"

@@ -568,7 +568,7 @@ def test_desired_version_below_the_floor() -> None:
     assert subscribed(out) == []
     assert core.active == active_ref(V2)
     assert core.floor == {"demo": FloorEntry(2, V2.sha256)}
-    assert core.phase == ACTIVE
+    assert core.phase == FAILED  # the deployment failed; the active model keeps serving
 
 
 def test_same_version_as_the_floor_with_other_content_fails_verification() -> None:

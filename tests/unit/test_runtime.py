@@ -28,6 +28,7 @@ from device_agent.engine import InferenceEngine
 from device_agent.errors import (
     BadValue,
     HealthCheckFailed,
+    InferenceFailed,
     ModelLoadFailed,
     NoModel,
     NotFinite,
@@ -313,19 +314,40 @@ def test_trial_passes_after_its_rows(model: LoadedModel) -> None:
     assert engine.model is v2
 
 
+class FailsOnHugeFirstValue(LoadedModel):
+    """A real model whose inference fails for one kind of row, as a broken graph would."""
+
+    def predict_row(self, row: Any) -> Any:
+        if row and row[0] == -999.0:
+            raise InferenceFailed("inference failed: simulated runtime error")
+        return super().predict_row(row)
+
+
 def test_trial_failure_puts_the_old_model_back_at_once(model: LoadedModel) -> None:
+    rec = Recorder()
+    engine = InferenceEngine(rec, window_rows=100)
+    engine.activate(model)
+    v2 = FailsOnHugeFirstValue(verify_built(make_bundle(version=2)))
+    engine.start_trial(v2, rows=50, max_s=60)
+    engine.serve([0.1, 0.2, 0.3])
+    with pytest.raises(InferenceFailed):
+        engine.serve([-999.0, 0.0, 0.0])
+    done = rec.of(TrialDone)
+    assert len(done) == 1 and not done[0].ok and done[0].code == "trial.failed"
+    assert engine.model is model
+    assert engine.serve([0.1, 0.2, 0.3]).label in CLASSES
+
+
+def test_an_out_of_range_row_is_the_rows_fault_not_the_trials(model: LoadedModel) -> None:
     rec = Recorder()
     engine = InferenceEngine(rec, window_rows=100)
     engine.activate(model)
     v2 = LoadedModel(verify_built(make_bundle(version=2)))
     engine.start_trial(v2, rows=50, max_s=60)
-    engine.serve([0.1, 0.2, 0.3])
-    with np.errstate(over="ignore"), pytest.raises(OutputNotFinite):
+    with np.errstate(over="ignore"), pytest.raises(OutputNotFinite) as info:
         engine.serve([1e39, 0.0, 0.0])  # overflows float32: the model's output is NaN
-    done = rec.of(TrialDone)
-    assert len(done) == 1 and not done[0].ok and done[0].code == "trial.failed"
-    assert engine.model is model
-    assert engine.serve([0.1, 0.2, 0.3]).label in CLASSES
+    assert info.value.code == "row.out_of_range"
+    assert rec.of(TrialDone) == [] and engine.model is v2
 
 
 def test_a_quiet_trial_passes_at_its_deadline(model: LoadedModel) -> None:
@@ -347,3 +369,35 @@ def test_wrong_rows_do_not_fail_a_trial(model: LoadedModel) -> None:
     with pytest.raises(WrongShape):
         engine.serve([1.0])  # the input's fault, not the model's
     assert rec.of(TrialDone) == [] and engine.model is v2
+
+
+# ── input sources ────────────────────────────────────────────────────────────────────
+
+
+def test_csv_cells_follow_the_feature_types() -> None:
+    from device_agent.bundle import Feature
+    from device_agent.sources import _csv_row
+
+    features = [Feature("temp", "numeric", True), Feature("site", "categorical", True), Feature("n", "numeric")]
+    assert _csv_row({"temp": "21.5", "site": "30", "n": "4"}, features) == [21.5, "30", 4.0]
+    assert _csv_row({"temp": "", "site": "", "n": "4"}, features) == [None, None, 4.0]
+    with pytest.raises(WrongShape, match="no column 'n'"):
+        _csv_row({"temp": "1", "site": "a"}, features)
+
+
+def test_row_errors_echo_the_row_id(model: LoadedModel) -> None:
+    import io
+
+    from device_agent.sources import serve_lines
+
+    engine = InferenceEngine(Recorder(), window_rows=100)
+    out = io.StringIO()
+    serve_lines(engine, iter(['{"id": "r0", "values": {"f0": 1}}']), out)  # before any model
+    engine.activate(model)
+    serve_lines(engine, iter(['{"id": "r1", "values": {"f0": 1}}', '{"id": "r2", "features": [1, 2, 3]}']), out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(a.get("id"), a.get("error")) for a in lines] == [
+        ("r0", "row.no_model"),
+        ("r1", "row.wrong_shape"),
+        ("r2", None),
+    ]
