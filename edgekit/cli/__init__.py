@@ -3,7 +3,8 @@
 Errors from the library arrive as :class:`edgekit.errors.EdgekitError` (or the device
 side's :class:`device_agent.errors.AgentError` when a bundle or trust file is bad) and
 leave as one ``error:`` line on stderr with a meaningful exit code:
-1 generic, 2 workspace, 3 data, 4 conversion, 5 bundle, 6 fleet, 7 verification failed.
+1 generic, 2 usage or workspace, 3 data, 4 conversion, 5 bundle, 6 fleet, 7 verification
+failed. A command that needs the ``[host]`` extra says so instead of a traceback.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 import click
 
 from device_agent import __version__
-from device_agent.errors import AgentError
+from device_agent.errors import AgentError, ProtocolError
 
 from ..errors import EdgekitError
 
+USAGE = 2
 VERIFY_FAILED = 7
+HOST_ONLY = frozenset({"sklearn", "skl2onnx", "onnx", "pyarrow"})
 
 
 class EdgekitGroup(click.Group):
@@ -28,9 +31,19 @@ class EdgekitGroup(click.Group):
         except EdgekitError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ProtocolError as exc:  # a name or id the user typed does not fit a topic level
+            click.echo(f"error: {exc.detail}", err=True)
+            sys.exit(USAGE)
         except AgentError as exc:
             click.echo(f"error: {exc.code}: {exc.detail}", err=True)
             sys.exit(VERIFY_FAILED)
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] not in HOST_ONLY:
+                raise
+            click.echo(
+                f"error: this command needs {exc.name} (install the host extra: pip install 'edgekit[host]')", err=True
+            )
+            sys.exit(1)
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from device_agent.bundle import MANIFEST, SIGNATURE, read_unverified
+from device_agent.errors import AgentError
 
 from .. import bundler, workspace
 from ..errors import EdgekitError
@@ -107,7 +108,13 @@ def verify_cmd(bundle: Path, trust_path: Path, as_json: bool) -> None:
 
     Example: edgekit verify wine-v1.ekb --trust trust.json
     """
-    vb = bundler.verify_file(bundle, trust_path)
+    try:
+        vb = bundler.verify_file(bundle, trust_path)
+    except AgentError as exc:
+        if not as_json:
+            raise
+        emit({"ok": False, "code": exc.code, "detail": exc.detail}, True, str)
+        raise SystemExit(7) from None
     emit(
         {"ok": True, **vb.ref, "keyid": vb.keyid, "size": vb.size},
         as_json,

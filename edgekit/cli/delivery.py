@@ -56,7 +56,11 @@ def rollback_cmd(name: str, to_version: int, key_name: str, out_dir: Path, as_js
     emit(
         built.to_dict(),
         as_json,
-        lambda d: f"{d['path']}  {d['name']} v{d['version']} restores v{to_version}; deploy it like any upgrade",
+        lambda d: (
+            f"{d['path']}  {d['name']} v{d['version']} restores v{to_version}\n"
+            f"deploy it like any upgrade: edgekit deploy {d['name']}@{d['version']} --group GROUP "
+            f"(or promote it: edgekit registry promote {d['name']} {d['version']} --to production --reason ...)"
+        ),
     )
 
 

@@ -62,6 +62,11 @@ def deploy_cmd(
         ]
         for dev, state in sorted((d.get("outcome") or {}).items()):
             lines.append(f"  {dev}: {state}")
+        if wait > 0 and not d.get("outcome"):
+            lines.append(
+                f"  no device of {d['target']} reported within {wait:.0f}s "
+                "(check the device id or group, and that its agents are running)"
+            )
         return "\n".join(lines)
 
     emit(result.to_dict(), as_json, text)
