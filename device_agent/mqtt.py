@@ -9,6 +9,7 @@ leave it only when the broker has acknowledged them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -66,6 +67,17 @@ from .trust import Trust
 log = logging.getLogger("edgekit.agent")
 
 _CRASH_AT = os.environ.get("EDGEKIT_AGENT_CRASH_AT", "")
+
+
+def _log_event(payload: bytes) -> None:
+    """Failures go to the host, and to the local log too: an operator on the device sees why."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return
+    code = str(event.get("code", ""))
+    level = logging.INFO if code in ("bundle.activated", "bundle.trial") else logging.WARNING
+    log.log(level, "%s: %s", code, event.get("detail", ""))
 
 
 def _fault(point: str) -> None:
@@ -174,6 +186,9 @@ class Agent:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_connect_fail = lambda *_: log.warning(
+            "cannot reach the broker at %s:%d; retrying", self.config.broker_host, self.config.broker_port
+        )
         return client
 
     def start(self) -> None:
@@ -303,6 +318,8 @@ class Agent:
 
     def _execute(self, action: Action) -> None:
         if isinstance(action, Send):
+            if action.topic.endswith("/events"):
+                _log_event(action.payload)
             try:
                 self.outbox.put(action.topic, action.payload)
             except sqlite3.Error as exc:  # a full or broken disk: deliver now, best effort

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from edgekit.data import FeatureInfo
 from edgekit.errors import DataError
@@ -205,7 +207,11 @@ def search(
         pipeline = build_pipeline(family, seed, task, features, params)
         t0 = time.perf_counter()
         try:
-            oof, folds = out_of_fold(pipeline, X, y, task, seed, [metric], deadline=deadline if entries else None)
+            with warnings.catch_warnings():
+                # Random draws include configurations that stop before converging; their score
+                # already says how good they are, and a hundred warnings would bury the progress.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                oof, folds = out_of_fold(pipeline, X, y, task, seed, [metric], deadline=deadline if entries else None)
         except TimeoutError:
             abandoned += 1
             cost[family] = (time.perf_counter() - t0, _size(family, params))

@@ -162,6 +162,17 @@ def _inspect_text(d: dict[str, Any]) -> str:
         ),
         f"  quantized  {(lin.get('quantization') or {}).get('applied', False)}",
     ]
+    feats = model.get("features") or []
+    if feats:  # the order a device expects in a row given as a list
+        lines.append(
+            "  inputs     "
+            + ", ".join(
+                f"{f.get('name')}"
+                + (" (category)" if f.get("type") == "categorical" else "")
+                + (" (may be missing)" if f.get("allow_missing") else "")
+                for f in feats
+            )
+        )
     top = top_features(m.get("explain"), 3)
     if top:
         lines.append("  important  " + ", ".join(f"{n} {mean:+.3f}" for n, mean, _ in top))

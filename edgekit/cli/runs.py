@@ -65,12 +65,19 @@ def _train_text(d: dict[str, Any]) -> str:
                 f"{e['fit_seconds']:.2f}",
                 json.dumps(e["params"], sort_keys=True),
             ]
-            for e in board[:10]
+            for e in board
+            if e["rank"] <= 10 or e.get("chosen")  # the chosen model is always shown
         ]
         body = table(rows, ["#", "MODEL", "CV", "FIT S", "PARAMS"])
         lines.extend("    " + line for line in body.splitlines())
-        if len(board) > 10:
-            lines.append(f"    … {len(board) - 10} more (--json for all)")
+        if len(board) > len(rows):
+            lines.append(f"    … {len(board) - len(rows)} more (--json for all)")
+        chosen = next((e for e in board if e.get("chosen")), None)
+        if chosen is not None and chosen["rank"] != 1:
+            lines.append(
+                "    the top tuned configuration did not beat the best family default by more than one "
+                "standard error of its cross-validation, so the default was kept (less luck, same skill)"
+            )
     return "\n".join(lines)
 
 
@@ -84,7 +91,7 @@ def _search_printer(enabled: bool) -> Any:
         click.echo(
             f"[{event['elapsed_s']:5.1f}/{event['time_budget_s']:.0f} s] #{event['index']:<3} {event['model']:<6} "
             f"cv {event['metric']} {event['cv_mean']:.4f} ± {event['cv_std']:.4f}   "
-            f"best {best['model']} {best['cv_mean']:.4f}",
+            f"leading {best['model']} {best['cv_mean']:.4f}",
             err=True,
         )
 
