@@ -299,12 +299,20 @@ def test_partial_window_is_reported_on_switch_and_close(model: LoadedModel, bund
 # ── trial ────────────────────────────────────────────────────────────────────────────
 
 
-def test_trial_passes_after_its_rows(model: LoadedModel) -> None:
+def on_trial(
+    model: LoadedModel, rows: int, max_s: float, cls: type[LoadedModel] = LoadedModel
+) -> tuple[Recorder, InferenceEngine, LoadedModel]:
+    """An engine serving ``model`` with version 2 (built as ``cls``) on trial."""
     rec = Recorder()
     engine = InferenceEngine(rec, window_rows=100)
     engine.activate(model)
-    v2 = LoadedModel(verify_built(make_bundle(version=2)))
-    engine.start_trial(v2, rows=3, max_s=60)
+    v2 = cls(verify_built(make_bundle(version=2)))
+    engine.start_trial(v2, rows=rows, max_s=max_s)
+    return rec, engine, v2
+
+
+def test_trial_passes_after_its_rows(model: LoadedModel) -> None:
+    rec, engine, v2 = on_trial(model, rows=3, max_s=60)
     for row in sample_rows(5, seed=3).tolist():
         engine.serve(row)
     done = rec.of(TrialDone)
@@ -314,7 +322,7 @@ def test_trial_passes_after_its_rows(model: LoadedModel) -> None:
     assert engine.model is v2
 
 
-class FailsOnHugeFirstValue(LoadedModel):
+class FailsOnMarkerRow(LoadedModel):
     """A real model whose inference fails for one kind of row, as a broken graph would."""
 
     def predict_row(self, row: Any) -> Any:
@@ -324,11 +332,7 @@ class FailsOnHugeFirstValue(LoadedModel):
 
 
 def test_trial_failure_puts_the_old_model_back_at_once(model: LoadedModel) -> None:
-    rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=100)
-    engine.activate(model)
-    v2 = FailsOnHugeFirstValue(verify_built(make_bundle(version=2)))
-    engine.start_trial(v2, rows=50, max_s=60)
+    rec, engine, _ = on_trial(model, rows=50, max_s=60, cls=FailsOnMarkerRow)
     engine.serve([0.1, 0.2, 0.3])
     with pytest.raises(InferenceFailed):
         engine.serve([-999.0, 0.0, 0.0])
@@ -339,11 +343,7 @@ def test_trial_failure_puts_the_old_model_back_at_once(model: LoadedModel) -> No
 
 
 def test_an_out_of_range_row_is_the_rows_fault_not_the_trials(model: LoadedModel) -> None:
-    rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=100)
-    engine.activate(model)
-    v2 = LoadedModel(verify_built(make_bundle(version=2)))
-    engine.start_trial(v2, rows=50, max_s=60)
+    rec, engine, v2 = on_trial(model, rows=50, max_s=60)
     with np.errstate(over="ignore"), pytest.raises(OutputNotFinite) as info:
         engine.serve([1e39, 0.0, 0.0])  # overflows float32: the model's output is NaN
     assert info.value.code == "row.out_of_range"
@@ -351,21 +351,13 @@ def test_an_out_of_range_row_is_the_rows_fault_not_the_trials(model: LoadedModel
 
 
 def test_a_quiet_trial_passes_at_its_deadline(model: LoadedModel) -> None:
-    rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=100)
-    engine.activate(model)
-    v2 = LoadedModel(verify_built(make_bundle(version=2)))
-    engine.start_trial(v2, rows=50, max_s=0.0)
+    rec, engine, _ = on_trial(model, rows=50, max_s=0.0)
     engine.tick()
     assert [d.ok for d in rec.of(TrialDone)] == [True]
 
 
 def test_wrong_rows_do_not_fail_a_trial(model: LoadedModel) -> None:
-    rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=100)
-    engine.activate(model)
-    v2 = LoadedModel(verify_built(make_bundle(version=2)))
-    engine.start_trial(v2, rows=50, max_s=60)
+    rec, engine, v2 = on_trial(model, rows=50, max_s=60)
     with pytest.raises(WrongShape):
         engine.serve([1.0])  # the input's fault, not the model's
     assert rec.of(TrialDone) == [] and engine.model is v2
