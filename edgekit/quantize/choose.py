@@ -16,7 +16,7 @@ import onnxruntime as ort
 from ..convert import OnnxModel
 from ..errors import QuantizationError
 from .context import _Context
-from .gate import MIN_SIZE_GAIN, _judge_gain, _score_candidate
+from .gate import MIN_LATENCY_GAIN, MIN_SIZE_GAIN, _judge_gain, _score_candidate
 from .graph import session
 from .measure import _device_output, _Feeder, _latency, _run_rows, _Scorer
 from .report import Candidate, QuantizeReport, _describe
@@ -96,11 +96,14 @@ def quantize(
     for cand, sess in loaded:
         outs = _run_rows(sess, row_feeds, out_name)
         _score_candidate(cand, scorer.score(outs), float_score, float_out, outs, scorer, limit, max_accuracy_loss)
-    latencies = _latency([float_sess, *(s for _, s in loaded)], row_feeds, out_name, latency_rounds, latency_rows)
+    latencies, blocks = _latency(
+        [float_sess, *(s for _, s in loaded)], row_feeds, out_name, latency_rounds, latency_rows
+    )
     p50_before = latencies[0]
-    for (cand, _), p50 in zip(loaded, latencies[1:], strict=True):
+    for (cand, _), p50, cand_blocks in zip(loaded, latencies[1:], blocks[1:], strict=True):
         cand.latency_p50_us = p50
-        _judge_gain(cand, len(model.data), p50_before, max_latency_increase)
+        steady = all(c <= (1.0 - MIN_LATENCY_GAIN) * f for c, f in zip(cand_blocks, blocks[0], strict=True))
+        _judge_gain(cand, len(model.data), p50_before, max_latency_increase, steadily_faster=steady)
     chosen = _choose(candidates)
     zlib_before = len(zlib.compress(model.data, 9))
     common: dict[str, Any] = {

@@ -114,15 +114,22 @@ def _run_rows(sess: ort.InferenceSession, feeds: list[dict[str, np.ndarray]], ou
     return np.concatenate([np.asarray(o).reshape(1, -1) for o in outs]).astype(np.float64)
 
 
+LATENCY_BLOCKS = 5  # stretches of a latency run that must all agree on a speed-up
+
+
 def _latency(
     sessions: list[ort.InferenceSession],
     feeds: list[dict[str, np.ndarray]],
     out_name: str,
     rounds: int,
     rows: int,
-) -> list[float]:
+) -> tuple[list[float], list[list[float]]]:
     """Single-row p50 in µs per session: all sessions interleaved row by row, the order
-    rotating each row (none always first after a cache-cold gap), a warm-up pass not timed."""
+    rotating each row (none always first after a cache-cold gap), a warm-up pass not timed.
+
+    Also the medians of LATENCY_BLOCKS consecutive stretches of the run, per session: a
+    speed-up counts only when it holds in every stretch, since on a shared machine one
+    session's p50 moves by 30 % or more between calls by noise alone."""
     feeds = feeds[: max(1, rows)]
     samples: list[list[int]] = [[] for _ in sessions]
     for feed in feeds[:10]:
@@ -138,4 +145,7 @@ def _latency(
                 t0 = clock()
                 run([out_name], feed)
                 samples[j].append(clock() - t0)
-    return [round(statistics.median(s) / 1000.0, 3) for s in samples]
+    p50 = [round(statistics.median(s) / 1000.0, 3) for s in samples]
+    size = max(1, -(-len(samples[0]) // LATENCY_BLOCKS))
+    blocks = [[statistics.median(s[i : i + size]) / 1000.0 for i in range(0, len(s), size)] for s in samples]
+    return p50, blocks
