@@ -13,7 +13,7 @@ from .. import workspace
 from ..errors import EdgekitError
 from .output import emit, json_option, progress_printer, table
 
-MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
+MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "lgbm", "xgb", "mlp")
 
 
 def _train_text(d: dict[str, Any]) -> str:
@@ -54,21 +54,29 @@ def _train_text(d: dict[str, Any]) -> str:
     if board:
         search = d.get("search") or {}
         lines.append(
-            f"  search     {search.get('evaluated', len(board))} candidates in {search.get('elapsed_s', 0):.0f} s "
-            f"(budget {search.get('time_budget_s', 0):.0f} s), by cv {search.get('metric', '')}; * = chosen:"
+            f"  search     {search.get('evaluated', len(board))} candidates in {search.get('elapsed_s', 0):.1f} s "
+            f"(budget {search.get('time_budget_s', 0):.0f} s), by cv {search.get('metric', '')}; * = chosen"
         )
+        if "cross_validated" in search:
+            lines.append(
+                f"             {search['cross_validated']} cross-validated in full, {search.get('stopped_early', 0)} "
+                f"stopped early by successive halving, {search.get('skipped_over_budget', 0)} not started "
+                "(would not fit in the time left)"
+            )
         rows = [
             [
                 str(e["rank"]) + ("*" if e.get("chosen") else ""),
                 e["model"],
                 f"{e['cv_mean']:.4f} ± {e['cv_std']:.4f}",
+                _evaluated_on(e),
                 f"{e['fit_seconds']:.2f}",
+                str(e.get("size", "")),
                 json.dumps(e["params"], sort_keys=True),
             ]
             for e in board
             if e["rank"] <= 10 or e.get("chosen")  # the chosen model is always shown
         ]
-        body = table(rows, ["#", "MODEL", "CV", "FIT S", "PARAMS"])
+        body = table(rows, ["#", "MODEL", "CV", "EVALUATED ON", "FIT S", "SIZE", "PARAMS"])
         lines.extend("    " + line for line in body.splitlines())
         if len(board) > len(rows):
             lines.append(f"    … {len(board) - len(rows)} more (--json for all)")
@@ -81,6 +89,15 @@ def _train_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _evaluated_on(entry: dict[str, Any]) -> str:
+    """How much evaluation a leaderboard score rests on: folds × fitting rows, or the row sample."""
+    if "folds" not in entry:  # runs recorded before the cost-aware search
+        return "5 folds"
+    if entry["folds"] == 0:
+        return f"1 sample of {entry.get('rows', 0)} rows"
+    return f"{entry['folds']} fold{'s' if entry['folds'] > 1 else ''} × {entry.get('rows', 0)} rows"
+
+
 def _search_printer(enabled: bool) -> Any:
     """One line per evaluated search candidate on stderr (silenced by --json)."""
 
@@ -88,9 +105,11 @@ def _search_printer(enabled: bool) -> Any:
         if not enabled or event.get("event") != "candidate":
             return
         best = event["best"]
+        folds = event.get("folds", 5)
+        how = "" if event.get("status", "complete") == "complete" else f" (stopped after {folds} of 5 folds)"
         click.echo(
             f"[{event['elapsed_s']:5.1f}/{event['time_budget_s']:.0f} s] #{event['index']:<3} {event['model']:<6} "
-            f"cv {event['metric']} {event['cv_mean']:.4f} ± {event['cv_std']:.4f}   "
+            f"cv {event['metric']} {event['cv_mean']:.4f} ± {event['cv_std']:.4f}{how}   "
             f"leading {best['model']} {best['cv_mean']:.4f}",
             err=True,
         )
@@ -103,7 +122,7 @@ def _search_printer(enabled: bool) -> Any:
 @click.option("--target", required=True, help="The column to predict.")
 @click.option(
     "--model",
-    type=click.Choice(("logreg", "linear", "rf", "et", "hgb", "mlp", "auto")),
+    type=click.Choice(("logreg", "linear", "rf", "et", "hgb", "lgbm", "xgb", "mlp", "auto")),
     default="logreg",
     show_default=True,
     help="A model family, or auto: a cross-validated search within --time-budget.",
