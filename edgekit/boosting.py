@@ -31,7 +31,6 @@ _registered = False
 def lightgbm_estimator(task: str, seed: int, params: dict[str, Any]) -> BaseEstimator:
     from lightgbm import LGBMClassifier, LGBMRegressor
 
-    register_converters()
     cls = LGBMClassifier if task == "classification" else LGBMRegressor
     return cls(random_state=seed, n_jobs=1, verbosity=-1, **params)
 
@@ -39,7 +38,6 @@ def lightgbm_estimator(task: str, seed: int, params: dict[str, Any]) -> BaseEsti
 def xgboost_estimator(task: str, seed: int, params: dict[str, Any]) -> BaseEstimator:
     from xgboost import XGBRegressor
 
-    register_converters()
     if task == "classification":
         return _xgb_label_classifier()(random_state=seed, n_jobs=1, tree_method="hist", **params)
     return XGBRegressor(random_state=seed, n_jobs=1, tree_method="hist", **params)
@@ -78,7 +76,9 @@ def _xgb_label_classifier() -> type:
 
 
 def register_converters() -> None:
-    """Teach skl2onnx the LightGBM and XGBoost estimators (onnxmltools' converters), once."""
+    """Teach skl2onnx the LightGBM and XGBoost estimators (onnxmltools' converters), once. Called
+    by the conversion, not by training: importing skl2onnx takes seconds, which a search's
+    budget should not pay."""
     global _registered
     if _registered:
         return

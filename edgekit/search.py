@@ -27,8 +27,9 @@ How the budget is spent
        cost (trees × leaves, iterations, hidden units) and rows; a fit that would end past the
        budget — less the time the final refit of the current best will take — is not started.
        So the whole of ``train --model auto`` (search and final fit) keeps to the budget, up to
-       the error of one prediction. The first candidate always completes: there is always a
-       model.
+       the error of one prediction. A family's first fit on a larger table is preceded by a
+       timed fit on ``PROBE_ROWS`` rows, so no family starts unmeasured. The first candidate
+       always completes: there is always a model.
 
 Choosing
     Among the candidates cross-validated in full, the best mean of the declared metric wins;
@@ -58,6 +59,7 @@ import optuna
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
 
 from edgekit.boosting import fit_early_stopped, rounds_param
 from edgekit.crossval import folds_for
@@ -72,6 +74,7 @@ ROWS_HALVING_MIN = 4000  # tables this large get a first stage on a quarter of t
 REDUCTION_FACTOR = 3
 MAX_CONSECUTIVE_SKIPS = 25  # proposals too costly for the time left, in a row: the search is over
 REFIT_FACTOR = 1.25  # the final fit sees 5/4 of a fold's rows
+PROBE_ROWS = 200  # a family's first fit is timed on this many rows before a full-size fit is risked
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -162,6 +165,24 @@ def search(
     """Search on (X, y) — the training split only. See the module docstring."""
     if not time_budget > 0:
         raise DataError(f"time budget {time_budget} is not positive", "give the search some seconds, e.g. 60")
+    # One BLAS/OpenMP thread, as in training: on a busy host, spinning BLAS threads made a
+    # logistic regression on iris take 0.3-0.8 s per fit instead of 0.02 s.
+    with threadpool_limits(limits=1):
+        return _search(X, y, task, features, metric, seed, time_budget, progress, families, max_trials)
+
+
+def _search(
+    X: np.ndarray,
+    y: np.ndarray,
+    task: str,
+    features: Sequence[FeatureInfo],
+    metric: str,
+    seed: int,
+    time_budget: float,
+    progress: ProgressFn | None,
+    families: Sequence[str] | None,
+    max_trials: int | None,
+) -> SearchResult:
     spec = METRICS[metric]
     fams = list(families or families_for(task))
     started = time.perf_counter()
@@ -216,6 +237,12 @@ def search(
         first = not candidates
         for step, (fit_idx, val_idx, full) in enumerate(stages, start=1):
             units = cost_units(family, params) * len(fit_idx)
+            if not first and family not in per_unit and len(fit_idx) > 2 * PROBE_ROWS:
+                # A family never fitted yet: time it on a small sample first (its fixed costs
+                # make the rate an overestimate, which errs on the side of the budget).
+                probe = _probe(family, params, X, y, fit_idx, task, seed, features)
+                if probe is not None:
+                    per_unit[family] = probe / max(cost_units(family, params) * PROBE_ROWS, 1.0)
             if not first and family in per_unit:
                 if time.perf_counter() + per_unit[family] * units > fold_deadline():
                     cand.status = "abandoned" if cand.rows else "skipped"
@@ -321,6 +348,34 @@ def _stages(X: np.ndarray, y: np.ndarray, task: str, seed: int) -> list[Stage]:
             stages.append((np.sort(sub), val_idx, False))
     stages.extend((fit_idx, val_idx, True) for fit_idx, val_idx in splits)
     return stages
+
+
+def _probe(
+    family: str,
+    params: dict[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    fit_idx: np.ndarray,
+    task: str,
+    seed: int,
+    features: Sequence[FeatureInfo],
+) -> float | None:
+    """Seconds to fit ``family`` on ``PROBE_ROWS`` of the fitting rows (None if it cannot)."""
+    rows = np.random.default_rng(seed).choice(fit_idx, size=PROBE_ROWS, replace=False)
+    if task == "classification" and len(np.unique(y[rows])) < len(np.unique(y)):
+        return None
+    pipeline = build_pipeline(family, seed, task, features, params)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if family in BOOSTING_FAMILIES:
+                fit_early_stopped(family, pipeline, X[rows], y[rows], task, seed)
+            else:
+                clone(pipeline).fit(X[rows], y[rows])
+    except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+        return None
+    return time.perf_counter() - t0
 
 
 def _evaluate_stage(
