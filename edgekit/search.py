@@ -13,7 +13,8 @@ own estimators) into the host install.
 
 How the budget is spent
     1. Every family's defaults first, cheapest first (linear, LightGBM, XGBoost, forests, HGB,
-       MLP; the optional ones when installed), then the TPE sampler's proposals.
+       MLP; the optional ones when installed), each cross-validated in full while the budget
+       allows, then the TPE sampler's proposals.
     2. A candidate is evaluated in stages: on tables of ``ROWS_HALVING_MIN`` rows or more, first
        on a quarter of the first fold's fitting rows; then fold by fold of the 5-fold split of
        the training rows. After each stage the pruner compares it with every candidate that
@@ -237,6 +238,9 @@ def _search(
         first = not candidates
         for step, (fit_idx, val_idx, full) in enumerate(stages, start=1):
             units = cost_units(family, params) * len(fit_idx)
+            if not first and family not in per_unit and time.perf_counter() >= fold_deadline() - 0.1 * time_budget:
+                cand.status = "abandoned" if cand.rows else "skipped"  # too little time left to measure a new family
+                break
             if not first and family not in per_unit and len(fit_idx) > 2 * PROBE_ROWS:
                 # A family never fitted yet: time it on a small sample first (its fixed costs
                 # make the rate an overestimate, which errs on the side of the budget).
@@ -260,7 +264,9 @@ def _search(
             per_unit[family] = seconds / max(units, 1.0)
             value = cand.mean if full else float(cand.first_stage or 0.0)
             trial.report(sign * value, step)
-            if step < n_stages and trial.should_prune():
+            # Every family's defaults are cross-validated in full (their rung values still count for
+            # the others): one fold of a few hundred rows is too noisy to drop a whole family on.
+            if step < n_stages and trial.should_prune() and not cand.default:
                 cand.status = "stopped"
                 break
         else:

@@ -106,7 +106,12 @@ def _search_printer(enabled: bool) -> Any:
             return
         best = event["best"]
         folds = event.get("folds", 5)
-        how = "" if event.get("status", "complete") == "complete" else f" (stopped after {folds} of 5 folds)"
+        status = event.get("status", "complete")
+        how = {
+            "complete": "",
+            "stopped": f" (stopped by successive halving after {folds} of 5 folds)",
+            "abandoned": f" (out of time after {folds} of 5 folds)",
+        }.get(status, f" ({status})")
         click.echo(
             f"[{event['elapsed_s']:5.1f}/{event['time_budget_s']:.0f} s] #{event['index']:<3} {event['model']:<6} "
             f"cv {event['metric']} {event['cv_mean']:.4f} ± {event['cv_std']:.4f}{how}   "
