@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.protocol import Topics
-from device_agent.transfer import TransferInfo, split
+from device_agent.protocol import Topics, TransferInfo
+from device_agent.transfer import split
 from device_agent.trust import TRANSFER_DOMAIN, seal
 from edgekit import keys, workspace
 from edgekit.fleet.client import connect, publish_all
