@@ -13,8 +13,9 @@ own estimators) into the host install.
 
 How the budget is spent
     1. Every family's defaults first, cheapest first (linear, LightGBM, XGBoost, forests, HGB,
-       MLP; the optional ones when installed), each cross-validated in full while the budget
-       allows, then the TPE sampler's proposals.
+       MLP; the optional ones when installed) — on tables whose validation folds hold fewer than
+       ``PRECISE_FOLD_ROWS`` rows each cross-validated in full while the budget allows (one
+       small fold is too noisy to drop a family on) — then the TPE sampler's proposals.
     2. A candidate is evaluated in stages: on tables of ``ROWS_HALVING_MIN`` rows or more, first
        on a quarter of the first fold's fitting rows; then fold by fold of the 5-fold split of
        the training rows. After each stage the pruner compares it with every candidate that
@@ -75,6 +76,7 @@ ROWS_HALVING_MIN = 4000  # tables this large get a first stage on a quarter of t
 REDUCTION_FACTOR = 3
 MAX_CONSECUTIVE_SKIPS = 25  # proposals too costly for the time left, in a row: the search is over
 REFIT_FACTOR = 1.25  # the final fit sees 5/4 of a fold's rows
+PRECISE_FOLD_ROWS = 2000  # validation folds this large may drop a family's defaults early
 PROBE_ROWS = 200  # a family's first fit is timed on this many rows before a full-size fit is risked
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -192,6 +194,7 @@ def _search(
     classes = np.unique(y) if task == "classification" else None
     stages = _stages(X, y, task, seed)
     n_stages = len(stages)
+    protect_defaults = len(stages[-1][1]) < PRECISE_FOLD_ROWS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
@@ -264,9 +267,10 @@ def _search(
             per_unit[family] = seconds / max(units, 1.0)
             value = cand.mean if full else float(cand.first_stage or 0.0)
             trial.report(sign * value, step)
-            # Every family's defaults are cross-validated in full (their rung values still count for
-            # the others): one fold of a few hundred rows is too noisy to drop a whole family on.
-            if step < n_stages and trial.should_prune() and not cand.default:
+            # On small tables every family's defaults are cross-validated in full (their rung values
+            # still count for the others): one fold of a few hundred rows is too noisy to drop a
+            # whole family on. On large ones a fold is precise enough, and full-size fits are dear.
+            if step < n_stages and trial.should_prune() and not (cand.default and protect_defaults):
                 cand.status = "stopped"
                 break
         else:
