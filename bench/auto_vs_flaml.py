@@ -230,7 +230,8 @@ def section(results: dict[str, Any], budgets: list[float], names: list[str]) -> 
         lines.append(f"- Versions: {runs[-1]['versions']}; FLAML side: {runs[-1]['flaml_versions']}.")
     lines += [
         "- One run per cell (a cell is minutes of wall time; the machine has 2 cores shared with other "
-        "work), so single cells carry noise; the summary quotes medians over data sets.",
+        "work), so single cells carry noise; the summary quotes medians over data sets, and a cell run more "
+        "than once shows the median of its runs.",
         "",
     ]
     for budget in budgets:
@@ -251,13 +252,22 @@ def section(results: dict[str, Any], budgets: list[float], names: list[str]) -> 
             d = defaults.get(name, {})
             best_family = max(d["scores"], key=d["scores"].get) if d else "?"
             best_default = d["scores"][best_family] if d else float("nan")
-            e, f = cell["edgekit"], cell["flaml"]
+            e, f = dict(cell["edgekit"]), dict(cell["flaml"])
+            history = cell.get("history") or [{"auto": e["score"], "flaml": f["score"]}]
+            e["score"] = float(np.median([h["auto"] for h in history]))
+            f["score"] = float(np.median([h["flaml"] for h in history]))
+            if len(history) > 1:
+                e["seconds"] = float(np.median([h["auto_s"] for h in history]))
+                f["seconds"] = float(np.median([h["flaml_s"] for h in history]))
+                name_shown = f"{name} (median of {len(history)})"
+            else:
+                name_shown = name
             delta = e["score"] - f["score"]
             deltas.append(delta)
             gaps.append(e["score"] - best_default)
             used.append(e["seconds"] / budget)
             lines.append(
-                f"| {name} | {d.get('task', '')} | {d.get('shape', '')} | {best_default:.4f} ({best_family}) | "
+                f"| {name_shown} | {d.get('task', '')} | {d.get('shape', '')} | {best_default:.4f} ({best_family}) | "
                 f"{f['score']:.4f} ({f['learner']}) | {e['score']:.4f} ({e['learner']}) | "
                 f"{delta:+.4f}{'' if delta >= -1e-12 else ' **below**'} | {e['score'] - best_default:+.4f} | "
                 f"{e['seconds']:.1f} / {f['seconds']:.1f} | {e['evaluated']} ({e['cross_validated']}) | "
@@ -274,7 +284,53 @@ def section(results: dict[str, Any], budgets: list[float], names: list[str]) -> 
                 f"median {np.median(used):.1%} of the budget, at most {max(used):.1%}.",
                 "",
             ]
+    below = sorted({k.split("@")[0] for k in cells if _median_delta(cells[k]) < -1e-12 and k.endswith("@40")})
+    if below:
+        lines += ["### Not yet at or above FLAML at 40 s", ""]
+        lines += [f"- **{name}**: {WHY_NOT_YET.get(name, 'not analysed yet.')}" for name in below]
+        lines.append("")
+    under = sorted(
+        name for name in names
+        if f"{name}@40" in cells and name in defaults
+        and cells[f"{name}@40"]["edgekit"]["score"] < max(defaults[name]["scores"].values()) - 1e-12
+    )  # fmt: skip
+    if under:
+        lines += ["### Below the best default family at 40 s", ""]
+        lines += [f"- **{name}**: {BELOW_DEFAULT.get(name, 'not analysed yet.')}" for name in under]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _median_delta(cell: dict[str, Any]) -> float:
+    history = cell.get("history") or [{"auto": cell["edgekit"]["score"], "flaml": cell["flaml"]["score"]}]
+    return float(np.median([h["auto"] for h in history]) - np.median([h["flaml"] for h in history]))
+
+
+BELOW_DEFAULT = {
+    "iris": (
+        "one holdout row of 38 (0.9737 against extra trees' 1.0000). The search picks by cross-validation on "
+        "the 112 training rows and never sees the holdout; one row in 38 is within the noise (FLAML: 0.9474)."
+    ),
+    "mixed_multi_10k": (
+        "0.003 accuracy (8 of 2,500 holdout rows) below the default MLP. At 120 s the search chose that MLP; at "
+        "40 s it had cross-validated 6 candidates in full and picked a tuned HGB."
+    ),
+}
+
+# What was measured where auto is behind (kept with the code that produced the numbers).
+WHY_NOT_YET = {
+    "mixed_reg_50k": (
+        "behind by 0.001-0.002 r2 on 12,500 holdout rows (three 40 s runs: auto 0.7530, 0.7497, 0.7497; FLAML "
+        "0.7537, 0.7518, 0.7518; FLAML's own 10 s score moved from 0.7323 to 0.7513 between two runs). In the "
+        "runs behind, auto kept LightGBM's defaults (0.7497): a tuned configuration must beat the best default "
+        "by one standard error of the default's fold scores. In a traced 40 s run on this table tuned HGB and "
+        "LightGBM reached 0.7453-0.7456 in cross-validation against the default's 0.7420, a margin that rule "
+        "accepts or refuses with the fold spread; on 30,000-row folds that spread is real variation between "
+        "folds, not selection luck. A paired rule (the spread of the per-fold differences on the same folds) "
+        "would judge it properly; it changes picks on every data set and needs the whole table rerun, so it is "
+        "the next step, not done here. With 18-22 candidates in 40 s on this table (2 cores shared, load "
+        "3-18), TPE's random start also costs more than FLAML's local search from cheap configurations."
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="data sets to run (default: all)")
     parser.add_argument("--no-write", action="store_true", help="print the section, do not touch BENCHMARKS.md")
     parser.add_argument("--render", action="store_true", help="rewrite the section from the stored cells only")
+    parser.add_argument(
+        "--repeat", action="store_true", help="add to the stored cells' history (medians) instead of replacing them"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     names = [] if args.render else (args.only or [*BUNDLED, *GENERATED])
@@ -311,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             if e.pop("y_test") != table.y[test_idx].tolist():
                 raise SystemExit(f"{name}: the holdout edgekit used is not the one FLAML gets")
             f = run_flaml(python, table, name, budget, args.seed, train_idx, test_idx)
-            results["cells"][f"{name}@{budget:g}"] = {"edgekit": e, "flaml": f}
+            key = f"{name}@{budget:g}"
+            history = results["cells"].get(key, {}).get("history", []) if args.repeat else []
+            history.append({"auto": e["score"], "flaml": f["score"], "auto_s": e["seconds"], "flaml_s": f["seconds"]})
+            results["cells"][key] = {"edgekit": e, "flaml": f, "history": history}
             log(
                 f"{name:16s} {budget:5.0f} s  auto {e['score']:.4f} ({e['learner']}, {e['seconds']:.1f} s, "
                 f"{e['evaluated']} cand.)  flaml {f['score']:.4f} ({f['learner']}, {f['seconds']:.1f} s)  "
