@@ -59,7 +59,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -77,6 +76,7 @@ import onnxruntime as ort
 import paho.mqtt.client as paho
 from common import BENCHMARKS, REPO, log, machine, now_utc, versions, write_section
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from raw_subscriber import CONTROL as RAW_CONTROL
 
 from device_agent.bundle import verify
 from device_agent.core import Persisted
@@ -97,7 +97,6 @@ SECTION = "transfer"
 GROUP = "bench-fleet"
 NAME = "fleet-bench"
 KEY = "release"
-RAW_CONTROL = "bench/raw/control"
 POLL_S = 0.005  # staging-directory poll period
 STEPS = ("desired", "staged", "fetched", "trial", "activated", "reported")
 
@@ -124,6 +123,33 @@ def cpu_times(pid: int) -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process."""
     return sum(cpu_times(pid))
+
+
+def cpu_exact(pid: int) -> float:
+    """CPU seconds of a process to the nanosecond: the sum over its live threads of the time
+    the scheduler ran them (``/proc/PID/task/TID/schedstat``). ``/proc/PID/stat`` counts in
+    10 ms ticks, coarser than what a raw subscriber spends on a whole bundle; the agent's and
+    the subscriber's threads live as long as the process, so none of their time is lost."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset a process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0), so that the peak
+    read later is the peak since now; False when the kernel refuses."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
@@ -156,71 +182,17 @@ def stop_all(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15.0) -> N
                 p.wait(5)
 
 
-# ── the raw subscriber (a child process of this script) ────────────────────────────────
-
-
-def raw_subscriber(broker_url: str, ident: str) -> int:
-    """Wait for jobs on the control topic; for each, take every chunk with one wildcard
-    subscription and print ``done TRIAL MONOTONIC`` when all are in. Exits when stdin closes."""
-    host, port = parse_broker(broker_url)
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{ident}", protocol=MQTTProtocolVersion.MQTTv5
-    )
-    job: dict[str, Any] = {}
-    parts: dict[int, bytes] = {}
-    ready = threading.Event()
-
-    def on_connect(c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock = c.socket()
-            if isinstance(sock, socket.socket):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        c.subscribe(RAW_CONTROL, qos=1)
-
-    def on_subscribe(_c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
-        if not ready.is_set():
-            ready.set()
-            print("ready", flush=True)
-
-    def on_message(c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        if msg.topic == RAW_CONTROL:
-            job.clear()
-            job.update(json.loads(msg.payload))
-            parts.clear()
-            c.subscribe(job["filter"], qos=1)
-            return
-        if not job:
-            return
-        parts[int(msg.topic.rsplit("/", 1)[1])] = bytes(msg.payload)
-        if len(parts) == job["chunks"] and sum(len(p) for p in parts.values()) == job["size"]:
-            print(f"done {job['trial']} {time.monotonic():.6f}", flush=True)
-            c.unsubscribe(job["filter"])
-            job.clear()
-            parts.clear()
-
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    client.on_message = on_message
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
-    try:
-        sys.stdin.read()  # until the bench closes our stdin (or kills us)
-    finally:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-        with contextlib.suppress(Exception):
-            client.loop_stop()
-    return 0
+# ── the raw subscribers ──────────────────────────────────────────────────────────────
 
 
 class RawFleet:
     """The raw subscriber processes and what they print."""
 
     def __init__(self, n: int, broker_url: str) -> None:
-        script = Path(__file__).resolve()
+        script = Path(__file__).resolve().with_name("raw_subscriber.py")
         self.procs = [
             subprocess.Popen(
-                [sys.executable, str(script), "--raw-subscriber", broker_url, f"s{i:02d}"],
+                [sys.executable, str(script), broker_url, f"s{i:02d}"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -347,6 +319,7 @@ class Monitor:
         self.reported: list[tuple[float, str, dict[str, Any]]] = []
         self.events: list[tuple[float, str, dict[str, Any]]] = []
         self.online: dict[str, bool] = {}
+        self.on_installed: Callable[[str], None] | None = None  # called with the device at its bundle.trial event
         host, port = parse_broker(broker_url)
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
         subscribed = threading.Event()
@@ -377,6 +350,9 @@ class Monitor:
             elif leaf == "events":
                 self.events.append((arrived, device, doc))
             self.cond.notify_all()
+        hook = self.on_installed
+        if hook is not None and leaf == "events" and doc.get("code") == "bundle.trial":
+            hook(device)
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         with self.cond:
@@ -405,10 +381,12 @@ class StagingPoller:
     """Polls each agent's ``staging/<sha256>`` directory: when it appears (the signed transfer
     document was accepted) and when it goes (every chunk in, bundle assembled and verified)."""
 
-    def __init__(self, dirs: dict[str, Path], sha: str) -> None:
+    def __init__(self, dirs: dict[str, Path], sha: str, pids: dict[str, int]) -> None:
         self.paths = {d: s / "staging" / sha for d, s in dirs.items()}
+        self.pids = pids
         self.appeared: dict[str, float] = {}
         self.gone: dict[str, float] = {}
+        self.cpu_gone: dict[str, float] = {}  # the agent's CPU seconds (cpu_exact) when its staging dir went
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -422,6 +400,7 @@ class StagingPoller:
                     self.appeared[d] = now
                 elif not exists and d in self.appeared:
                     self.gone[d] = now
+                    self.cpu_gone[d] = cpu_exact(self.pids[d])
                     del waiting[d]
             time.sleep(POLL_S)
 
@@ -525,6 +504,58 @@ def install_cost(data: bytes, trust: Trust, folder: Path, runs_: int = 3) -> dic
     return {k: 1000 * statistics.median(r[k] for r in results) for k in results[0]}
 
 
+@dataclass(frozen=True)
+class HelpCost:
+    """``edgekit-agent --help``: wall time, the interpreter's own start-up, and what it imports."""
+
+    median_s: float
+    runs: list[float]
+    python_s: float  # `python -c pass`, the floor under any command
+    imports: list[tuple[str, float]]  # (top-level package, cumulative import ms), heaviest first
+    total_import_ms: float  # everything imported before --help is answered (-X importtime)
+
+
+HEAVY = ("numpy", "onnxruntime", "paho", "cryptography", "click", "sqlite3", "zipfile", "json", "logging")
+
+
+def help_cost(runs: int = 10) -> HelpCost:
+    """Time ``edgekit-agent --help`` (median of ``runs``) and list the packages it imports on the
+    way, from one ``python -X importtime`` run (which inflates times a little)."""
+    exe = Path(sys.executable).with_name("edgekit-agent")
+    cmd = [str(exe), "--help"] if exe.exists() else [sys.executable, "-m", "device_agent.cli", "--help"]
+
+    def wall(argv: list[str]) -> float:
+        t = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        return time.perf_counter() - t
+
+    wall(cmd)  # warm the page cache and the bytecode cache
+    times = [wall(cmd) for _ in range(runs)]
+    python_s = med(wall([sys.executable, "-c", "pass"]) for _ in range(runs))
+    probe = "import sys; sys.argv = ['edgekit-agent', '--help']; from device_agent.cli import main; main()"
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", probe], capture_output=True, text=True, check=False
+    ).stderr
+    cumulative: dict[str, float] = {}
+    total = 0.0
+    for line in err.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        parts = line.split("|")
+        try:
+            cum_us = float(parts[1])
+        except ValueError:
+            continue  # the header line
+        name = parts[2].strip()
+        if parts[2].startswith(" ") and not parts[2].startswith("  "):  # a top-level import
+            total += cum_us / 1000
+        top = name.split(".")[0]
+        if top in HEAVY and name == top:
+            cumulative[top] = max(cumulative.get(top, 0.0), cum_us / 1000)
+    ranked = sorted(cumulative.items(), key=lambda kv: -kv[1])
+    return HelpCost(med(times), times, python_s, ranked, total)
+
+
 # ── one agent deploy, one raw delivery ─────────────────────────────────────────────────
 
 
@@ -538,6 +569,14 @@ class AgentTrial:
     steps: dict[str, dict[str, float]]  # step -> device -> seconds since deploy() started
     cpu_s: dict[str, tuple[float, float]]  # device -> (user, system) CPU seconds during the trial
     phases_seen: dict[str, int]  # phase -> agents whose reported documents showed it
+    # CPU seconds (cpu_exact) from the start of deploy() until: the staging dir went (the bundle
+    # is verified and stored), the bundle.trial event arrived (installed), all were active.
+    cpu_fetched: dict[str, float] = field(default_factory=dict)
+    cpu_installed: dict[str, float] = field(default_factory=dict)
+    cpu_active: dict[str, float] = field(default_factory=dict)
+    rss_before: dict[str, float] = field(default_factory=dict)  # MiB, just before deploy()
+    peak: dict[str, float] = field(default_factory=dict)  # MiB, VmHWM reset just before deploy()
+    rss_after: dict[str, float] = field(default_factory=dict)  # MiB, once all were active
 
     @property
     def all_active_s(self) -> float:
@@ -554,6 +593,8 @@ class RawTrial:
     publish_s: float
     done_s: dict[int, float]  # subscriber -> seconds since the publish started
     cpu_s: list[tuple[float, float]]  # (user, system) per subscriber
+    cpu_exact_s: list[float] = field(default_factory=list)  # per subscriber (cpu_exact)
+    peak_over_rss: list[float] = field(default_factory=list)  # MiB: VmHWM during the delivery - RSS before
 
     @property
     def all_done_s(self) -> float:
@@ -566,8 +607,15 @@ def agent_trial(
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     offset = time.time() - time.monotonic()  # agent wall-clock ts -> this host's monotonic clock
+    pids = {d: p.pid for d, p in fleet.procs.items()}
+    rss_before = {d: memory_mib(pid)[0] for d, pid in pids.items()}
+    for pid in pids.values():
+        reset_peak(pid)
     cpu0 = fleet.cpu()
-    with StagingPoller(fleet.state_dirs, sha) as poller:
+    exact0 = {d: cpu_exact(pid) for d, pid in pids.items()}
+    installed: dict[str, float] = {}
+    monitor.on_installed = lambda d: installed.setdefault(d, cpu_exact(pids[d]))
+    with StagingPoller(fleet.state_dirs, sha, pids) as poller:
         t0 = time.monotonic()
         result = deploy(broker.url, DEFAULT_PREFIX, path, Target(group=GROUP), bundles.key, bundles.key, bundles.trust)
         publish_s = time.monotonic() - t0
@@ -583,6 +631,9 @@ def agent_trial(
             fleet.check_alive()
             raise RuntimeError(f"repeat {repeat}: {len(active)}/{n} active after {timeout} s; failed: {failed}")
     cpu1 = fleet.cpu()
+    exact1 = {d: cpu_exact(pid) for d, pid in pids.items()}
+    memory = {d: memory_mib(pid) for d, pid in pids.items()}
+    monitor.on_installed = None
     steps: dict[str, dict[str, float]] = {s: {} for s in STEPS}
     phases: dict[str, set[str]] = {}
     with monitor.cond:
@@ -614,12 +665,22 @@ def agent_trial(
         steps,
         {d: (cpu1[d][0] - cpu0[d][0], cpu1[d][1] - cpu0[d][1]) for d in fleet.devices},
         {p: len(ds) for p, ds in phases.items()},
+        cpu_fetched={d: c - exact0[d] for d, c in poller.cpu_gone.items()},
+        cpu_installed={d: c - exact0[d] for d, c in installed.items()},
+        cpu_active={d: exact1[d] - exact0[d] for d in fleet.devices},
+        rss_before=rss_before,
+        peak={d: m[1] for d, m in memory.items()},
+        rss_after={d: m[0] for d, m in memory.items()},
     )
 
 
 def raw_trial(repeat: int, data: bytes, broker: Broker, raw: RawFleet, timeout: float) -> RawTrial:
     pids = [p.pid for p in raw.procs]
+    rss0 = [memory_mib(p)[0] for p in pids]
+    for pid in pids:
+        reset_peak(pid)
     cpu0 = [cpu_times(p) for p in pids]
+    exact0 = [cpu_exact(p) for p in pids]
     tree = f"bench/raw/{repeat}"
     t0 = time.monotonic()
     with connect(broker.url, purpose="bench-raw") as conn:
@@ -631,8 +692,11 @@ def raw_trial(repeat: int, data: bytes, broker: Broker, raw: RawFleet, timeout: 
         publish_all(conn, [(RAW_CONTROL, json.dumps(job).encode(), False)])
     done = raw.wait_done(str(repeat), timeout)
     cpu1 = [cpu_times(p) for p in pids]
+    exact1 = [cpu_exact(p) for p in pids]
+    peaks = [memory_mib(p)[1] - r for p, r in zip(pids, rss0, strict=True)]
     cpu = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(cpu0, cpu1, strict=True)]
-    return RawTrial(repeat, publish_s, {i: t - t0 for i, t in done.items()}, cpu)
+    exact = [b - a for a, b in zip(exact0, exact1, strict=True)]
+    return RawTrial(repeat, publish_s, {i: t - t0 for i, t in done.items()}, cpu, exact, peaks)
 
 
 # ── the report ─────────────────────────────────────────────────────────────────────────
@@ -655,6 +719,76 @@ class Report:
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> (median, max) MiB
     load: tuple[Sequence[float], Sequence[float]] = ((), ())
     seconds: float = 0.0
+    help: HelpCost | None = None
+
+
+def per_repeat(values: Iterable[dict[str, float]]) -> float:
+    """Median over repeats of the median over agents."""
+    return med(med(v.values()) for v in values if v)
+
+
+def targets(r: Report) -> list[str]:
+    """The four figures of the delivery-cost targets, each as a ratio measured in this run."""
+    a, w = r.agents, r.raws
+    n = r.args.agents
+    bundle_mib = r.bundle_size / 2**20
+    raw_cpu = med(med(t.cpu_exact_s) for t in w)
+    cpu_fetched = per_repeat(t.cpu_fetched for t in a)
+    cpu_installed = per_repeat(t.cpu_installed for t in a)
+    cpu_active = per_repeat(t.cpu_active for t in a)
+    raw_all = med(t.all_done_s for t in w)
+    fetched_all = med(max(t.steps["fetched"].values()) for t in a)
+    # Per deploy, the median agent's peak above its RSS just before; the worst deploy counts (the
+    # first one, usually: later ones reuse heap the allocator kept from the earlier ones).
+    growth = [med(t.peak[d] - t.rss_before[d] for d in t.peak) for t in a]
+    worst = max(range(len(a)), key=lambda i: growth[i])
+    idle = med(a[worst].rss_before.values())
+    lifetime = med(max(t.peak[d] for t in a) - a[0].rss_before[d] for d in a[0].rss_before)
+    raw_growth = med(v for t in w for v in t.peak_over_rss)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    lines = [
+        "### Targets (issue: delivery cost on the device), as ratios in this run",
+        "",
+        "| figure | measured | ratio | target | |",
+        "|---|---|---|---|---|",
+        f"| CPU per agent, `deploy()` → verified bundle stored (staging dir removed), against a raw subscriber's "
+        f"CPU for the same bytes | {cpu_fetched:.3f} s vs {raw_cpu:.4f} s | **{cpu_fetched / raw_cpu:.1f}×** | ≤ 3× "
+        f"| {verdict(cpu_fetched <= 3 * raw_cpu)} |",
+        f"| all {n} agents hold verified bytes (the last staging dir removed) against all {n} raw subscribers "
+        f"complete | {fetched_all:.2f} s vs {raw_all:.3f} s | **{fetched_all / raw_all:.1f}×** | ≤ 3× "
+        f"| {verdict(fetched_all <= 3 * raw_all)} |",
+        f"| peak RSS during a deploy (VmHWM, reset just before) above the RSS just before (median agent, worst "
+        f"deploy: v{a[worst].version}) | +{growth[worst]:.1f} MiB over {idle:.0f} MiB | "
+        f"**{growth[worst] / bundle_mib:.1f}×** the bundle | ≤ 2× ({2 * bundle_mib:.0f} MiB) "
+        f"| {verdict(growth[worst] <= 2 * bundle_mib)} |",
+    ]
+    if r.help is not None:
+        h = r.help
+        heavy = ", ".join(f"{name} {ms:.0f} ms" for name, ms in h.imports[:5])
+        lines.append(
+            f"| `edgekit-agent --help`, median of {len(h.runs)} (Python itself starts in {h.python_s:.3f} s) | "
+            f"{h.median_s:.3f} s | — | ≤ 0.3 s | {verdict(h.median_s <= 0.3)} |"
+        )
+    lines += [
+        "",
+        f"Other CPU windows per agent (median over agents, then over repeats): to installed (`bundle.trial` "
+        f"event: model loaded, health samples run, trial begun) {cpu_installed:.3f} s = "
+        f"{cpu_installed / raw_cpu:.1f}× raw; to all {n} reported active (adds the trial wait and its idle ticks) "
+        f"{cpu_active:.3f} s = {cpu_active / raw_cpu:.1f}× raw. Highest RSS of the run above the RSS before the "
+        f"first deploy (median agent): +{lifetime:.0f} MiB = {lifetime / bundle_mib:.1f}× the bundle. A raw "
+        f"subscriber's peak RSS rose {raw_growth:.1f} MiB over its RSS before a delivery. CPU is the scheduler's "
+        "count per thread (`/proc/PID/task/*/schedstat`, nanoseconds), summed over the process.",
+    ]
+    if r.help is not None:
+        lines += [
+            "",
+            f"`--help` imports before it answers (cumulative ms from one `python -X importtime` run, which inflates "
+            f"a little; {r.help.total_import_ms:.0f} ms in all): {heavy}.",
+        ]
+    return lines
 
 
 def render(r: Report) -> str:
@@ -691,6 +825,8 @@ def render(r: Report) -> str:
         f"alternating ({', '.join(r.orders)}), processes left to settle between; quoted figures are medians over "
         "repeats. Times are seconds from the start of `deploy()` (agents) or of the first publish (raw).",
         "",
+        *targets(r),
+        "",
         "### Headline (medians of the repeats)",
         "",
         "| | agents (`deploy()` → all reported active) | raw mosquitto (publish → all complete) | ratio agent / raw |",
@@ -701,7 +837,7 @@ def render(r: Report) -> str:
         f"{med(t.publish_s for t in a) / med(t.publish_s for t in w):.1f}× |",
         f"| without the trial: all {n} installed (`bundle.trial` event) | {installed:.2f} s | {raw_all:.3f} s | "
         f"{installed / raw_all:.0f}× |",
-        f"| bytes only: all {n} have every chunk, assembled and verified (staging dir removed) | "
+        f"| bytes only: all {n} hold the verified bundle, stored (staging dir removed) | "
         f"{fetched_all:.2f} s | {raw_all:.3f} s | {fetched_all / raw_all:.0f}× |",
         "",
         f"The agent figure includes the configured trial (`--trial-seconds {r.args.trial_seconds:g}`: with no live "
@@ -727,7 +863,7 @@ def render(r: Report) -> str:
 STEP_LABELS = {
     "desired": ("`deploy()` start → agent took the desired state", "first `reported` in phase downloading (`ts`)"),
     "staged": ("→ signed transfer document accepted", "staging directory appears"),
-    "fetched": ("→ every chunk in, bundle assembled and verified", "staging directory removed"),
+    "fetched": ("→ every chunk in, bundle verified and stored", "staging directory removed"),
     "trial": ("→ installed: session, health samples, bundle stored (fsync)", "`bundle.trial` event (`ts`)"),
     "activated": ("→ trial passed and committed", "`bundle.activated` event (`ts`)"),
     "reported": ("→ `reported` says active, received", "arrival at the bench's subscriber"),
@@ -806,6 +942,13 @@ def cost_lines(r: Report) -> list[str]:
         "",
         "Memory (MiB, from /proc): "
         + "; ".join(f"{label} {m:.0f} (max {x:.0f})" for label, (m, x) in r.memory.items())
+        + ". Per deploy (median over agents), RSS just before → peak during (VmHWM, reset just before) → RSS once "
+        "all were active: "
+        + "; ".join(
+            f"v{t.version} {med(t.rss_before.values()):.0f} → {med(t.peak.values()):.0f} → "
+            f"{med(t.rss_after.values()):.0f}"
+            for t in r.agents
+        )
         + ".",
         "",
         f"What an agent does with the bytes once they are in, measured uncontended in the bench process on the same "
@@ -836,14 +979,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--trial-seconds", type=float, default=1.0, help="the agents' --trial-seconds")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per delivery")
     parser.add_argument("--out", type=Path, default=BENCHMARKS)
-    parser.add_argument("--raw-subscriber", nargs=2, metavar=("BROKER", "ID"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.raw_subscriber:
-        return raw_subscriber(*args.raw_subscriber)
     started = time.monotonic()
     load_start = os.getloadavg()
     ort.set_default_logger_severity(3)  # the padding initializer is unused: onnxruntime warns about it
@@ -853,6 +993,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw: RawFleet | None = None
     monitor: Monitor | None = None
     try:
+        help_ = help_cost()
+        log(f"edgekit-agent --help: {help_.median_s:.3f} s (python itself {help_.python_s:.3f} s)")
         bundles = make_bundles(tmp, args.repeats, int(args.mib * 2**20))
         install = install_cost(bundles.paths[0].read_bytes(), bundles.trust, tmp)
         log(f"install cost (uncontended, ms): {install}")
@@ -913,6 +1055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             orders,
             startup_s,
             memory,
+            help=help_,
         )
     finally:
         if monitor is not None:
