@@ -268,10 +268,18 @@ def verify(
     now: float,
     floor: Mapping[str, FloorEntry] | None = None,
     expect_name: str | None = None,
+    expect_sha256: str | None = None,
     limits: Limits = Limits(),
     agent_version: str = __version__,
 ) -> VerifiedBundle:
-    """Check everything that can be checked without running the model."""
+    """Check everything that can be checked without running the model.
+
+    ``expect_sha256`` (the hash a signed desired state names) is checked first, so bytes that
+    are not the bundle that was asked for are refused as exactly that; the bundle is hashed
+    once either way (hashing is most of the cost of verifying a large bundle)."""
+    digest = sha256_hex(data)
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise HashMismatch("bundle does not match the SHA-256 in the desired state")
     members = read_members(data, limits)
     manifest_bytes = members.get(MANIFEST)
     if manifest_bytes is None:
@@ -331,7 +339,6 @@ def verify(
         if entry.get("sha256") != sha256_hex(blob):
             raise HashMismatch(f"{fname} does not match its SHA-256 in the manifest")
         files[fname] = blob
-    digest = sha256_hex(data)
     held = (floor or {}).get(name)
     if held is not None:
         if version < held.version:

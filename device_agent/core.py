@@ -20,7 +20,6 @@ an event with a stable code, delivered through the durable outbox.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -682,11 +681,17 @@ class AgentCore:
         self.retry_at.clear()
         self._phase(VERIFYING)
         try:
-            if hashlib.sha256(data).hexdigest() != goal.sha256:
-                raise HashMismatch("assembled bundle does not match the SHA-256 in the desired state")
             if self.trust is None:
                 raise TrustError(self.trust_error or "no trust file: bundles cannot be verified")
-            bundle = verify(data, self.trust, now=now, floor=self.floor, expect_name=goal.name, limits=self.limits)
+            bundle = verify(
+                data,
+                self.trust,
+                now=now,
+                floor=self.floor,
+                expect_name=goal.name,
+                expect_sha256=goal.sha256,
+                limits=self.limits,
+            )
             if bundle.version != goal.version:
                 raise HashMismatch(f"bundle says v{bundle.version}, desired state says v{goal.version}")
         except AgentError as exc:

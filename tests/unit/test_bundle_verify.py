@@ -421,6 +421,17 @@ def test_flipped_byte_in_model_is_hash_mismatch() -> None:
     rejects(HashMismatch, lambda: verify_built(built))
 
 
+def test_bundle_other_than_the_desired_one_is_hash_mismatch_before_anything_else() -> None:
+    built = make_bundle()
+    assert verify_built(built, expect_sha256=sha256_hex(built.data)).sha256 == sha256_hex(built.data)
+    other = sha256_hex(b"another bundle")
+    rejects(HashMismatch, lambda: verify_built(built, expect_sha256=other))
+    # Checked first: the same bytes from an unknown signer are still refused as the wrong bundle.
+    rejects(
+        HashMismatch, lambda: verify_built(built, trust=make_trust((DEPLOY_KEY, (ROLE_DEPLOY,))), expect_sha256=other)
+    )
+
+
 def test_flipped_byte_in_reference_is_hash_mismatch() -> None:
     ref = default_files()[REFERENCE]
     rejects(HashMismatch, lambda: verify_built(make_bundle(replace_members={REFERENCE: flip(ref, 3)})))
