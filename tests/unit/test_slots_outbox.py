@@ -312,6 +312,19 @@ def test_an_incomplete_staged_file_is_not_adopted(tmp_path: Path) -> None:
     assert slots.read_bundle(sha) == data
 
 
+def test_a_staged_file_differing_past_its_first_block_is_not_adopted(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (12 * 1024)  # 3 MiB: the comparison runs block by block
+    sha = hashlib.sha256(data).hexdigest()
+    slots = Slots(tmp_path)
+    slots.stage_transfer(sha, b"{}", len(data))
+    slots.stage_chunk(sha, 0, data)
+    slots.stage_chunk(sha, 2_500_000, b"\xff")  # one byte torn in the third block
+    inode = (tmp_path / "staging" / sha / "bundle.part").stat().st_ino
+    slots.store_bundle(sha, data)
+    assert slots.read_bundle(sha) == data
+    assert slots.bundle_path(sha).stat().st_ino != inode, "written anew, not renamed"
+
+
 def test_staging_refuses_names_that_are_not_hashes(tmp_path: Path) -> None:
     slots = Slots(tmp_path)
     with pytest.raises(StorageError):
