@@ -155,7 +155,7 @@ class FloorEntry:
     sha256: str
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -187,9 +187,49 @@ def pack(manifest_bytes: bytes, signatures: list[dict[str, str]], files: Mapping
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
+Buffer = bytes | bytearray | memoryview  # a whole bundle in memory; read in place, never copied
 
-def _stored_bytes(data: bytes, info: zipfile.ZipInfo) -> bytes:
-    """A stored member's bytes, straight from its local header, with no CRC check.
+
+class _BufferFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, for :mod:`zipfile` to read the central
+    directory from. ``io.BytesIO`` would copy any buffer but ``bytes`` (a whole bundle);
+    this reads the few bytes asked for."""
+
+    def __init__(self, data: Buffer) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._view[self._pos : self._pos + len(buffer)]
+        size = len(chunk)
+        buffer[:size] = chunk
+        self._pos += size
+        return size
+
+    def close(self) -> None:
+        self._view.release()
+        super().close()
+
+
+def _stored_span(data: Buffer, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """Where a stored member's bytes lie, straight from its local header, with no CRC check.
 
     The CRC-32 is not a security check (an attacker recomputes it); skipping it lets a
     changed byte surface as the precise error — bad signature, hash mismatch — instead of
@@ -209,19 +249,25 @@ def _stored_bytes(data: bytes, info: zipfile.ZipInfo) -> bytes:
     end = begin + info.compress_size
     if end > len(data):
         raise BundleMalformed(f"member {info.filename!r} runs past the end of the archive")
-    return data[begin:end]
+    return begin, end
 
 
-def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
+def read_members(data: Buffer, limits: Limits = Limits()) -> dict[str, bytes]:
     """Every member's bytes, after structural checks; nothing is trusted yet."""
+    return {name: bytes(data[begin:end]) for name, (begin, end) in member_spans(data, limits).items()}
+
+
+def member_spans(data: Buffer, limits: Limits = Limits()) -> dict[str, tuple[int, int]]:
+    """Where each member's bytes lie in the archive, after structural checks; nothing is
+    trusted yet, nothing is copied."""
     if len(data) > limits.max_bundle_bytes:
         raise BundleTooLarge(f"bundle is {len(data)} bytes, above the limit of {limits.max_bundle_bytes}")
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
+        with _BufferFile(data) as fp, zipfile.ZipFile(fp) as zf:
+            infos = zf.infolist()
         if len(infos) > limits.max_members:
             raise BundleMalformed(f"bundle has {len(infos)} members, more than {limits.max_members}")
-        members: dict[str, bytes] = {}
+        members: dict[str, tuple[int, int]] = {}
         total = 0
         for info in infos:
             name = info.filename
@@ -234,7 +280,7 @@ def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
             total += info.file_size
             if total > len(data):
                 raise BundleMalformed("members claim more bytes than the archive holds")
-            members[name] = _stored_bytes(data, info)
+            members[name] = _stored_span(data, info)
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
@@ -262,7 +308,7 @@ def read_unverified(data: bytes, limits: Limits = Limits()) -> tuple[dict[str, A
 
 
 def verify(
-    data: bytes,
+    data: Buffer,
     trust: Trust,
     *,
     now: float,
@@ -280,15 +326,17 @@ def verify(
     digest = sha256_hex(data)
     if expect_sha256 is not None and digest != expect_sha256:
         raise HashMismatch("bundle does not match the SHA-256 in the desired state")
-    members = read_members(data, limits)
-    manifest_bytes = members.get(MANIFEST)
-    if manifest_bytes is None:
+    view = memoryview(data)  # members are hashed in place; only what is kept gets copied
+    spans = member_spans(view, limits)
+    members = {name: view[begin:end] for name, (begin, end) in spans.items()}
+    if MANIFEST not in members:
         raise BundleMalformed("bundle has no manifest.json")
-    if len(manifest_bytes) > limits.max_manifest_bytes:
-        raise BundleTooLarge(f"manifest is {len(manifest_bytes)} bytes, above {limits.max_manifest_bytes}")
+    if len(members[MANIFEST]) > limits.max_manifest_bytes:
+        raise BundleTooLarge(f"manifest is {len(members[MANIFEST])} bytes, above {limits.max_manifest_bytes}")
+    manifest_bytes = bytes(members[MANIFEST])
     if SIGNATURE not in members:
         raise MissingSignature("bundle has no manifest.sig")
-    keyid = trust.verify(ROLE_BUNDLE, MANIFEST_DOMAIN, manifest_bytes, members[SIGNATURE])
+    keyid = trust.verify(ROLE_BUNDLE, MANIFEST_DOMAIN, manifest_bytes, bytes(members[SIGNATURE]))
 
     try:
         manifest = loads_object(manifest_bytes, limits.max_manifest_bytes, "manifest.json")
@@ -338,7 +386,7 @@ def verify(
             raise SizeMismatch(f"{fname} is {len(blob)} bytes, manifest says {entry.get('size')}")
         if entry.get("sha256") != sha256_hex(blob):
             raise HashMismatch(f"{fname} does not match its SHA-256 in the manifest")
-        files[fname] = blob
+        files[fname] = bytes(blob)
     held = (floor or {}).get(name)
     if held is not None:
         if version < held.version:

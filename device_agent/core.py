@@ -152,7 +152,7 @@ class Install:
     """Load the verified bundle, run its health samples, switch slots atomically."""
 
     bundle: VerifiedBundle
-    data: bytes = field(repr=False)
+    data: bytes | bytearray = field(repr=False)  # the verified bundle, handed over (not copied)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _holds(path: Path, data: bytes) -> bool:
+def _holds(path: Path, data: bytes | bytearray) -> bool:
     """Whether the file holds exactly ``data``: compared a block at a time, which costs half
     of hashing it again and never holds more than a block."""
     try:
@@ -65,7 +65,7 @@ def _holds(path: Path, data: bytes) -> bool:
     return True
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | bytearray) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
@@ -135,7 +135,7 @@ class Slots:
     def bundle_path(self, sha256: str) -> Path:
         return self.bundles / f"{sha256}.ekb"
 
-    def store_bundle(self, sha256: str, data: bytes) -> None:
+    def store_bundle(self, sha256: str, data: bytes | bytearray) -> None:
         """Keep a verified bundle durably; a full disk raises StorageError and changes nothing.
 
         The staged file already holds these bytes (written chunk by chunk as they arrived): it

@@ -44,7 +44,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_agent import __version__
-from device_agent.bundle import FloorEntry, Limits, VerifiedBundle, pack, read_unverified, sha256_hex
+from device_agent.bundle import FloorEntry, Limits, VerifiedBundle, pack, read_unverified, sha256_hex, verify
 from device_agent.errors import (
     AgentError,
     BadSignature,
@@ -430,6 +430,20 @@ def test_bundle_other_than_the_desired_one_is_hash_mismatch_before_anything_else
     rejects(
         HashMismatch, lambda: verify_built(built, trust=make_trust((DEPLOY_KEY, (ROLE_DEPLOY,))), expect_sha256=other)
     )
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_bundle_in_any_buffer_verifies_the_same(kind: Callable[[bytes], object]) -> None:
+    """The agent assembles into a bytearray: verified in place, with the same result as bytes."""
+    built = make_bundle()
+    expected = verify_built(built)
+    got = verify(kind(built.data), make_trust(), now=NOW)  # type: ignore[arg-type]
+    assert (got.sha256, got.manifest, got.files) == (expected.sha256, expected.manifest, expected.files)
+    assert all(type(blob) is bytes for blob in got.files.values())
+    damaged = bytearray(built.data)
+    damaged[len(damaged) // 2] ^= 1
+    with pytest.raises(AgentError):
+        verify(damaged, make_trust(), now=NOW)
 
 
 def test_flipped_byte_in_reference_is_hash_mismatch() -> None:
