@@ -138,6 +138,9 @@ class VerifiedBundle:
     manifest_bytes: bytes
     files: dict[str, bytes] = field(repr=False)
     spec: ModelSpec
+    # Where model.onnx lies in the archive (offset, size) when ``verify(..., keep_model=False)``
+    # left it out of ``files``: the agent then loads it from the stored bundle file.
+    model_span: tuple[int, int] | None = None
 
     @property
     def ref(self) -> dict[str, Any]:
@@ -317,12 +320,17 @@ def verify(
     expect_sha256: str | None = None,
     limits: Limits = Limits(),
     agent_version: str = __version__,
+    keep_model: bool = True,
 ) -> VerifiedBundle:
     """Check everything that can be checked without running the model.
 
     ``expect_sha256`` (the hash a signed desired state names) is checked first, so bytes that
     are not the bundle that was asked for are refused as exactly that; the bundle is hashed
-    once either way (hashing is most of the cost of verifying a large bundle)."""
+    once either way (hashing is most of the cost of verifying a large bundle).
+
+    With ``keep_model=False`` the model is checked like every member but not copied out:
+    ``files`` leaves it out and ``model_span`` says where it lies, so a device that loads it
+    from the stored bundle never holds a second copy of its largest member."""
     digest = sha256_hex(data)
     if expect_sha256 is not None and digest != expect_sha256:
         raise HashMismatch("bundle does not match the SHA-256 in the desired state")
@@ -386,7 +394,8 @@ def verify(
             raise SizeMismatch(f"{fname} is {len(blob)} bytes, manifest says {entry.get('size')}")
         if entry.get("sha256") != sha256_hex(blob):
             raise HashMismatch(f"{fname} does not match its SHA-256 in the manifest")
-        files[fname] = bytes(blob)
+        if keep_model or fname != MODEL:
+            files[fname] = bytes(blob)
     held = (floor or {}).get(name)
     if held is not None:
         if version < held.version:
@@ -394,7 +403,7 @@ def verify(
         if version == held.version and digest != held.sha256:
             raise VersionConflict(f"bundle {name} v{version} differs from the v{version} already accepted")
 
-    missing = [f for f in REQUIRED_FILES if f not in files]
+    missing = [f for f in REQUIRED_FILES if f not in listed]
     if missing:
         raise ManifestInvalid(f"bundle lacks required files: {', '.join(missing)}")
     spec = ModelSpec.from_manifest(manifest)
@@ -408,4 +417,5 @@ def verify(
         manifest_bytes=manifest_bytes,
         files=files,
         spec=spec,
+        model_span=None if keep_model else spans[MODEL],
     )

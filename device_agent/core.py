@@ -691,6 +691,7 @@ class AgentCore:
                 expect_name=goal.name,
                 expect_sha256=goal.sha256,
                 limits=self.limits,
+                keep_model=False,  # the install loads it from the stored file
             )
             if bundle.version != goal.version:
                 raise HashMismatch(f"bundle says v{bundle.version}, desired state says v{goal.version}")

@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .bundle import verify
+from .bundle import VerifiedBundle, verify
 from .config import AgentConfig
 from .core import (
     Action,
@@ -84,6 +84,16 @@ def _fault(point: str) -> None:
     """Fault injection for the crash-safety tests: die like a power cut at a named point."""
     if point == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _release(data: bytes | bytearray) -> None:
+    """The received bundle is handed over with the Install action: once it is stored, its
+    buffer is emptied, so that nothing bundle-sized is left in memory while the model loads."""
+    if isinstance(data, bytearray):
+        try:
+            data.clear()
+        except BufferError:  # something still holds a view of it: it is freed with that view
+            log.debug("received bundle still referenced; freed later")
 
 
 class _Acked:
@@ -161,9 +171,17 @@ class Agent:
         try:
             if self.trust is None:
                 raise TrustError(self.core.trust_error)
-            data = self.slots.read_bundle(str(active["sha256"]))
-            bundle = verify(data, self.trust, now=time.time(), floor=self.core.floor, limits=self.config.limits)
-            model = LoadedModel(bundle, self.config.intra_op_threads)
+            sha = str(active["sha256"])
+            bundle = verify(
+                self.slots.read_bundle(sha),
+                self.trust,
+                now=time.time(),
+                floor=self.core.floor,
+                expect_sha256=sha,
+                limits=self.config.limits,
+                keep_model=False,
+            )
+            model = self._load(bundle)
             model.health_check()
             self.engine.activate(model)
             log.info("serving %s v%s from the state dir", bundle.name, bundle.version)
@@ -379,9 +397,16 @@ class Agent:
         """
         bundle = action.bundle
         try:
-            model = LoadedModel(bundle, self.config.intra_op_threads)
-            model.health_check()
+            # Stored first, so the model loads from the stored file and the received bytes can
+            # go before onnxruntime builds its graph (a failed install removes the file again).
             self.slots.store_bundle(bundle.sha256, action.data)
+            _release(action.data)
+            try:
+                model = self._load(bundle)
+                model.health_check()
+            except BaseException:
+                self._discard(bundle.sha256)
+                raise
             _fault("after_store")
             # Mark the trial on disk: if the process dies before the commit, the next start
             # serves the old model and counts this bundle's interrupted trials.
@@ -399,6 +424,18 @@ class Agent:
             return
         log.info("%s v%s is on trial", bundle.name, bundle.version)
         self.events.put(InstallDone(bundle.sha256, True))
+
+    def _load(self, bundle: VerifiedBundle) -> LoadedModel:
+        if bundle.model_span is None:
+            return LoadedModel(bundle, self.config.intra_op_threads)
+        with self.slots.member_file(bundle.sha256, bundle.model_span) as path:
+            return LoadedModel(bundle, self.config.intra_op_threads, model_path=path)
+
+    def _discard(self, sha256: str) -> None:
+        """A stored bundle that did not install: removed, unless it is the active or previous one."""
+        keep = {str(r["sha256"]) for r in (self.core.active, self.core.previous) if r}
+        if sha256 not in keep:
+            self.slots.prune(keep | {s for s in (self.engine.trial_sha(),) if s})
 
     def _commit(self, action: Commit) -> None:
         """The switch: one atomic write of state.json names the new bundle as active."""

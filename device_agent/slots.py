@@ -17,10 +17,12 @@ bundle it names is complete on disk before the switch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,26 @@ def _holds(path: Path, data: bytes | bytearray) -> bool:
     except OSError:
         return False
     return True
+
+
+def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
+    """``size`` bytes of ``src`` from ``offset`` to ``dst``, inside the kernel where it can."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src, dst, size - done, offset + done)
+            if n == 0:
+                raise OSError(errno.EIO, "the stored bundle is shorter than its verified size")
+            done += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        while done < size:  # a file system without copy_file_range: a block at a time
+            block = os.pread(src, min(1 << 20, size - done), offset + done)
+            if not block:
+                raise OSError(errno.EIO, "the stored bundle is shorter than its verified size") from None
+            os.write(dst, block)
+            done += len(block)
 
 
 def atomic_write(path: Path, data: bytes | bytearray) -> None:
@@ -156,6 +178,29 @@ class Slots:
         except OSError as exc:
             raise StorageError(f"cannot store bundle: {exc.strerror}") from None
         self.drop_staging(sha256)
+
+    @contextlib.contextmanager
+    def member_file(self, sha256: str, span: tuple[int, int]) -> Iterator[Path]:
+        """A stored bundle's member as a file of its own, for the time of the ``with`` block:
+        onnxruntime loads a model from a file without the copies it makes of bytes. The kernel
+        copies the bytes (``copy_file_range``), so they never pass through this process."""
+        begin, end = span
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".member", dir=self.bundles)
+        except OSError as exc:
+            raise StorageError(f"cannot make room for the model file: {exc.strerror}") from None
+        try:
+            try:
+                with open(self.bundle_path(sha256), "rb") as src:
+                    _copy_range(src.fileno(), fd, begin, end - begin)
+            except OSError as exc:
+                raise StorageError(f"cannot read the stored bundle {sha256[:12]}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+            yield Path(tmp)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def read_bundle(self, sha256: str) -> bytes:
         try:

@@ -300,6 +300,7 @@ def verify_built(
     expect_sha256: str | None = None,
     limits: Limits | None = None,
     now: float = NOW,
+    keep_model: bool = True,
 ) -> VerifiedBundle:
     """device_agent.bundle.verify with the test defaults (trusted keys, fixed now)."""
     data = built.data if isinstance(built, Built) else built
@@ -311,6 +312,7 @@ def verify_built(
         expect_name=expect_name,
         expect_sha256=expect_sha256,
         limits=limits or Limits(),
+        keep_model=keep_model,
     )
 
 

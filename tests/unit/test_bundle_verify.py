@@ -446,6 +446,16 @@ def test_a_bundle_in_any_buffer_verifies_the_same(kind: Callable[[bytes], object
         verify(damaged, make_trust(), now=NOW)
 
 
+def test_model_left_out_is_still_checked_and_located() -> None:
+    built = make_bundle()
+    lean = verify_built(built, keep_model=False)
+    assert set(lean.files) == {REFERENCE, HEALTH} and lean.model_span is not None
+    assert built.data[lean.model_span[0] : lean.model_span[1]] == default_files()[MODEL]
+    model = default_files()[MODEL]
+    tampered = make_bundle(replace_members={MODEL: flip(model, len(model) // 2)})
+    rejects(HashMismatch, lambda: verify_built(tampered, keep_model=False))
+
+
 def test_flipped_byte_in_reference_is_hash_mismatch() -> None:
     ref = default_files()[REFERENCE]
     rejects(HashMismatch, lambda: verify_built(make_bundle(replace_members={REFERENCE: flip(ref, 3)})))

@@ -29,7 +29,7 @@ from bundle_factory import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_agent.bundle import FloorEntry
+from device_agent.bundle import MODEL, FloorEntry
 from device_agent.core import (
     ACTIVE,
     CHUNK_RETRY_S,
@@ -317,8 +317,11 @@ def test_full_transfer_yields_install_and_never_exceeds_the_window() -> None:
     installs = of_type(out, Install)
     assert len(installs) == 1
     assert installs[0].bundle.sha256 == V1.sha256
-    assert installs[0].bundle.files == V1.files
+    # The model is checked but not copied out: the install loads it from where it lies.
+    assert installs[0].bundle.files == {k: v for k, v in V1.files.items() if k != MODEL}
     assert installs[0].data == V1.data
+    span = installs[0].bundle.model_span
+    assert span is not None and installs[0].data[span[0] : span[1]] == V1.files[MODEL]
     assert core.phase == INSTALLING
     assert 0 < peak[0] <= WINDOW
     assert events(out) == []
