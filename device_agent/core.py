@@ -317,6 +317,7 @@ class AgentCore:
         self.goal: Desired | None = None
         self.transfer: Assembly | None = None
         self.inflight: set[int] = set()
+        self.spent: list[str] = []  # chunk topics received, unsubscribed with the next refill
         self.retry_at: dict[int, float] = {}  # chunk index -> when a bad chunk may be asked for again
         self.last_progress = 0.0
         self.last_error: dict[str, Any] | None = None  # why the last deployment failed
@@ -359,6 +360,7 @@ class AgentCore:
         elif isinstance(event, Disconnected):
             self.connected = False
             self.inflight.clear()  # clean session: subscriptions are gone
+            self.spent.clear()
         elif isinstance(event, Message):
             self._on_message(event, now, out)
         elif isinstance(event, Tick):
@@ -579,7 +581,8 @@ class AgentCore:
             return
         topics = [self.topics.bundle_manifest(self.goal.name, self.goal.version)]
         topics += [self.topics.bundle_chunk(self.goal.name, self.goal.version, i) for i in sorted(self.inflight)]
-        out.append(Unsubscribe(tuple(topics)))
+        out.append(Unsubscribe(tuple(topics + self.spent)))
+        self.spent.clear()
         self.transfer = None
         self.inflight.clear()
         self.retry_at.clear()
@@ -640,13 +643,22 @@ class AgentCore:
     def _request_chunks(self, out: list[Action], now: float) -> None:
         assert self.transfer is not None and self.goal is not None
         room = self.chunk_window - len(self.inflight)
-        if room <= 0:
+        # Refilled half a window at a time: one SUBSCRIBE and one UNSUBSCRIBE packet for several
+        # chunks, not one of each per chunk (each packet is a round of work for the agent's
+        # MQTT thread and for the broker).
+        if room <= 0 or (self.inflight and room < max(1, self.chunk_window // 2)):
             return
         waiting = {i for i, t in self.retry_at.items() if t > now}
         wanted = self.transfer.missing(room, exclude=self.inflight | waiting)
+        self._unsubscribe_spent(out)
         if wanted:
             self.inflight.update(wanted)
             out.append(Subscribe(tuple(self.topics.bundle_chunk(self.goal.name, self.goal.version, i) for i in wanted)))
+
+    def _unsubscribe_spent(self, out: list[Action]) -> None:
+        if self.spent:
+            out.append(Unsubscribe(tuple(self.spent)))
+            self.spent.clear()
 
     def _on_chunk(self, where: tuple[str, int, int], payload: bytes, now: float, out: list[Action]) -> None:
         name, version, index = where
@@ -656,7 +668,7 @@ class AgentCore:
         if index not in self.inflight:
             return
         self.inflight.discard(index)
-        out.append(Unsubscribe((self.topics.bundle_chunk(name, version, index),)))
+        self.spent.append(self.topics.bundle_chunk(name, version, index))
         try:
             if transfer.accept(index, payload):
                 self.last_progress = now
@@ -667,6 +679,7 @@ class AgentCore:
             # cannot make the device loop (the transfer timeout bounds the whole attempt).
             self.retry_at[index] = now + CHUNK_RETRY_S
             self._fail_event(out, now, exc.code, exc.detail)
+            self._unsubscribe_spent(out)
         if transfer.complete:
             self._finish_transfer(now, out)
         else:
@@ -676,6 +689,7 @@ class AgentCore:
         assert self.transfer is not None and self.goal is not None
         goal = self.goal
         data = self.transfer.assemble()
+        self._unsubscribe_spent(out)
         self.transfer = None
         self.inflight.clear()
         self.retry_at.clear()
