@@ -971,7 +971,7 @@ def cost_lines(r: Report) -> list[str]:
     agent = rows([list(t.cpu_s.values()) for t in r.agents])
     raw = rows([t.cpu_s for t in r.raws])
     inst = r.install
-    return [
+    lines = [
         "### Cost per process",
         "",
         f"CPU seconds from `/proc/PID/stat` (counted in {1 / os.sysconf('SC_CLK_TCK'):.2f} s ticks), from the "
@@ -997,6 +997,12 @@ def cost_lines(r: Report) -> list[str]:
             for t in r.agents
         )
         + ".",
+    ]
+    return lines + (steps_lines(inst) if inst else [])
+
+
+def steps_lines(inst: dict[str, tuple[float, float]]) -> list[str]:
+    return [
         "",
         "### What an agent does with a bundle, step by step",
         "",
@@ -1034,6 +1040,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--trial-seconds", type=float, default=1.0, help="the agents' --trial-seconds")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed per delivery")
     parser.add_argument("--out", type=Path, default=BENCHMARKS)
+    parser.add_argument(
+        "--skip-steps",
+        action="store_true",
+        help="leave out the in-process step table (it calls the agent's internals: for runs against older agent code)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1051,7 +1062,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help_ = help_cost()
         log(f"edgekit-agent --help: {help_.median_s:.3f} s (python itself {help_.python_s:.3f} s)")
         bundles = make_bundles(tmp, args.repeats, int(args.mib * 2**20))
-        install = install_cost(bundles.paths[0].read_bytes(), bundles.trust, tmp, DEFAULT_CHUNK)
+        install = (
+            {} if args.skip_steps else install_cost(bundles.paths[0].read_bytes(), bundles.trust, tmp, DEFAULT_CHUNK)
+        )
         log(f"install cost (uncontended, ms): {install}")
         broker = Broker()
         broker.start()
