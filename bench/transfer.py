@@ -34,16 +34,16 @@ How the comparison is built, and why:
   wall-clock times are converted to ``time.monotonic``): the first ``reported`` document in
   phase ``downloading`` (the agent took the desired state; its ``ts``), the staging directory
   appearing and disappearing (polled every 5 ms: the signed transfer document arrived; every
-  chunk arrived, the bundle was assembled and verified), the ``bundle.trial`` event (its
+  chunk arrived, the bundle was assembled and verified), the ``lifecycle.trial`` event (its
   ``ts``: the model loaded, health samples reproduced, bundle stored with fsync, trial
-  begun), the ``bundle.activated`` event (its ``ts``: trial passed, committed), and the arrival
+  begun), the ``lifecycle.activated`` event (its ``ts``: trial passed, committed), and the arrival
   of the ``reported`` document saying active. The agent rate-limits ``reported`` to one per
   second, so its phase changes alone cannot time steps shorter than that; the events and the
   staging directory can. The staging directory goes when the verified bundle is stored: the
   instant the agent holds verified bytes.
 * **The four delivery-cost figures, as ratios in the same run.** CPU per agent from the start
   of ``deploy()`` to its staging directory going (sampled by the poller at that instant), to
-  its ``bundle.trial`` event and to all active, against a raw subscriber's CPU for its
+  its ``lifecycle.trial`` event and to all active, against a raw subscriber's CPU for its
   delivery; CPU is the scheduler's nanosecond count per thread (``/proc/PID/task/*/schedstat``,
   summed), because ``/proc/PID/stat`` counts 10 ms ticks and a raw subscriber spends about
   two of them on a whole bundle. The time until the last agent holds verified bytes against
@@ -93,11 +93,11 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from raw_subscriber import CONTROL as RAW_CONTROL
 
 from device_agent.bundle import MODEL, verify
-from device_agent.core import Persisted
-from device_agent.protocol import DEFAULT_PREFIX, Topics
+from device_agent.protocol import DEFAULT_PREFIX, Topics, TransferInfo
 from device_agent.runtime import LoadedModel
 from device_agent.slots import Slots
-from device_agent.transfer import Assembly, TransferInfo, split
+from device_agent.state import Persisted
+from device_agent.transfer import Assembly, split
 from device_agent.trust import Trust
 from edgekit import bundler, keys, runs, workspace
 from edgekit.fleet.client import connect, parse_broker, publish_all
@@ -333,7 +333,7 @@ class Monitor:
         self.reported: list[tuple[float, str, dict[str, Any]]] = []
         self.events: list[tuple[float, str, dict[str, Any]]] = []
         self.online: dict[str, bool] = {}
-        self.on_installed: Callable[[str], None] | None = None  # called with the device at its bundle.trial event
+        self.on_installed: Callable[[str], None] | None = None  # called with the device at its lifecycle.trial event
         host, port = parse_broker(broker_url)
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
         subscribed = threading.Event()
@@ -365,7 +365,7 @@ class Monitor:
                 self.events.append((arrived, device, doc))
             self.cond.notify_all()
         hook = self.on_installed
-        if hook is not None and leaf == "events" and doc.get("code") == "bundle.trial":
+        if hook is not None and leaf == "events" and doc.get("code") == "lifecycle.trial":
             hook(device)
 
     def wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -620,7 +620,7 @@ class AgentTrial:
     cpu_s: dict[str, tuple[float, float]]  # device -> (user, system) CPU seconds during the trial
     phases_seen: dict[str, int]  # phase -> agents whose reported documents showed it
     # CPU seconds (cpu_exact) from the start of deploy() until: the staging dir went (the bundle
-    # is verified and stored), the bundle.trial event arrived (installed), all were active.
+    # is verified and stored), the lifecycle.trial event arrived (installed), all were active.
     cpu_fetched: dict[str, float] = field(default_factory=dict)
     cpu_installed: dict[str, float] = field(default_factory=dict)
     cpu_active: dict[str, float] = field(default_factory=dict)
@@ -705,7 +705,7 @@ def agent_trial(
     for _arrived, device, doc in events:
         if (doc.get("bundle") or {}).get("sha256") != sha:
             continue
-        code = {"bundle.trial": "trial", "bundle.activated": "activated"}.get(str(doc.get("code")))
+        code = {"lifecycle.trial": "trial", "lifecycle.activated": "activated"}.get(str(doc.get("code")))
         if code:
             steps[code].setdefault(device, float(doc["ts"]) - offset - t0)
     steps["staged"] = {d: t - t0 for d, t in poller.appeared.items()}
@@ -831,7 +831,7 @@ def targets(r: Report) -> list[str]:
         )
     lines += [
         "",
-        f"Other CPU windows per agent (median over agents, then over repeats): to installed (`bundle.trial` "
+        f"Other CPU windows per agent (median over agents, then over repeats): to installed (`lifecycle.trial` "
         f"event: model loaded, health samples run, trial begun) {cpu_installed:.3f} s = "
         f"{cpu_installed / raw_cpu:.1f}× raw; to all {n} reported active (adds the trial wait and its idle ticks) "
         f"{cpu_active:.3f} s = {cpu_active / raw_cpu:.1f}× raw. Highest RSS of the run above the RSS before the "
@@ -892,7 +892,7 @@ def render(r: Report) -> str:
         f"| publish alone | {med(t.publish_s for t in a):.3f} s (`deploy()` returns) | "
         f"{med(t.publish_s for t in w):.3f} s (all chunks acknowledged) | "
         f"{med(t.publish_s for t in a) / med(t.publish_s for t in w):.1f}× |",
-        f"| without the trial: all {n} installed (`bundle.trial` event) | {installed:.2f} s | {raw_all:.3f} s | "
+        f"| without the trial: all {n} installed (`lifecycle.trial` event) | {installed:.2f} s | {raw_all:.3f} s | "
         f"{installed / raw_all:.0f}× |",
         f"| bytes only: all {n} hold the verified bundle, stored (staging dir removed) | "
         f"{fetched_all:.2f} s | {raw_all:.3f} s | {fetched_all / raw_all:.0f}× |",
@@ -921,8 +921,8 @@ STEP_LABELS = {
     "desired": ("`deploy()` start → agent took the desired state", "first `reported` in phase downloading (`ts`)"),
     "staged": ("→ signed transfer document accepted", "staging directory appears"),
     "fetched": ("→ every chunk in, bundle verified and stored", "staging directory removed"),
-    "trial": ("→ installed: session, health samples, bundle stored (fsync)", "`bundle.trial` event (`ts`)"),
-    "activated": ("→ trial passed and committed", "`bundle.activated` event (`ts`)"),
+    "trial": ("→ installed: model loaded, health samples run", "`lifecycle.trial` event (`ts`)"),
+    "activated": ("→ trial passed and committed", "`lifecycle.activated` event (`ts`)"),
     "reported": ("→ `reported` says active, received", "arrival at the bench's subscriber"),
 }
 

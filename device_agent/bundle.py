@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
+from .config import Limits
 from .errors import (
     BundleMalformed,
     BundleTooLarge,
@@ -38,7 +39,7 @@ from .errors import (
     VersionConflict,
     VersionRollback,
 )
-from .protocol import check_id, dumps, loads_object, loads_strict
+from .protocol import BundleRef, check_id, dumps, loads_object, loads_strict
 from .trust import MANIFEST_DOMAIN, ROLE_BUNDLE, Trust
 
 FORMAT = 1
@@ -48,14 +49,8 @@ MODEL = "model.onnx"
 REFERENCE = "reference.json"
 HEALTH = "health.json"
 REQUIRED_FILES = (MODEL, REFERENCE, HEALTH)
+DEFAULT_LIMITS = Limits()
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # deterministic archives: same inputs, same bytes
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_bundle_bytes: int = 256 * 1024 * 1024  # bytes
-    max_manifest_bytes: int = 256 * 1024  # bytes
-    max_members: int = 16
 
 
 @dataclass(frozen=True)
@@ -142,12 +137,12 @@ class VerifiedBundle:
     # left it out of ``files``: the agent then loads it from the stored bundle file.
     model_span: tuple[int, int] | None = None
 
-    @property
-    def ref(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
-
     def json_file(self, name: str) -> Any:
         return loads_strict(self.files[name], max_bytes=64 << 20, what=name)
+
+    @property
+    def ref(self) -> BundleRef:
+        return BundleRef(self.name, self.version, self.sha256)
 
 
 @dataclass(frozen=True)
@@ -255,12 +250,12 @@ def _stored_span(data: Buffer, info: zipfile.ZipInfo) -> tuple[int, int]:
     return begin, end
 
 
-def read_members(data: Buffer, limits: Limits = Limits()) -> dict[str, bytes]:
+def read_members(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
     """Every member's bytes, after structural checks; nothing is trusted yet."""
     return {name: bytes(data[begin:end]) for name, (begin, end) in member_spans(data, limits).items()}
 
 
-def member_spans(data: Buffer, limits: Limits = Limits()) -> dict[str, tuple[int, int]]:
+def member_spans(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> dict[str, tuple[int, int]]:
     """Where each member's bytes lie in the archive, after structural checks; nothing is
     trusted yet, nothing is copied."""
     if len(data) > limits.max_bundle_bytes:
@@ -298,7 +293,7 @@ def member_spans(data: Buffer, limits: Limits = Limits()) -> dict[str, tuple[int
     return members
 
 
-def read_unverified(data: bytes, limits: Limits = Limits()) -> tuple[dict[str, Any], dict[str, bytes]]:
+def read_unverified(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Manifest and members *without* any trust decision: for ``inspect`` and diagnostics."""
     members = read_members(data, limits)
     if MANIFEST not in members:
@@ -318,7 +313,7 @@ def verify(
     floor: Mapping[str, FloorEntry] | None = None,
     expect_name: str | None = None,
     expect_sha256: str | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     agent_version: str = __version__,
     keep_model: bool = True,
 ) -> VerifiedBundle:
