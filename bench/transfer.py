@@ -1062,12 +1062,12 @@ counts and memory did not.
   (`InferenceSession` holds the bytes it was given). RSS then climbed to 150 MiB over three deploys and stayed:
   glibc keeps freed bundle-sized blocks (with `MALLOC_MMAP_THRESHOLD_=4194304` in the agent's environment it
   stays near 80 MiB, for about 0.02-0.03 s more system CPU per deploy; not applied).
-- **`--help`** took 0.29 s on a quiet machine (0.5-1.2 s under load): `device_agent/cli.py` imports
-  `device_agent.mqtt` at module level, which imports numpy and onnxruntime (through the engine, drift and
-  runtime modules), paho and the core, none needed to print help. With `Agent` and the input sources imported
-  inside `main()` it took 0.145 s against 0.496 s in the same minute (Python itself 0.03-0.07 s, click
-  0.02 s, `device_agent.config` → bundle → trust → cryptography about 0.04 s). Not changed here: the command
-  line is being rewritten.
+- **`--help`** took 0.29 s on a quiet machine (0.5-1.2 s under load) before the command line was rewritten:
+  `device_agent/cli.py` imported `device_agent.mqtt` at module level, which imported numpy and onnxruntime
+  (through the engine, drift and runtime modules), paho and the core, none needed to print help; with `Agent`
+  and the input sources imported inside `main()` it took 0.145 s against 0.496 s in the same minute. The
+  rewritten command line imports only click and the configuration before it answers: 0.20-0.23 s with the
+  machine at load 15-19 (Python itself 0.08-0.10 s at that load), under 0.3 s whenever this script measured it.
 
 Changes, each a commit, with its effect (instructions: callgrind, one deploy to active, agent; the raw
 subscriber's delivery is 87 M, 74 M of them in `mem*`. Under callgrind OpenSSL cannot use the CPU's SHA
@@ -1075,8 +1075,11 @@ instructions, so one hashing pass of 10 MiB counts 293 M instructions but costs 
 
 {changes}
 
-In CPU seconds (20-agent runs of this script, same load, medians): from 0.22 s per agent to installed before
-to 0.15-0.18 s after; the agent's system CPU from 0.13 to 0.045 s.
+In CPU seconds (20-agent runs of this script, medians; the agent's code swapped under the same script):
+before the changes 0.20-0.22 s per agent to installed, after them 0.15-0.18 s (load 15-20); on the refactored
+agent, without the changes 0.15-0.20 s (8.6-10.4× a raw subscriber to verified bytes), with them 0.10-0.12 s
+(4.8-4.9×), and all 20 holding verified bytes at 2.7-3.9× the raw delivery instead of 4.4-6.8× (load 6-19,
+two runs each, interleaved). The agent's system CPU fell from 0.13 to 0.045 s.
 
 What is left, per 10 MiB bundle, uncontended (step table): three SHA-256 passes (≈ 30 ms: the chunks against
 the signed transfer document, the bundle against the signed desired state, the model inside `verify`), paho's
