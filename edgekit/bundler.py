@@ -37,7 +37,7 @@ from . import registry
 from .errors import BundleBuildError
 from .explain import manifest_section
 from .keys import key_roles, load_private, trust_file
-from .runs import REFERENCE_FILE, Run, load_run
+from .runs import REFERENCE_FILE, Run, code_version, environment, load_run
 from .workspace import Workspace
 
 HEALTH_ROWS = 8
@@ -329,7 +329,6 @@ def build_from_model(
     from .data import load_table
     from .explain import permutation
     from .reference import build_reference
-    from .runs import code_version, environment
 
     check_id("bundle name", name)
     _check_key(ws, key_name)

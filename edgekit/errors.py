@@ -1,6 +1,7 @@
 """Errors the user sees: one line that says what is wrong and what to do.
 
 EdgekitError            base; the CLI prints ``error: <message>`` and exits with ``exit_code``
+ ├── UsageError         options that do not go together, too few arguments
  ├── WorkspaceError     no workspace, bad edgekit.toml, unknown run / key / bundle
  ├── DataError          the table cannot train a model (missing target, bad values, too few rows)
  ├── ConversionError    ONNX conversion failed or the parity gate refused the model
@@ -22,6 +23,12 @@ class EdgekitError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(EdgekitError):
+    """The command was called wrongly (options that do not go together, too few arguments)."""
+
+    exit_code = 2
 
 
 class WorkspaceError(EdgekitError):

@@ -41,16 +41,13 @@ Float32
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgekit.errors import ConversionError
+from edgekit.onnx_model import OnnxModel, feeds, session
 from edgekit.train import TrainResult
-
-if TYPE_CHECKING:
-    # edgekit.convert imports this module (convert_checked), so its names are imported where used.
-    from edgekit.convert import OnnxModel
 
 DEFAULT_TOLERANCE = 1e-4
 BOUNDARY_PAIRS = 64  # pairs of holdout rows bisected per parity check
@@ -210,8 +207,6 @@ class _Comparison:
 
 
 def _compare(result: TrainResult, model: OnnxModel, X: np.ndarray, tolerance: float) -> _Comparison:
-    from edgekit.convert import feeds, session  # a cycle at import time: edgekit.convert imports this module
-
     sess = session(model.data)
     est = result.estimator
     X_in = _round_to_input(X, model)

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
+from .. import compare as compare_mod
+from .. import pipeline, reproduce, workspace
 from .. import runs as runs_mod
-from .. import workspace
-from ..errors import EdgekitError
 from .output import emit, json_option, progress_printer, table
 
 MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
@@ -142,7 +142,7 @@ def train_cmd(
     Example: edgekit train data.csv --target label --model auto --time-budget 60 --metric f1_macro
     """
     ws = workspace.find()
-    run = runs_mod.train_run(
+    run = pipeline.train_run(
         ws,
         data,
         target,
@@ -219,7 +219,7 @@ def quantize_cmd(
 
     Example: edgekit quantize latest --max-accuracy-loss 0.01
     """
-    _, report = runs_mod.quantize_run(
+    _, report = pipeline.quantize_run(
         workspace.find(), run_id, max_accuracy_loss, max_label_changes, list(strategies) or None
     )
     emit(report.to_dict(), as_json, _quant_text)
@@ -355,14 +355,8 @@ def runs_compare(run_ids: tuple[str, ...], diff_only: bool, as_json: bool) -> No
 
     Example: edgekit runs compare 20260101-120000-ab12cd latest --diff-only
     """
-    if len(run_ids) < 2:
-        raise EdgekitError("compare needs at least two runs", "e.g. edgekit runs compare RUN_A RUN_B")
     ws = workspace.find()
-    result = runs_mod.compare([runs_mod.load_run(ws, r) for r in run_ids])
-    result["total"] = len(result["fields"])
-    result["diff_only"] = diff_only
-    if diff_only:
-        result["fields"] = [f for f in result["fields"] if f["differs"]]
+    result = compare_mod.compare([runs_mod.load_run(ws, r) for r in run_ids], diff_only=diff_only)
     emit(result, as_json, _compare_text)
 
 
@@ -415,7 +409,7 @@ def runs_reproduce(run_id: str, data_path: Path | None, as_json: bool) -> None:
     Example: edgekit runs reproduce latest --json
     """
     ws = workspace.find()
-    report = runs_mod.reproduce(ws, run_id, data_path, progress=progress_printer(not as_json))
+    report = reproduce.reproduce(ws, run_id, data_path, progress=progress_printer(not as_json))
     emit(report, as_json, _reproduce_text)
     if not report["match"]:
         raise SystemExit(1)

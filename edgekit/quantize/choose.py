@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..convert import OnnxModel
 from ..errors import QuantizationError
+from ..onnx_model import OnnxModel
 from .context import _Context
 from .gate import MIN_LATENCY_GAIN, MIN_SIZE_GAIN, _judge_gain, _score_candidate
 from .graph import session

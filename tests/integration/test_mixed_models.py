@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import bundler, keys, runs, workspace
+from edgekit import bundler, keys, pipeline, workspace
 from edgekit.fleet.deploy import Target, deploy
 from edgekit.fleet.status import fleet_status
 from tests.support.agent import AgentProcess, wait_until
@@ -48,7 +48,7 @@ def test_categorical_and_missing_values_are_served_raw(tmp_path: Path, broker: B
             load = rng.uniform(0, 1)
             state = "hot" if temp + 10 * load > 30 else "ok"
             w.writerow(["" if rng.random() < 0.05 else f"{temp:.2f}", site, f"{load:.3f}", state])
-    run = runs.train_run(ws, path, "state", "logreg")
+    run = pipeline.train_run(ws, path, "state", "logreg")
     model = run.record["model"]
     assert model["input"]["layout"] == "columns"
     assert {f["name"]: f["type"] for f in model["features"]}["site"] == "categorical"
@@ -79,7 +79,7 @@ def test_regression_end_to_end(tmp_path: Path, broker: Broker) -> None:
         w.writerow([*data.feature_names, "progression"])
         for x, y in zip(data.data, data.target, strict=True):
             w.writerow([*x.tolist(), float(y)])
-    run = runs.train_run(ws, path, "progression", "linear")
+    run = pipeline.train_run(ws, path, "progression", "linear")
     assert run.record["task"] == "regression"
     agent = AgentProcess("rg1", broker.url, tmp_path / "rg1" / "state", trust, extra=("--drift-window", "50"))
     try:

@@ -178,7 +178,7 @@ def test_bundle_from_a_users_onnx_model(cli: Cli, tmp_path: Path) -> None:
 def test_errors_are_one_line_with_the_documented_exit_code(cli: Cli, tmp_path: Path) -> None:
     run = cli.json("runs", "list")[0]["id"]
     _error(cli("runs", "show", "zzz", ok=False), 2, "no run 'zzz'")
-    _error(cli("runs", "compare", run, ok=False), 1, "compare needs at least two runs")
+    _error(cli("runs", "compare", run, ok=False), 2, "compare needs at least two runs")
     _error(cli("bundle", "--name", "x", "--key", "release", ok=False), 1, "give either a RUN_ID or --model")
     _error(cli("bundle", run, "--model", str(cli.csv), "--name", "x", "--key", "release", ok=False), 1, "either")
     _error(

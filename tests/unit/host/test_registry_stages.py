@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sklearn.datasets import load_wine
 
-from edgekit import bundler, keys, registry, runs, workspace
+from edgekit import bundler, keys, pipeline, registry, workspace
 from edgekit.errors import BundleBuildError
 from edgekit.registry import RegistryError
 from edgekit.workspace import Workspace
@@ -28,7 +28,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, str]:
         w.writerow([*(n.replace("/", "_") for n in data.feature_names), "label"])
         for x, y in zip(data.data, data.target, strict=True):
             w.writerow([*x.tolist(), int(y)])
-    run = runs.train_run(ws, path, "label", "logreg")
+    run = pipeline.train_run(ws, path, "label", "logreg")
     return ws, run.id
 
 

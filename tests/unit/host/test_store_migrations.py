@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sklearn.datasets import load_wine
 
-from edgekit import bundler, keys, registry, runs, store, workspace
+from edgekit import bundler, keys, pipeline, registry, runs, store, workspace
 from edgekit.errors import WorkspaceError
 from edgekit.workspace import Workspace
 
@@ -32,7 +32,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, runs.R
     root = tmp_path_factory.mktemp("store")
     ws = workspace.init(root)
     keys.generate(ws, "release")
-    run = runs.train_run(ws, _wine_csv(root / "wine.csv"), "label", "logreg")
+    run = pipeline.train_run(ws, _wine_csv(root / "wine.csv"), "label", "logreg")
     built = bundler.build(ws, run.id, "wine", "release")
     return ws, run, built.path
 
