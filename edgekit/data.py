@@ -13,7 +13,8 @@ Column types
     categorical (codes, zip codes, "1"/"2"/"3" levels).
 
 Missing values
-    The cells in :data:`MISSING_MARKERS` (any case) are missing. In a numeric feature they
+    The cells in :data:`device_agent.missing.MISSING_MARKERS` (any case) are missing: the
+    agent reads a replayed CSV with the same rule. In a numeric feature they
     become NaN, in a categorical one the empty string ``""`` (the device feeds exactly these, per
     ``docs/contract-model-spec.md``). The model handles them inside its ONNX graph: numeric
     columns are imputed (mean; HistGradientBoosting learns a direction for NaN instead), and
@@ -49,10 +50,9 @@ from typing import Any
 
 import numpy as np
 
+from device_agent.missing import is_missing_text
 from edgekit.errors import DataError
 
-# Cell values read as "missing" (compared lower-cased, after stripping).
-MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 FINGERPRINT_VERSION = "edgekit-table-v1"
 MAX_CLASSES_INFERRED = 20  # a numeric target with more distinct values is inferred as regression
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -239,7 +239,7 @@ def _is_missing(cell: Cell) -> bool:
     if cell is None:
         return True
     if isinstance(cell, str):
-        return cell.lower() in MISSING_MARKERS
+        return is_missing_text(cell)
     return isinstance(cell, float) and math.isnan(cell)
 
 
