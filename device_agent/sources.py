@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from .bundle import Feature
 from .engine import InferenceEngine
 from .errors import BadValue, InferenceFailed, NoModel, RowError, WrongShape
+from .features import Feature
 from .missing import is_missing_text
 
 
@@ -100,7 +100,7 @@ def csv_rows(path: str) -> Iterator[dict[str, str]]:
 
 def _csv_row(record: dict[str, str], features: Sequence[Feature]) -> list[Any]:
     """A CSV record as the model's row: numbers for numeric features, the text itself for
-    categorical ones (a category may look like a number), None for a missing value — read
+    categorical and date/time ones (a category may look like a number), None for a missing value — read
     with the rule training used (:mod:`device_agent.missing`: ``NA``, ``n/a``, ``?``, …)."""
     row: list[Any] = []
     for feature in features:
@@ -109,7 +109,7 @@ def _csv_row(record: dict[str, str], features: Sequence[Feature]) -> list[Any]:
         raw = record[feature.name]
         if raw is None or is_missing_text(raw):
             row.append(None)
-        elif feature.type == "categorical":
+        elif feature.type in ("categorical", "datetime"):
             row.append(raw.strip())
         else:
             try:

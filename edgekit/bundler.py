@@ -285,9 +285,14 @@ def build(
         )
     model_bytes = run.shipped_model.read_bytes()
     X, _ = run.holdout()
+    model = model_section(run.record)
+    rows = run.holdout_rows()
+    if rows is None and any(f.get("type") == "datetime" for f in model["features"]):
+        raise BundleBuildError(f"run {run.id} kept no holdout rows as a device receives them", "train it again")
     try:
-        model = model_section(run.record)
-        health = health_samples(model_bytes, model, raw_rows(model["features"], X[:HEALTH_ROWS]))
+        health = health_samples(
+            model_bytes, model, rows[:HEALTH_ROWS] if rows is not None else raw_rows(model["features"], X[:HEALTH_ROWS])
+        )
     except Exception as exc:  # onnxruntime errors are untyped
         raise BundleBuildError(f"the model of run {run.id} does not run in onnxruntime: {exc}") from None
     files = {

@@ -32,6 +32,7 @@ from skl2onnx.operator_converters.multilayer_perceptron import convert_sklearn_m
 from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
 from sklearn.impute import SimpleImputer
 
+from edgekit.categories import CategoryCap, cap_converter, cap_shape
 from edgekit.errors import ConversionError
 from edgekit.onnx_model import OnnxModel, feeds, session
 
@@ -62,6 +63,7 @@ DOUBLE_FAMILIES = {
     "regression": frozenset({"linear", "mlp"}),
 }
 
+update_registered_converter(CategoryCap, "EdgekitCategoryCap", cap_shape, cap_converter)
 update_registered_converter(
     TargetScaledMLPRegressor,
     "EdgekitTargetScaledMLPRegressor",

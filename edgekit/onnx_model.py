@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from device_agent.features import Feature, model_inputs
+
 
 @dataclass
 class OnnxModel:
@@ -62,8 +64,15 @@ class OnnxModel:
 
 
 def input_features(model: dict[str, Any]) -> list[dict[str, Any]]:
-    """The model's input features, in input order, from a ``model`` section."""
-    return [dict(f) for f in model["features"]]
+    """The model's inputs, in order, from a ``model`` section whose ``features`` are what a row
+    carries: a date/time feature becomes its parts, as the device expands it."""
+    features = [
+        Feature(
+            str(f["name"]), str(f.get("type", "numeric")), bool(f.get("allow_missing")), tuple(f.get("parts") or ())
+        )
+        for f in model["features"]
+    ]
+    return [{"name": f.name, "type": f.type, "allow_missing": f.allow_missing} for f in model_inputs(features)]
 
 
 def session(data: bytes) -> ort.InferenceSession:

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from .convert import convert_checked
-from .data import load_table
+from .data import MAX_CATEGORIES, load_table
 from .explain import permutation
 from .onnx_model import OnnxModel
 from .reference import build_reference
 from .runs import (
     FLOAT_MODEL,
     HOLDOUT_FILE,
+    HOLDOUT_ROWS_FILE,
     QUANT_MODEL,
     REFERENCE_FILE,
     Run,
@@ -36,6 +37,19 @@ from .train import train
 from .workspace import Workspace
 
 Progress = Callable[[str], None]
+
+
+def table_options(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`edgekit.data.load_table` for a run's recorded inputs:
+    how :func:`train_run` reads its table, and how a reproduction reads it again."""
+    dates = inputs.get("datetimes") or {}
+    return {
+        "task": inputs.get("task"),
+        "categorical": list(inputs.get("categorical") or ()),
+        "drop": list(inputs.get("drop") or ()),
+        "datetimes": {str(k): list(v) if v else None for k, v in dates.items()},
+        "max_categories": int(inputs.get("max_categories") or 0) or None,
+    }
 
 
 def train_run(
@@ -53,16 +67,22 @@ def train_run(
     time_budget: float | None = None,
     params: dict[str, Any] | None = None,
     search_progress: Callable[[dict[str, Any]], None] | None = None,
+    drop: list[str] | tuple[str, ...] = (),
+    datetimes: dict[str, list[str] | None] | None = None,
+    max_categories: int | None = None,
 ) -> Run:
     """Load, train (or search, ``model="auto"``), convert, check parity, compute reference
     statistics; record it all.
 
     ``task`` overrides the inferred task, ``categorical`` forces columns to be categorical,
-    ``metric`` is the declared metric (selection metric of ``auto``), ``time_budget`` the
-    search's seconds, ``params`` a family's hyperparameters. ``search_progress`` gets one dict
-    per evaluated candidate (else they become ``progress`` lines). The record's ``inputs`` hold
-    what :func:`reproduce` needs: for ``auto`` the chosen family and parameters, so a
-    reproduction refits that model rather than re-running a time-bound search.
+    ``drop`` leaves columns out, ``datetimes`` names date/time columns and their parts (None:
+    chosen from the data), ``max_categories`` caps categorical columns (default: edgekit.toml's
+    ``train.max_categories``, else 30; 0: no cap), ``metric`` is the declared metric (selection
+    metric of ``auto``), ``time_budget`` the search's seconds, ``params`` a family's
+    hyperparameters. ``search_progress`` gets one dict per evaluated candidate (else they become
+    ``progress`` lines). The record's ``inputs`` hold what :func:`reproduce` needs: for ``auto``
+    the chosen family and parameters, so a reproduction refits that model rather than re-running
+    a time-bound search.
     """
     started = time.monotonic()
     seed = int(ws.setting("train", "seed", 0) if seed is None else seed)
@@ -70,7 +90,9 @@ def train_run(
     window = int(ws.setting("policy", "drift_window", 200))
 
     progress(f"loading {data_path}")
-    table = load_table(data_path, target, task=task, categorical=list(categorical))
+    cap = int(ws.setting("train", "max_categories", MAX_CATEGORIES) if max_categories is None else max_categories)
+    options = {"task": task, "categorical": categorical, "drop": drop, "datetimes": datetimes, "max_categories": cap}
+    table = load_table(data_path, target, **table_options(options))
     for warning in table.warnings:
         progress(f"warning: {warning}")
     what = "searching models" if model == "auto" else f"training {model}"
@@ -126,6 +148,8 @@ def train_run(
     else:
         X_test = np.asarray(result.X_test, dtype=np.float64)
     np.savez(path / HOLDOUT_FILE, X=X_test, y=y_test)
+    if result.rows_test is not None:  # date/time features: the rows a device receives differ from X
+        (path / HOLDOUT_ROWS_FILE).write_text(json.dumps([_json_row(r) for r in result.rows_test.tolist()]))
     record = {
         "id": run_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -135,7 +159,7 @@ def train_run(
         "model": {
             "family": result.model,
             "task": result.task,
-            "features": [f.to_dict() for f in result.features],
+            "features": [f.to_dict() for f in table.schema],
             "input": onnx_model.input_spec(),
             "outputs": onnx_model.outputs_spec(),
             "classes": result.classes,
@@ -146,6 +170,7 @@ def train_run(
         "metric": result.metric,
         "metrics": result.metrics,
         "warnings": result.warnings,
+        "categories": result.categories or None,
         "leaderboard": result.leaderboard,
         "search": {**result.search, "requested": model} if result.search else None,
         "inputs": {
@@ -156,6 +181,9 @@ def train_run(
             "task": task,
             "categorical": list(categorical) or None,
             "metric": metric,
+            "drop": list(drop) or None,
+            "datetimes": {k: list(v) if v else None for k, v in (datetimes or {}).items()} or None,
+            "max_categories": cap,
         },
         "parity": parity.to_dict(),
         "quantization": None,
@@ -167,6 +195,10 @@ def train_run(
     run.save()
     finalise_run(run)
     return run
+
+
+def _json_row(row: list[Any]) -> list[Any]:
+    return [None if isinstance(v, float) and v != v else v for v in row]
 
 
 def finalise_run(run: Run) -> Run:

@@ -18,7 +18,7 @@ from . import store
 from .data import load_table
 from .errors import DataError
 from .explain import OnnxPredictor
-from .pipeline import Progress, quantize_run, train_run
+from .pipeline import Progress, quantize_run, table_options, train_run
 from .runs import FLOAT_MODEL, QUANT_MODEL, Run, load_run
 from .workspace import Workspace
 
@@ -28,17 +28,16 @@ PREDICTION_ATOL = 1e-6  # max |Δp| allowed between the two float models on the 
 
 def _check_data(record: dict[str, Any], data_path: Path, inputs: dict[str, Any]) -> None:
     """Refuse to call a retrain on other data a reproduction: compare the table fingerprints
-    (read the way the run read it: same target, task and categorical columns)."""
+    (read the way the run read it: same target, task, categorical, dropped and date/time
+    columns, same cap on categories)."""
     recorded = record.get("data") or {}
     if not data_path.is_file():
         raise DataError(
             f"the data file of run {record['id']} is gone: {data_path}",
             "pass the file with --data if it moved",
         )
-    accepted = inspect.signature(load_table).parameters
-    options = {k: v for k, v in inputs.items() if k in ("task", "categorical") and k in accepted}
     try:
-        fingerprint = load_table(data_path, str(recorded.get("target")), **options).fingerprint
+        fingerprint = load_table(data_path, str(recorded.get("target")), **table_options(inputs)).fingerprint
     except DataError as exc:
         raise DataError(
             f"the data changed since run {record['id']}: {data_path} no longer loads as it did: {exc.message}",
@@ -64,6 +63,16 @@ def _inputs(record: dict[str, Any]) -> dict[str, Any]:
         recorded = {**(record.get("params") or {}), "model": (record.get("model") or {}).get("family")}
         if record.get("seed") is not None:
             recorded["seed"] = record["seed"]
+    if "max_categories" not in recorded:
+        # Recorded before categories were capped and date or identifier columns refused: read
+        # the table as it was read then (no cap, its categorical columns taken as they were).
+        features = (record.get("model") or {}).get("features") or []
+        was_categorical = [f["name"] for f in features if isinstance(f, dict) and f.get("type") == "categorical"]
+        recorded = {
+            **recorded,
+            "max_categories": 0,
+            "categorical": sorted({*(recorded.get("categorical") or []), *was_categorical}) or None,
+        }
     skip = {"ws", "data_path", "target", "progress", "search_progress"}
     accepted = inspect.signature(train_run).parameters
     return {k: recorded[k] for k in accepted if k not in skip and recorded.get(k) is not None}

@@ -34,6 +34,7 @@ FLOAT_MODEL = "model.onnx"
 QUANT_MODEL = "model.quant.onnx"
 REFERENCE_FILE = "reference.json"
 HOLDOUT_FILE = "holdout.npz"
+HOLDOUT_ROWS_FILE = "holdout_rows.json"  # the holdout as a device receives it, when that differs from X
 PACKAGES = ("numpy", "scikit-learn", "skl2onnx", "onnx", "onnxruntime", "protobuf", "edgekit")
 
 
@@ -58,6 +59,15 @@ class Run:
     def holdout(self) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self.artifact(HOLDOUT_FILE), allow_pickle=False) as z:
             return z["X"], z["y"]
+
+    def holdout_rows(self) -> list[list[Any]] | None:
+        """The holdout rows as a device receives them (date/time values as text), when they
+        differ from the model inputs :meth:`holdout` holds; else None."""
+        path = self.artifact(HOLDOUT_ROWS_FILE)
+        if not path.is_file():
+            return None
+        rows: list[list[Any]] = json.loads(path.read_text())
+        return rows
 
     @property
     def state(self) -> Path:

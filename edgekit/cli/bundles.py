@@ -169,6 +169,7 @@ def _inspect_text(d: dict[str, Any]) -> str:
             + ", ".join(
                 f"{f.get('name')}"
                 + (" (category)" if f.get("type") == "categorical" else "")
+                + (f" (date/time → {', '.join(map(str, f.get('parts') or []))})" if f.get("type") == "datetime" else "")
                 + (" (may be missing)" if f.get("allow_missing") else "")
                 for f in feats
             )

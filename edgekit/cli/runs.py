@@ -8,9 +8,12 @@ from typing import Any
 
 import click
 
+from device_agent.features import DATETIME_PARTS
+
 from .. import compare as compare_mod
 from .. import pipeline, reproduce, workspace
 from .. import runs as runs_mod
+from ..errors import UsageError
 from .output import emit, json_option, progress_printer, table
 
 MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
@@ -23,7 +26,11 @@ def _train_text(d: dict[str, Any]) -> str:
     task = d.get("task", "classification")
     kinds = [f.get("type", "numeric") for f in model["features"]]
     n_cat = sum(1 for k in kinds if k == "categorical")
-    shape = f"{len(kinds)} features" + (f" ({n_cat} categorical)" if n_cat else "")
+    dated = [
+        f"{f['name']} → {', '.join(f.get('parts') or [])}" for f in model["features"] if f.get("type") == "datetime"
+    ]
+    notes = ([f"{n_cat} categorical"] if n_cat else []) + [f"date/time {d}" for d in dated]
+    shape = f"{len(kinds)} features" + (f" ({'; '.join(notes)})" if notes else "")
     if task == "regression":
         scores = f"r2 {h['r2']:.4f}  mae {h['mae']:.4g}  rmse {h['rmse']:.4g}"
         parity = f"max |Δy| {p.get('max_abs_dy') or 0.0:.2e} ({p['max_abs_dp']:.1e} of the target's std)"
@@ -48,6 +55,14 @@ def _train_text(d: dict[str, Any]) -> str:
     if not p["ok"] and p.get("explanation"):
         lines.append(f"             {p['explanation']}")
     lines.append(f"  data       sha256 {d['data']['sha256'][:16]}…")
+    for name, cap in sorted((d.get("categories") or {}).items()):
+        lines.append(
+            f"  categories {name}: the {cap['kept']} most frequent of {cap['distinct']} kept, "
+            f"the rest ({cap['other_share']:.0%} of training rows) as 'other' (--max-categories)"
+        )
+    dropped = (d.get("inputs") or {}).get("drop")
+    if dropped:
+        lines.append(f"  dropped    {', '.join(dropped)}")
     for warning in d.get("warnings") or []:
         lines.append(f"  warning    {warning}")
     board = d.get("leaderboard")
@@ -98,6 +113,23 @@ def _search_printer(enabled: bool) -> Any:
     return show
 
 
+def _datetime_columns(specs: tuple[str, ...]) -> dict[str, list[str] | None]:
+    """``--datetime ts`` / ``--datetime ts:hour,weekday`` → {"ts": None} / {"ts": ["hour", "weekday"]}."""
+    out: dict[str, list[str] | None] = {}
+    for spec in specs:
+        name, sep, parts = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        chosen = [p.strip() for p in parts.split(",") if p.strip()] if sep else None
+        unknown = sorted(set(chosen or ()) - set(DATETIME_PARTS))
+        if not name or (sep and not chosen) or unknown:
+            raise UsageError(
+                f"--datetime {spec!r}: "
+                + (f"unknown part {', '.join(unknown)}" if unknown else "give COL or COL:PARTS"),
+                f"parts: {', '.join(DATETIME_PARTS)}; e.g. --datetime ts:hour,weekday",
+            )
+        out[name] = chosen
+    return out
+
+
 @click.command("train")
 @click.argument("data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", required=True, help="The column to predict.")
@@ -122,6 +154,21 @@ def _search_printer(enabled: bool) -> Any:
     help="Override the inferred task.",
 )
 @click.option("--categorical", multiple=True, help="Treat this column as categorical (repeatable).")
+@click.option("--drop", multiple=True, help="Leave this column out (repeatable).")
+@click.option(
+    "--datetime",
+    "datetimes",
+    multiple=True,
+    metavar="COL[:PARTS]",
+    help="Use this date/time column through its parts (repeatable): hour, weekday, month by default, "
+    "or e.g. ts:hour,weekday (parts: " + ", ".join(DATETIME_PARTS) + ").",
+)
+@click.option(
+    "--max-categories",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Categories kept per categorical column, the rest become 'other' (default 30, edgekit.toml; 0: no cap).",
+)
 @click.option("--seed", type=int, default=None, help="Random seed (default: edgekit.toml).")
 @click.option("--test-size", type=float, default=None, help="Holdout fraction (default: edgekit.toml).")
 @json_option
@@ -133,6 +180,9 @@ def train_cmd(
     metric: str | None,
     task: str | None,
     categorical: tuple[str, ...],
+    drop: tuple[str, ...],
+    datetimes: tuple[str, ...],
+    max_categories: int | None,
     seed: int | None,
     test_size: float | None,
     as_json: bool,
@@ -155,6 +205,9 @@ def train_cmd(
         metric=metric,
         time_budget=time_budget,
         search_progress=_search_printer(not as_json),
+        drop=drop,
+        datetimes=_datetime_columns(datetimes),
+        max_categories=max_categories,
     )
     emit(run.record, as_json, _train_text)
     if not run.record["parity"]["ok"]:

@@ -101,7 +101,7 @@ def test_reproduce_matches_exactly(ws_runs: tuple[Workspace, Path, runs.Run, run
     assert report["predictions"]["max_abs_dp"] == 0.0 and report["predictions"]["same_holdout_rows"]
     assert report["predictions"]["label_agreement"] == 1.0 and report["predictions"]["rows"] == 143
     assert all(m["delta"] == 0.0 for m in report["metrics"].values())
-    assert report["inputs"] == {"model": "logreg", "seed": 0, "test_size": 0.25}
+    assert report["inputs"] == {"model": "logreg", "seed": 0, "test_size": 0.25, "max_categories": 30}
     assert report["model_bytes_identical"]
     new = runs.load_run(ws, report["reproduction"])
     assert new.record["reproduces"] == a.id and new.id != a.id
