@@ -364,9 +364,10 @@ def build_from_model(
         "model_file": {
             "name": um.filename,
             "sha256": um.sha256,
-            "size": len(um.data),
+            "size": model_path.stat().st_size,
             "producer": um.producer,
             "opset": um.opset,
+            "rewritten": um.rewrites or None,  # what was changed before it was bundled, and why
         },
         "classes_from": classes_from,
         "data": {**table.fingerprint, "path": str(reference_csv), "role": "reference rows"},
