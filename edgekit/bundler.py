@@ -219,6 +219,7 @@ def sign_and_register(
     reason: str,
     out_dir: Path | None,
     warnings: tuple[str, ...] = (),
+    rollback_of: int | None = None,
 ) -> BuiltBundle:
     """Sign the manifest for the next version, verify the bundle as a device would, load its
     model and replay its health samples with the device's runtime, then store and register
@@ -248,6 +249,7 @@ def sign_and_register(
                 keyid=signature["keyid"],
                 reason=reason,
                 path_for=lambda v: bundle_path(ws, name, v),
+                rollback_of=rollback_of,
             )
         except registry.VersionTaken:
             continue
