@@ -280,9 +280,9 @@ def build(
     run = load_run(ws, run_id)
     parity = run.record.get("parity") or {}
     if not parity.get("ok"):
+        agreement = f", label agreement {parity['label_agreement']}" if "label_agreement" in parity else ""
         raise BundleBuildError(
-            f"run {run.id} failed its ONNX parity check (max |Δp| {parity.get('max_abs_dp')}, "
-            f"label agreement {parity.get('label_agreement')})",
+            f"run {run.id} failed its ONNX parity check (max |Δp| {parity.get('max_abs_dp')}{agreement})",
             "the converted model does not match scikit-learn; retrain with another model family",
         )
     model_bytes = run.shipped_model.read_bytes()

@@ -1,6 +1,8 @@
-"""Errors the user sees: one line that says what is wrong and what to do.
+"""Errors the user sees: one line that says what is wrong and what to do, and an exit code
+that means something (:class:`ExitCode`, the one list of them).
 
-EdgekitError            base; the CLI prints ``error: <message>`` and exits with ``exit_code``
+EdgekitError            base; the CLI prints ``error: <message>`` (or, under ``--json``, an
+ │                      error document) and exits with ``exit_code``
  ├── UsageError         options that do not go together, too few arguments
  ├── WorkspaceError     no workspace, bad edgekit.toml, unknown run / key / bundle
  ├── DataError          the table cannot train a model (missing target, bad values, too few rows)
@@ -8,13 +10,32 @@ EdgekitError            base; the CLI prints ``error: <message>`` and exits with
  ├── QuantizationError  the quantizer itself failed (a gate refusal is a report, not an error)
  ├── BundleBuildError   a bundle cannot be built or verified on the host
  └── FleetError         the broker is unreachable or the fleet did not answer in time
+
+Each class also has a ``code``: a short stable word for scripts (the ``code`` of a ``--json``
+error document), where the exit code only says which family of failure it was.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What ``edgekit`` exits with. Scripts may rely on these numbers (docs/json.md)."""
+
+    OK = 0
+    ERROR = 1  # anything else; also: a reproduction that does not match
+    USAGE = 2  # a usage mistake, or the workspace (none, bad config, unknown run / model / key)
+    DATA = 3  # the data cannot train a model
+    CONVERSION = 4  # conversion, the parity gate, quantization
+    BUNDLE = 5  # a bundle cannot be built
+    FLEET = 6  # broker unreachable, devices not active in time
+    VERIFY_FAILED = 7  # a bundle or trust file was refused, as a device would refuse it
+
 
 class EdgekitError(Exception):
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.ERROR
+    code = "error"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -28,28 +49,35 @@ class EdgekitError(Exception):
 class UsageError(EdgekitError):
     """The command was called wrongly (options that do not go together, too few arguments)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
+    code = "usage"
 
 
 class WorkspaceError(EdgekitError):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
+    code = "workspace"
 
 
 class DataError(EdgekitError):
-    exit_code = 3
+    exit_code = ExitCode.DATA
+    code = "data"
 
 
 class ConversionError(EdgekitError):
-    exit_code = 4
+    exit_code = ExitCode.CONVERSION
+    code = "conversion"
 
 
 class QuantizationError(EdgekitError):
-    exit_code = 4
+    exit_code = ExitCode.CONVERSION
+    code = "quantization"
 
 
 class BundleBuildError(EdgekitError):
-    exit_code = 5
+    exit_code = ExitCode.BUNDLE
+    code = "bundle"
 
 
 class FleetError(EdgekitError):
-    exit_code = 6
+    exit_code = ExitCode.FLEET
+    code = "fleet"

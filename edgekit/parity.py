@@ -93,7 +93,18 @@ class ParityReport:
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready; a regressor's report has no label fields (they would only say 1.0 / 0)."""
+        d = asdict(self)
+        if self.task == "regression":
+            for key in (
+                "label_agreement",
+                "ties",
+                "f32_rows_label_agreement",
+                "boundary_label_agreement",
+                "boundary_ties",
+            ):
+                d.pop(key, None)
+        return d
 
 
 def _round_to_input(X: np.ndarray, model: OnnxModel, step: int = 0) -> np.ndarray:

@@ -67,6 +67,8 @@ TRANSITIONS = frozenset(
 class RegistryError(WorkspaceError):
     """Unknown model or version, a move the stage table does not allow, a missing reason."""
 
+    code = "registry"
+
 
 class VersionTaken(RegistryError):
     """Another process registered this version first (the caller builds the next one)."""
@@ -108,6 +110,8 @@ class Deployment:
 
 class DeployRefused(RegistryError):
     """A version devices would refuse: below one they were given, or below production."""
+
+    code = "deploy_refused"
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,8 @@ def _reproduce_quantization(
     if not recorded:
         return None
     accepted = inspect.signature(quantize_run).parameters
+    # A regressor's report names its gate max_r2_loss: the same setting as max_accuracy_loss.
+    recorded = {"max_accuracy_loss": recorded.get("max_r2_loss"), **recorded}
     kwargs = {k: recorded[k] for k in accepted if k not in ("ws", "run_id") and recorded.get(k) is not None}
     progress(f"quantizing the reproduction with {kwargs}")
     again, _ = quantize_run(ws, again.id, **kwargs)
@@ -152,9 +154,9 @@ def reproduce(
     p0, p1 = _predictions(original, X0), _predictions(again, X0)
     max_dp = float(np.max(np.abs(p0 - p1))) if p0.size else 0.0
     if p0.ndim == 2:
-        agreement = float(np.mean(np.argmax(p0, axis=1) == np.argmax(p1, axis=1)))
-    else:
-        agreement = float(np.mean(np.isclose(p0, p1, atol=PREDICTION_ATOL, rtol=0.0)))
+        agreement = ("label_agreement", float(np.mean(np.argmax(p0, axis=1) == np.argmax(p1, axis=1))))
+    else:  # a regressor has no labels: the share of predictions within the tolerance
+        agreement = ("within_tolerance", float(np.mean(np.isclose(p0, p1, atol=PREDICTION_ATOL, rtol=0.0))))
     predictions_match = same_rows and max_dp <= PREDICTION_ATOL
     quantization = _reproduce_quantization(ws, original, again, X0, progress)
 
@@ -176,7 +178,7 @@ def reproduce(
             "rows": len(X0),
             "same_holdout_rows": same_rows,
             "max_abs_dp": max_dp,
-            "label_agreement": agreement,
+            agreement[0]: agreement[1],
             "tolerance": PREDICTION_ATOL,
         },
         "quantization": quantization,

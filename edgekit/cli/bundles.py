@@ -8,10 +8,9 @@ from typing import Any
 import click
 
 from device_agent.bundle import MANIFEST, SIGNATURE, read_unverified
-from device_agent.errors import AgentError
 
 from .. import bundler, workspace
-from ..errors import EdgekitError
+from ..errors import UsageError
 from ..explain import top_features
 from .output import emit, json_option
 
@@ -73,11 +72,11 @@ def bundle_cmd(
     from ..external import parse_classes
 
     if (run_id is None) == (model_path is None):
-        raise EdgekitError("give either a RUN_ID or --model FILE", "see 'edgekit bundle --help'")
+        raise UsageError("give either a RUN_ID or --model FILE", "see 'edgekit bundle --help'")
     if model_path is None and (reference_csv or target or classes):
-        raise EdgekitError("--reference, --target and --classes go with --model", "see 'edgekit bundle --help'")
+        raise UsageError("--reference, --target and --classes go with --model", "see 'edgekit bundle --help'")
     if model_path is not None and (reference_csv is None or target is None):
-        raise EdgekitError("--model needs --reference CSV and --target COLUMN", "see 'edgekit bundle --help'")
+        raise UsageError("--model needs --reference CSV and --target COLUMN", "see 'edgekit bundle --help'")
     ws = workspace.find()
     out_dir.mkdir(parents=True, exist_ok=True)
     if model_path is not None:
@@ -96,7 +95,7 @@ def bundle_cmd(
     else:
         assert run_id is not None
         built = bundler.build(ws, run_id, name, key_name, out_dir, expires_days)
-    emit(built.to_dict(), as_json, _built_text)
+    emit(built.to_dict(), as_json, _built_text, "bundle")
 
 
 @click.command("verify")
@@ -108,17 +107,12 @@ def verify_cmd(bundle: Path, trust_path: Path, as_json: bool) -> None:
 
     Example: edgekit verify wine-v1.ekb --trust trust.json
     """
-    try:
-        vb = bundler.verify_file(bundle, trust_path)
-    except AgentError as exc:
-        if not as_json:
-            raise
-        emit({"ok": False, "code": exc.code, "detail": exc.detail}, True, str)
-        raise SystemExit(7) from None
+    vb = bundler.verify_file(bundle, trust_path)  # a refusal exits 7, with an error document under --json
     emit(
         {"ok": True, **vb.ref, "keyid": vb.keyid, "size": vb.size},
         as_json,
         lambda d: f"OK  {d['name']} v{d['version']}  signed by {d['keyid']}",
+        "verification",
     )
 
 
@@ -200,7 +194,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     except ValueError:
         sigs = []
     members_list = sorted(k for k in members if k not in (MANIFEST,))
-    emit({"manifest": manifest, "signatures": sigs, "members": members_list}, as_json, _inspect_text)
+    emit({"manifest": manifest, "signatures": sigs, "members": members_list}, as_json, _inspect_text, "inspection")
 
 
 COMMANDS = [bundle_cmd, verify_cmd, inspect_cmd]

@@ -90,7 +90,7 @@ def list_cmd(as_json: bool) -> None:
 
     Example: edgekit registry list --json
     """
-    emit(reg.models(workspace.find()), as_json, _list_text)
+    emit(reg.models(workspace.find()), as_json, _list_text, "models", "models")
 
 
 @registry_group.command("show")
@@ -101,7 +101,7 @@ def show_cmd(name: str, as_json: bool) -> None:
 
     Example: edgekit registry show pump
     """
-    emit(reg.show(workspace.find(), name), as_json, _show_text)
+    emit(reg.show(workspace.find(), name), as_json, _show_text, "model")
 
 
 @registry_group.command("promote")
@@ -124,7 +124,7 @@ def promote_cmd(name: str, version: int, stage: str, reason: str, as_json: bool)
     Example: edgekit registry promote pump 3 --to production --reason "beats v2 on the March holdout"
     """
     changes = reg.promote(workspace.find(), name, version, stage, reason)
-    emit({"changes": [c.to_dict() for c in changes]}, as_json, _move_text)
+    emit({"changes": [c.to_dict() for c in changes]}, as_json, _move_text, "stage_changes")
 
 
 @registry_group.command("archive")
@@ -138,7 +138,7 @@ def archive_cmd(name: str, version: int, reason: str, as_json: bool) -> None:
     Example: edgekit registry archive pump 2 --reason "false alarms on line 3"
     """
     change = reg.archive(workspace.find(), name, version, reason)
-    emit({"changes": [change.to_dict()]}, as_json, _move_text)
+    emit({"changes": [change.to_dict()]}, as_json, _move_text, "stage_changes")
 
 
 COMMANDS = [registry_group]

@@ -13,7 +13,7 @@ from device_agent.features import DATETIME_PARTS
 from .. import compare as compare_mod
 from .. import pipeline, reproduce, workspace
 from .. import runs as runs_mod
-from ..errors import UsageError
+from ..errors import ExitCode, UsageError
 from .output import emit, json_option, progress_printer, table
 
 MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
@@ -209,26 +209,31 @@ def train_cmd(
         datetimes=_datetime_columns(datetimes),
         max_categories=max_categories,
     )
-    emit(run.record, as_json, _train_text)
+    emit(run.record, as_json, _train_text, "run")
     if not run.record["parity"]["ok"]:
-        raise SystemExit(4)
+        raise SystemExit(ExitCode.CONVERSION)
 
 
 def _quant_text(d: dict[str, Any]) -> str:
     verdict = f"applied ({d['method']})" if d["applied"] else "not applied — the float model is kept"
     metric = d.get("metric", "accuracy")
+    regression = "r2_before" in d
+    before, after, gate = (("r2_before", "r2_after", "max_r2_loss") if regression else
+                           ("accuracy_before", "accuracy_after", "max_accuracy_loss"))  # fmt: skip
     p50 = (d.get("latency_p50_us_before"), d.get("latency_p50_us_after"))
     lines = [
         f"quantization: {verdict}",
         f"  reason     {d['reason']}",
         f"  size       {d['size_before']} → {d['size_after']} bytes ({d['size_after'] / d['size_before']:.2f}×)",
-        f"  {metric:<10} {d['accuracy_before']:.4f} → {d['accuracy_after']:.4f}  "
-        f"label agreement {d['label_agreement']:.4f}  (gate: ≤ {d['max_accuracy_loss'] * 100:.1f} pt loss)",
+        f"  {metric:<10} {d[before]:.4f} → {d[after]:.4f}  "
+        + ("" if regression else f"label agreement {d['label_agreement']:.4f}  ")
+        + f"(gate: ≤ {d[gate] * 100:.1f} pt loss)",
     ]
     if None not in p50:
         lines.append(f"  p50        {p50[0]:.1f} → {p50[1]:.1f} µs per row (onnxruntime, 1 thread)")
     lines.append(f"  quantized nodes {d['quantized_nodes']}")
     candidates = d.get("candidates") or []
+    score = "r2" if regression else "accuracy"
     if candidates:
         rows = [
             [
@@ -236,12 +241,13 @@ def _quant_text(d: dict[str, Any]) -> str:
                 c["verdict"],
                 "" if c["size"] is None else f"{c['size']} ({c['size'] / d['size_before']:.2f}×)",
                 "" if c["latency_p50_us"] is None else f"{c['latency_p50_us']:.1f}",
-                "" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
-                "" if c["label_changes"] is None else str(c["label_changes"]),
+                "" if c.get(score) is None else f"{c[score]:.4f}",
+                *([] if regression else ["" if c["label_changes"] is None else str(c["label_changes"])]),
             ]
             for c in candidates
         ]
-        lines += ["", table(rows, ["STRATEGY", "VERDICT", "BYTES", "P50 µs", metric.upper(), "LABELS CHANGED"])]
+        header = ["STRATEGY", "VERDICT", "BYTES", "P50 µs", metric.upper(), *([] if regression else ["LABELS CHANGED"])]
+        lines += ["", table(rows, header)]
         lines += [f"  {c['strategy']}: {c['reason']}" for c in candidates if c["verdict"] != "chosen"]
     return "\n".join(lines)
 
@@ -275,7 +281,7 @@ def quantize_cmd(
     _, report = pipeline.quantize_run(
         workspace.find(), run_id, max_accuracy_loss, max_label_changes, list(strategies) or None
     )
-    emit(report.to_dict(), as_json, _quant_text)
+    emit(report.to_dict(), as_json, _quant_text, "quantization")
 
 
 def _headline(record: dict[str, Any]) -> str:
@@ -324,7 +330,7 @@ def runs_list(as_json: bool) -> None:
     Example: edgekit runs list --json
     """
     records = [r.record for r in runs_mod.list_runs(workspace.find())]
-    emit(records, as_json, _list_text)
+    emit(records, as_json, _list_text, "runs", "runs")
 
 
 def _show_text(d: dict[str, Any]) -> str:
@@ -381,7 +387,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
     Example: edgekit runs show latest
     """
     run = runs_mod.load_run(workspace.find(), run_id)
-    emit(run.record, as_json, _show_text)
+    emit(run.record, as_json, _show_text, "run")
 
 
 def _cell(value: Any, width: int = 28) -> str:
@@ -410,7 +416,7 @@ def runs_compare(run_ids: tuple[str, ...], diff_only: bool, as_json: bool) -> No
     """
     ws = workspace.find()
     result = compare_mod.compare([runs_mod.load_run(ws, r) for r in run_ids], diff_only=diff_only)
-    emit(result, as_json, _compare_text)
+    emit(result, as_json, _compare_text, "comparison")
 
 
 def _reproduce_text(d: dict[str, Any]) -> str:
@@ -420,7 +426,11 @@ def _reproduce_text(d: dict[str, Any]) -> str:
         f"  data         {d['data']['path']}  sha256 {str(d['data']['sha256'])[:16]}…  unchanged",
         "  inputs       " + "  ".join(f"{k}={v}" for k, v in sorted(d["inputs"].items())),
         f"  predictions  max |Δp| {p['max_abs_dp']:.3g} on {p['rows']} holdout rows (tolerance {p['tolerance']:g}), "
-        f"label agreement {p['label_agreement']:.4f}"
+        + (
+            f"label agreement {p['label_agreement']:.4f}"
+            if "label_agreement" in p
+            else f"{p.get('within_tolerance', 0.0):.2%} within the tolerance"
+        )
         + ("" if p["same_holdout_rows"] else ", BUT the holdout split differs"),
         f"  model bytes  {'identical' if d['model_bytes_identical'] else 'differ'}",
         *(
@@ -463,9 +473,9 @@ def runs_reproduce(run_id: str, data_path: Path | None, as_json: bool) -> None:
     """
     ws = workspace.find()
     report = reproduce.reproduce(ws, run_id, data_path, progress=progress_printer(not as_json))
-    emit(report, as_json, _reproduce_text)
+    emit(report, as_json, _reproduce_text, "reproduction")
     if not report["match"]:
-        raise SystemExit(1)
+        raise SystemExit(ExitCode.ERROR)
 
 
 COMMANDS = [train_cmd, quantize_cmd, runs_group]
