@@ -91,9 +91,7 @@ class LoadedModel:
         self.spec: ModelSpec = bundle.spec
         self.features = self.spec.inputs  # what the model takes, validated and fed per value
         self.n_features = len(self.features)
-        self.model_row = (
-            Expander(self.spec.features) if any(f.type == DATETIME for f in self.spec.features) else _same
-        )
+        self.model_row = Expander(self.spec.features) if any(f.type == DATETIME for f in self.spec.features) else _same
         self._dtype = _DTYPES[self.spec.input_dtype]
         self._classes = list(self.spec.classes)
         self._is_classifier = self.spec.task == "classification"
