@@ -37,6 +37,7 @@ from . import registry
 from .errors import BundleBuildError
 from .explain import manifest_section
 from .keys import key_roles, load_private, trust_file
+from .progress import SILENT, Progress
 from .runs import REFERENCE_FILE, Run, code_version, environment, load_run
 from .workspace import Workspace
 
@@ -273,6 +274,7 @@ def build(
     key_name: str,
     out_dir: Path | None = None,
     expires_days: int | None = None,
+    progress: Progress = SILENT,
 ) -> BuiltBundle:
     """Pack a run into the next version of bundle ``name``, signed with key ``key_name``."""
     check_id("bundle name", name)
@@ -288,6 +290,7 @@ def build(
     model_bytes = run.shipped_model.read_bytes()
     X, _ = run.holdout()
     model = model_section(run.record)
+    progress.stage(f"computing health samples of run {run.id} through the device runtime")
     rows = run.holdout_rows()
     if rows is None and any(f.get("type") == "datetime" for f in model["features"]):
         raise BundleBuildError(f"run {run.id} kept no holdout rows as a device receives them", "train it again")
@@ -302,6 +305,7 @@ def build(
         REFERENCE: run.artifact(REFERENCE_FILE).read_bytes(),
         HEALTH: dumps(health),
     }
+    progress.stage("signing, then verifying and replaying the health samples as a device would")
     return sign_and_register(
         ws,
         name,
@@ -325,6 +329,7 @@ def build_from_model(
     out_dir: Path | None = None,
     expires_days: int | None = None,
     classes: list[Any] | None = None,
+    progress: Progress = SILENT,
 ) -> BuiltBundle:
     """Bundle a user's ONNX classifier with reference statistics from ``reference_csv``.
 
@@ -339,6 +344,7 @@ def build_from_model(
 
     check_id("bundle name", name)
     _check_key(ws, key_name)
+    progress.stage(f"checking {model_path.name} and reading the reference rows")
     um = external.load(model_path)
     table = load_table(reference_csv, target)
     proba, labels = external.run(um, table.X)
@@ -358,7 +364,9 @@ def build_from_model(
         raise BundleBuildError(f"the device runtime cannot serve {um.filename}: {exc.detail}") from None
     except Exception as exc:  # onnxruntime errors are untyped
         raise BundleBuildError(f"the device runtime cannot serve {um.filename}: {exc}") from None
+    progress.stage("measuring permutation importance on the reference rows")
     explain = permutation(um.data, model, table.X, table.y, seed=seed, rows_used="reference")
+    progress.stage("signing, then verifying and replaying the health samples as a device would")
     files = {MODEL: um.data, REFERENCE: dumps(reference), HEALTH: dumps(health)}
     lineage = {
         "source": "user-supplied model",

@@ -20,6 +20,7 @@ from .convert import convert_checked
 from .data import MAX_CATEGORIES, load_table
 from .explain import permutation
 from .onnx_model import OnnxModel
+from .progress import SILENT, Progress
 from .reference import build_reference
 from .runs import (
     FLOAT_MODEL,
@@ -33,10 +34,8 @@ from .runs import (
     load_run,
     new_run_id,
 )
-from .train import train
+from .train import CV_FOLDS, train
 from .workspace import Workspace
-
-Progress = Callable[[str], None]
 
 
 def table_options(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +58,7 @@ def train_run(
     model: str = "logreg",
     seed: int | None = None,
     test_size: float | None = None,
-    progress: Progress = lambda _msg: None,
+    progress: Progress = SILENT,
     *,
     task: str | None = None,
     categorical: list[str] | tuple[str, ...] = (),
@@ -79,48 +78,48 @@ def train_run(
     chosen from the data), ``max_categories`` caps categorical columns (default: edgekit.toml's
     ``train.max_categories``, else 30; 0: no cap), ``metric`` is the declared metric (selection
     metric of ``auto``), ``time_budget`` the search's seconds, ``params`` a family's
-    hyperparameters. ``search_progress`` gets one dict per evaluated candidate (else they become
-    ``progress`` lines). The record's ``inputs`` hold what :func:`reproduce` needs: for ``auto``
-    the chosen family and parameters, so a reproduction refits that model rather than re-running
-    a time-bound search.
+    hyperparameters. ``progress`` shows the stages and the search (a bar over its time
+    budget); ``search_progress`` also gets one dict per evaluated search candidate. The
+    record's ``inputs`` hold what :func:`reproduce` needs: for ``auto`` the chosen family and
+    parameters, so a reproduction refits that model rather than re-running a time-bound search.
     """
     started = time.monotonic()
     seed = int(ws.setting("train", "seed", 0) if seed is None else seed)
     test_size = float(ws.setting("train", "test_size", 0.25) if test_size is None else test_size)
     window = int(ws.setting("policy", "drift_window", 200))
 
-    progress(f"loading {data_path}")
+    progress.stage(f"loading {data_path}")
     cap = int(ws.setting("train", "max_categories", MAX_CATEGORIES) if max_categories is None else max_categories)
     options = {"task": task, "categorical": categorical, "drop": drop, "datetimes": datetimes, "max_categories": cap}
     table = load_table(data_path, target, **table_options(options))
     for warning in table.warnings:
-        progress(f"warning: {warning}")
-    what = "searching models" if model == "auto" else f"training {model}"
-    progress(f"{what} ({table.task}) on {table.X.shape[0]} rows x {table.X.shape[1]} features")
+        progress.warn(warning)
+    shape = f"({table.task}) on {table.X.shape[0]} rows x {table.X.shape[1]} inputs"
+    if model == "auto":
+        with progress.task(f"searching models {shape}", time_budget, unit="s") as searching:
 
-    def on_candidate(event: dict[str, Any]) -> None:
-        if search_progress is not None:
-            search_progress(event)
-        elif event.get("event") == "candidate":
-            progress(
-                f"candidate {event['index']}: {event['model']} cv {event['metric']} {event['cv_mean']:.4f} "
-                f"(best {event['best']['model']} {event['best']['cv_mean']:.4f}; "
-                f"{event['elapsed_s']:.0f}/{event['time_budget_s']:.0f} s)"
-            )
+            def on_candidate(event: dict[str, Any]) -> None:
+                if search_progress is not None:
+                    search_progress(event)
+                if event.get("event") == "candidate":
+                    budget = float(event["time_budget_s"])
+                    searching.set_total(budget)
+                    searching.set(
+                        min(float(event["elapsed_s"]), budget),
+                        f"#{event['index']} {event['model']} cv {event['metric']} {event['cv_mean']:.4f}, "
+                        f"leading {event['best']['model']} {event['best']['cv_mean']:.4f}",
+                    )
 
-    result = train(
-        table,
-        model=model,
-        seed=seed,
-        test_size=test_size,
-        params=params,
-        metric=metric,
-        time_budget=time_budget,
-        progress=on_candidate,
-    )
-    progress("converting to ONNX and checking parity (holdout and boundary rows)")
+            result = train(
+                table, model=model, seed=seed, test_size=test_size, params=params, metric=metric,
+                time_budget=time_budget, progress=on_candidate,
+            )  # fmt: skip
+    else:
+        progress.stage(f"training {model} {shape}: {CV_FOLDS}-fold cross-validation, then the final fit")
+        result = train(table, model=model, seed=seed, test_size=test_size, params=params, metric=metric)
+    progress.stage("converting to ONNX and checking parity (holdout and boundary rows)")
     onnx_model, parity = convert_checked(result)
-    progress("computing reference statistics")
+    progress.stage("computing reference statistics")
     reference = build_reference(
         result.X_train,
         table.feature_names,
@@ -193,6 +192,7 @@ def train_run(
     }
     run = Run(path, record)
     run.save()
+    progress.stage("measuring permutation importance on the holdout")
     finalise_run(run)
     return run
 
@@ -235,6 +235,7 @@ def quantize_run(
     max_accuracy_loss: float = 0.005,
     max_label_changes: int | None = None,
     strategies: list[str] | None = None,
+    progress: Progress = SILENT,
 ) -> tuple[Run, Any]:
     """Try the quantization strategies for the run's model family on its holdout rows and
     record the report; the chosen model (if any) becomes the run's shipped model.
@@ -257,6 +258,7 @@ def quantize_run(
         task=task,
         max_label_changes=max_label_changes,
         strategies=strategies,
+        progress=progress,
     )
     if report.applied:
         run.artifact(QUANT_MODEL).write_bytes(report.model)

@@ -18,7 +18,8 @@ from . import store
 from .data import load_table
 from .errors import DataError
 from .explain import OnnxPredictor
-from .pipeline import Progress, quantize_run, table_options, train_run
+from .pipeline import quantize_run, table_options, train_run
+from .progress import SILENT, Progress
 from .runs import FLOAT_MODEL, QUANT_MODEL, Run, load_run
 from .workspace import Workspace
 
@@ -94,8 +95,8 @@ def _reproduce_quantization(
     # A regressor's report names its gate max_r2_loss: the same setting as max_accuracy_loss.
     recorded = {"max_accuracy_loss": recorded.get("max_r2_loss"), **recorded}
     kwargs = {k: recorded[k] for k in accepted if k not in ("ws", "run_id") and recorded.get(k) is not None}
-    progress(f"quantizing the reproduction with {kwargs}")
-    again, _ = quantize_run(ws, again.id, **kwargs)
+    progress.stage(f"quantizing the reproduction with {kwargs}")
+    again, _ = quantize_run(ws, again.id, **kwargs, progress=progress)
     redone = again.record.get("quantization") or {}
     applied = (bool(recorded.get("applied")), bool(redone.get("applied")))
     max_dp = 0.0
@@ -119,7 +120,7 @@ def reproduce(
     ws: Workspace,
     run_id: str,
     data_path: Path | None = None,
-    progress: Progress = lambda _msg: None,
+    progress: Progress = SILENT,
 ) -> dict[str, Any]:
     """Retrain ``run_id`` from its recorded inputs (same data, parameters and seed) as a new run,
     and report whether its metrics and its predictions on the original holdout rows match.
@@ -131,7 +132,7 @@ def reproduce(
     path = Path(data_path) if data_path is not None else Path(str((rec.get("data") or {}).get("path")))
     inputs = _inputs(rec)
     _check_data(rec, path, inputs)
-    progress(f"retraining run {original.id} with {inputs}")
+    progress.stage(f"retraining run {original.id} with {inputs}")
     again = train_run(ws, path, str(rec["data"]["target"]), progress=progress, **inputs)
     again.record["reproduces"] = original.id
     again.save()

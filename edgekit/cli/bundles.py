@@ -9,7 +9,7 @@ import click
 
 from device_agent.bundle import MANIFEST, SIGNATURE, read_unverified
 
-from .. import bundler, workspace
+from .. import bundler, progress, workspace
 from ..errors import UsageError
 from ..explain import top_features
 from .output import emit, json_option
@@ -91,10 +91,11 @@ def bundle_cmd(
             out_dir,
             expires_days,
             classes=parse_classes(classes) if classes else None,
+            progress=progress.for_cli(as_json),
         )
     else:
         assert run_id is not None
-        built = bundler.build(ws, run_id, name, key_name, out_dir, expires_days)
+        built = bundler.build(ws, run_id, name, key_name, out_dir, expires_days, progress=progress.for_cli(as_json))
     emit(built.to_dict(), as_json, _built_text, "bundle")
 
 

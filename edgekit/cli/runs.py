@@ -11,10 +11,10 @@ import click
 from device_agent.features import DATETIME_PARTS
 
 from .. import compare as compare_mod
-from .. import pipeline, reproduce, workspace
+from .. import pipeline, progress, reproduce, workspace
 from .. import runs as runs_mod
 from ..errors import ExitCode, UsageError
-from .output import emit, json_option, progress_printer, table
+from .output import emit, json_option, table
 
 MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
 
@@ -94,23 +94,6 @@ def _train_text(d: dict[str, Any]) -> str:
                 "standard error of its cross-validation, so the default was kept (less luck, same skill)"
             )
     return "\n".join(lines)
-
-
-def _search_printer(enabled: bool) -> Any:
-    """One line per evaluated search candidate on stderr (silenced by --json)."""
-
-    def show(event: dict[str, Any]) -> None:
-        if not enabled or event.get("event") != "candidate":
-            return
-        best = event["best"]
-        click.echo(
-            f"[{event['elapsed_s']:5.1f}/{event['time_budget_s']:.0f} s] #{event['index']:<3} {event['model']:<6} "
-            f"cv {event['metric']} {event['cv_mean']:.4f} ± {event['cv_std']:.4f}   "
-            f"leading {best['model']} {best['cv_mean']:.4f}",
-            err=True,
-        )
-
-    return show
 
 
 def _datetime_columns(specs: tuple[str, ...]) -> dict[str, list[str] | None]:
@@ -199,12 +182,11 @@ def train_cmd(
         model,
         seed,
         test_size,
-        progress=progress_printer(not as_json),
+        progress=progress.for_cli(as_json),
         task=task,
         categorical=categorical,
         metric=metric,
         time_budget=time_budget,
-        search_progress=_search_printer(not as_json),
         drop=drop,
         datetimes=_datetime_columns(datetimes),
         max_categories=max_categories,
@@ -279,7 +261,12 @@ def quantize_cmd(
     Example: edgekit quantize latest --max-accuracy-loss 0.01
     """
     _, report = pipeline.quantize_run(
-        workspace.find(), run_id, max_accuracy_loss, max_label_changes, list(strategies) or None
+        workspace.find(),
+        run_id,
+        max_accuracy_loss,
+        max_label_changes,
+        list(strategies) or None,
+        progress=progress.for_cli(as_json),
     )
     emit(report.to_dict(), as_json, _quant_text, "quantization")
 
@@ -472,7 +459,7 @@ def runs_reproduce(run_id: str, data_path: Path | None, as_json: bool) -> None:
     Example: edgekit runs reproduce latest --json
     """
     ws = workspace.find()
-    report = reproduce.reproduce(ws, run_id, data_path, progress=progress_printer(not as_json))
+    report = reproduce.reproduce(ws, run_id, data_path, progress=progress.for_cli(as_json))
     emit(report, as_json, _reproduce_text, "reproduction")
     if not report["match"]:
         raise SystemExit(ExitCode.ERROR)
