@@ -46,15 +46,17 @@ labels hash exactly as they did before categorical and missing values were suppo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
 import io
 import json
 import math
+import os
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,8 @@ MAX_CATEGORIES = 30  # a categorical column keeps this many categories; the rest
 IDENTIFIER_SHARE = 0.95  # a text column with distinct values in this share of its rows is an identifier
 DATE_SHARE = 0.9  # a text column whose values look like dates or times in this share is a date column
 PARQUET_SUFFIXES = (".parquet", ".pq")
+FIELD_LIMIT_ENV = "EDGEKIT_CSV_FIELD_LIMIT"
+DEFAULT_FIELD_LIMIT = 131_072  # Python's csv default, in characters
 TASKS = ("classification", "regression")
 # Models take float32 input: larger magnitudes would arrive on the device as inf.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -207,8 +211,39 @@ class _Options:
 # --- reading --------------------------------------------------------------------------------------
 
 
+def _field_limit() -> int:
+    """The longest CSV field read, in characters: Python's csv default (131,072), or
+    ``$EDGEKIT_CSV_FIELD_LIMIT``."""
+    raw = os.environ.get(FIELD_LIMIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_FIELD_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DataError(
+            f"${FIELD_LIMIT_ENV} is {raw!r}", "give the longest field to accept, in characters, e.g. 1000000"
+        )
+    return limit
+
+
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    previous = csv.field_size_limit(limit)  # process-wide in the csv module: put it back after
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _read_csv(path: Path) -> tuple[list[str], list[list[Cell]], Callable[[int], str]]:
     text = _read_text(path)
+    with _csv_field_limit(_field_limit()):
+        return _parse_csv(path, text)
+
+
+def _parse_csv(path: Path, text: str) -> tuple[list[str], list[list[Cell]], Callable[[int], str]]:
     rows = csv.reader(io.StringIO(text, newline=""))
     lines: list[int] = []
     try:
@@ -228,6 +263,14 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[Cell]], Callable[[int], 
             for j, v in enumerate(values):
                 cells[j].append(v)
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            limit = csv.field_size_limit()
+            raise DataError(
+                f"{path}: line {rows.line_num} has a field longer than {limit:,} characters, "
+                "the CSV reader's size limit",
+                "if a quote is left open on or before that line, close it; if the field really is that long, raise "
+                f"the limit: {FIELD_LIMIT_ENV}={max(limit * 8, 1_000_000)} edgekit …",
+            ) from None
         raise DataError(f"{path}: line {rows.line_num}: {exc}", "fix the CSV syntax on that line") from None
 
     def where(i: int) -> str:
@@ -465,7 +508,8 @@ def _parse_datetime(
             stamps.append(parse_datetime(text))
         except ValueError:
             raise DataError(
-                f"{path}: column '{name}' has the value {text!r} on {where(i)}, which is not an ISO 8601 date/time",
+                f"{path}: column '{name}' has the value {_shown(text)} on {where(i)}, "
+                "which is not an ISO 8601 date/time",
                 "write dates as YYYY-MM-DD or YYYY-MM-DD hh:mm:ss, mark the value missing, or --drop the column",
             ) from None
         texts.append(text)
@@ -524,7 +568,7 @@ def _parse_target(
         if not all_numeric:
             i = next(k for k, v in enumerate(numbers) if v is None)
             raise DataError(
-                f"{path}: target column '{target}' has the non-numeric value {labels[i]!r} on {where(i)}; "
+                f"{path}: target column '{target}' has the non-numeric value {_shown(labels[i])} on {where(i)}; "
                 "a regression target must be numbers",
                 "fix the value, or train a classifier (task classification)",
             )
@@ -538,7 +582,7 @@ def _parse_target(
     classes = Counter(labels)
     if len(classes) < 2:
         raise DataError(
-            f"{path}: target column '{target}' has a single class {labels[0]!r} in all {n} rows; "
+            f"{path}: target column '{target}' has a single class {_shown(labels[0])} in all {n} rows; "
             "classification needs at least two",
             "check that the right column is the target, or add rows of the other classes",
         )
@@ -594,8 +638,7 @@ def _parse_feature(
         i = next(k for k, (v, m) in enumerate(zip(numbers, missing, strict=True)) if not m and v is None)
         raise DataError(
             f"{path}: column '{name}' has mixed types: {n_num} of {n - n_missing} values are numbers, but "
-            f"{where(i)} has the text {_text(cells[i])!r}"
-            + (f" ({n_text - 1} more text values)" if n_text > 1 else ""),
+            f"{where(i)} has the text {_shown(cells[i])}" + (f" ({n_text - 1} more text values)" if n_text > 1 else ""),
             "clean the column (a decimal comma, a unit, a typo?), mark the value missing, "
             "or declare the column categorical",
         )
@@ -619,7 +662,7 @@ def _parse_feature(
         assert v is not None
         if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
             raise DataError(
-                f"{path}: column '{name}' has the value {_text(cells[i])!r} on {where(i)}, outside the float32 range "
+                f"{path}: column '{name}' has the value {_shown(cells[i])} on {where(i)}, outside the float32 range "
                 "models take as input",
                 "fix the value or rescale the column",
             )
@@ -667,6 +710,12 @@ def _iso(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _shown(cell: Cell, width: int = 40) -> str:
+    """A cell for a one-line message: quoted, and cut when long."""
+    text = _text(cell)
+    return repr(text) if len(text) <= width else repr(text[: width - 1] + "…") + f" ({len(text):,} characters)"
 
 
 def _text(cell: Cell) -> str:

@@ -125,12 +125,40 @@ def _metrics_text(metrics: Any) -> str:
     for scope, values in sorted(metrics.items()):
         if isinstance(values, dict):
             numbers = [
-                f"{k} {v:.4g}"
+                f"{k} {_number(v, '.4g' if abs(v) >= 1000 else '.4f')}"
                 for k, v in sorted(values.items())
                 if isinstance(v, int | float) and not isinstance(v, bool)
             ]
             parts.append(f"{scope} " + " ".join(numbers))
     return " · ".join(parts) or "-"
+
+
+def _number(value: Any, spec: str = ".3g") -> str:
+    """A figure from an (untrusted) manifest: formatted when it is a number, shown as-is otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return "?" if value is None else str(value)[:40]
+
+
+def _parity_text(parity: dict[str, Any]) -> str:
+    verdict = "ok" if parity.get("ok") is True else "FAILED"
+    if parity.get("task") == "regression":
+        dy, rel = _number(parity.get("max_abs_dy"), ".2e"), _number(parity.get("max_abs_dp"), ".1e")
+        return f"{verdict}  max |Δy| {dy} ({rel} of the target's std)"
+    text = f"{verdict}  max |Δp| {_number(parity.get('max_abs_dp'), '.2e')}"
+    if "label_agreement" in parity:
+        text += f"  label agreement {_number(parity.get('label_agreement'), '.2%')}"
+    return text
+
+
+def _quantized_text(quant: Any) -> str:
+    if not isinstance(quant, dict) or not quant:
+        return "not tried"
+    if quant.get("applied") is True:
+        before, after = quant.get("size_before"), quant.get("size_after")
+        sizes = f", {before} → {after} bytes" if isinstance(before, int) and isinstance(after, int) else ""
+        return f"yes ({quant.get('method')}{sizes})"
+    return "no (the float model ships)"
 
 
 def _inspect_text(d: dict[str, Any]) -> str:
@@ -150,12 +178,11 @@ def _inspect_text(d: dict[str, Any]) -> str:
         "  metrics    " + _metrics_text(lin.get("metrics")),
         "  parity     "
         + (
-            f"{'ok' if parity.get('ok') else 'FAILED'}  max |Δp| {parity.get('max_abs_dp')}  "
-            f"label agreement {parity.get('label_agreement')}"
+            _parity_text(parity)
             if isinstance(parity := lin.get("parity"), dict)
             else "not applicable (user-supplied model)"
         ),
-        f"  quantized  {(lin.get('quantization') or {}).get('applied', False)}",
+        "  quantized  " + _quantized_text(lin.get("quantization")),
     ]
     feats = model.get("features") or []
     if feats:  # the order a device expects in a row given as a list

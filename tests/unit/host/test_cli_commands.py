@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,11 @@ def test_bundle_registry_and_deploy_resolution(cli: Cli) -> None:
     assert cli.json("verify", v1["path"], "--trust", str(cli.root / "trust.json"))["ok"]
     manifest = cli.json("inspect", v2["path"])["manifest"]
     assert manifest["explain"]["metric"] == "neg_log_loss" and manifest["lineage"]["run_id"] == run
+    # For people: figures formatted, yes/no rather than Python's True/False.
+    text = cli("inspect", v2["path"]).stdout
+    assert "True" not in text and "False" not in text and re.search(r"quantized  (yes|no) \(", text), text
+    assert re.search(r"parity     ok  max \|Δp\| \d\.\d\de-\d\d  label agreement 100\.00%", text), text
+    assert re.search(r"holdout accuracy \d\.\d{4} f1_macro \d\.\d{4}", text), text
 
     [model] = cli.json("registry", "list")["models"]
     assert (model["name"], model["production"], model["staging"]) == ("cellar", None, [1, 2])
@@ -225,3 +231,14 @@ def test_reproduce_exit_codes(cli: Cli, tmp_path: Path) -> None:
     report = json.loads(differs.stdout)
     assert not report["match"] and report["predictions"]["max_abs_dp"] > 1e-3
     assert "DOES NOT MATCH" in cli("runs", "reproduce", run, ok=False).stdout
+
+
+def test_shell_completion_works_as_the_readme_says() -> None:
+    """``eval "$(_EDGEKIT_COMPLETE=bash_source edgekit)"`` installs it; completing asks click."""
+    source = CliRunner().invoke(main, [], prog_name="edgekit", env={"_EDGEKIT_COMPLETE": "bash_source"})
+    assert source.exit_code == 0 and "_edgekit_completion" in source.stdout
+    env = {"_EDGEKIT_COMPLETE": "bash_complete", "COMP_WORDS": "edgekit ru", "COMP_CWORD": "1"}
+    words = CliRunner().invoke(main, [], prog_name="edgekit", env=env)
+    assert words.exit_code == 0 and "plain,runs" in words.stdout.splitlines()
+    env = {"_EDGEKIT_COMPLETE": "bash_complete", "COMP_WORDS": "edgekit runs re", "COMP_CWORD": "2"}
+    assert "plain,reproduce" in CliRunner().invoke(main, [], prog_name="edgekit", env=env).stdout.splitlines()

@@ -400,3 +400,20 @@ def test_parquet_reads_like_the_same_csv(tmp_path: Path) -> None:
     for j in range(3):
         a, b = from_parquet.X[:, j].tolist(), from_csv.X[:, j].tolist()
         assert [str(v) for v in a] == [str(v) for v in b]
+
+
+def test_a_field_over_the_size_limit_says_so_and_how_to_raise_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [[i, f"site-{i % 3}", i % 2] for i in range(30)]
+    rows[4][1] = "x" * 200_000  # a long field (or a quote left open) on data line 5 = file line 6
+    path = write_csv(tmp_path / "long.csv", ["a", "b", "y"], rows)
+    message = refusal(path)
+    assert "line 6 has a field longer than 131,072 characters, the CSV reader's size limit" in message
+    assert "EDGEKIT_CSV_FIELD_LIMIT=1048576" in message and "syntax" not in message
+    monkeypatch.setenv("EDGEKIT_CSV_FIELD_LIMIT", "300000")
+    table = load_table(path, "y")  # raised: the long value is read
+    assert table.X.shape == (30, 2) and len(table.X[4, 1]) == 200_000
+    assert csv.field_size_limit() == 131_072, "the csv module's limit is put back"
+    monkeypatch.setenv("EDGEKIT_CSV_FIELD_LIMIT", "lots")
+    assert "$EDGEKIT_CSV_FIELD_LIMIT is 'lots'" in refusal(path)
