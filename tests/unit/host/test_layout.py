@@ -94,3 +94,13 @@ def test_no_import_cycles_in_the_host_package() -> None:
 
 def test_the_shared_onnx_helpers_import_nothing_of_the_pipeline() -> None:
     assert _graph()["edgekit.onnx_model"] == set()
+
+
+def test_the_license_is_an_spdx_expression() -> None:
+    """PEP 639: the ``license = {text = …}`` table is deprecated by setuptools."""
+    import tomllib
+
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    requires = project["build-system"]["requires"]
+    assert any(r.startswith("setuptools>=") and int(r.split(">=")[1].split(".")[0]) >= 77 for r in requires)
