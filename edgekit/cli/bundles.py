@@ -110,7 +110,7 @@ def verify_cmd(bundle: Path, trust_path: Path, as_json: bool) -> None:
     """
     vb = bundler.verify_file(bundle, trust_path)  # a refusal exits 7, with an error document under --json
     emit(
-        {"ok": True, **vb.ref, "keyid": vb.keyid, "size": vb.size},
+        {"ok": True, **vb.ref.to_json(), "keyid": vb.keyid, "size": vb.size},
         as_json,
         lambda d: f"OK  {d['name']} v{d['version']}  signed by {d['keyid']}",
         "verification",
