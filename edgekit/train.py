@@ -444,9 +444,14 @@ def unseen_categories(features: Sequence[FeatureInfo], X_train: np.ndarray, X_te
             continue
         shown = ", ".join(repr("<missing>" if v == "" else v) for v, _ in new.most_common(5))
         more = f" and {len(new) - 5} more" if len(new) > 5 else ""
+        treated = (
+            "the model puts them in its 'other' category"
+            if f.max_categories is not None
+            else "the model encodes them as 'unknown' (all-zero one-hot)"
+        )
         out.append(
             f"column '{f.name}': {sum(new.values())} holdout rows have categories never seen in training "
-            f"({shown}{more}); the model encodes them as 'unknown' (all-zero one-hot)"
+            f"({shown}{more}); {treated}"
         )
     return out
 

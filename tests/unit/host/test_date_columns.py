@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from device_agent.bundle import REFERENCE, VerifiedBundle, verify
-from device_agent.core import DriftReady, Event
+from device_agent.config import EngineSettings
 from device_agent.engine import InferenceEngine
 from device_agent.errors import BadValue
+from device_agent.events import DriftReady, Event
 from device_agent.runtime import LoadedModel
 from device_agent.sources import serve_csv
 from edgekit import bundler, keys, pipeline, reproduce, workspace
@@ -86,6 +87,8 @@ def test_the_run_records_the_row_features_and_the_cap(shipped: Any) -> None:
     assert run.record["inputs"]["datetimes"] == {"ts": None} and run.record["inputs"]["max_categories"] == 8
     cap = run.record["categories"]["site"]
     assert cap["kept"] == 8 and cap["distinct"] > 8 and 0 < cap["other_share"] < 1
+    unseen = [w for w in run.record["warnings"] if "never seen in training" in w]
+    assert all("'other' category" in w for w in unseen)
     assert vb.spec.features[0].parts == ("hour", "weekday")
     assert [f.name for f in vb.spec.inputs][:3] == ["ts.hour", "ts.weekday", "site"]
     # The drift reference describes the model's inputs, the columns the device accounts.
@@ -111,7 +114,7 @@ def test_the_device_expands_dates_as_training_did(shipped: Any) -> None:
         with pytest.raises(BadValue, match="'ts'"):
             model.predict_row([bad, "S01", 24.0])
 
-    engine = InferenceEngine(lambda _e: None, window_rows=10_000)
+    engine = InferenceEngine(lambda _e: None, EngineSettings(drift_window_rows=10_000))
     engine.activate(model)
     out = io.StringIO()
     serve_csv(engine, str(path), rate=0, out=out, wait_model_s=0)
@@ -129,7 +132,7 @@ def test_the_device_expands_dates_as_training_did(shipped: Any) -> None:
 def test_drift_is_accounted_on_the_model_inputs(shipped: Any) -> None:
     _, _, _, vb = shipped
     events: list[Event] = []
-    engine = InferenceEngine(events.append, window_rows=50, min_rows=10)
+    engine = InferenceEngine(events.append, EngineSettings(drift_window_rows=50, drift_min_rows=10))
     engine.activate(LoadedModel(vb))
     start = datetime(2024, 3, 4, 8)
     for i in range(50):

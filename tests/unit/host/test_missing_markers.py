@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from device_agent.bundle import Feature, verify
+from device_agent.config import EngineSettings
 from device_agent.engine import InferenceEngine
 from device_agent.missing import MISSING_MARKERS, is_missing_text
 from device_agent.runtime import LoadedModel
@@ -69,7 +70,7 @@ def test_the_device_serves_the_training_file_as_the_host_predicts_it(tmp_path: P
     run = pipeline.train_run(ws, path, "state", "logreg")
     built = bundler.build(ws, run.id, "sensors", "release")
     vb = verify(built.path.read_bytes(), keys.trust_file(ws), now=datetime.now(UTC).timestamp())
-    engine = InferenceEngine(lambda _event: None, window_rows=1000)
+    engine = InferenceEngine(lambda _event: None, EngineSettings(drift_window_rows=1000))
     engine.activate(LoadedModel(vb))
     out = io.StringIO()
     assert serve_csv(engine, str(path), rate=0, out=out, wait_model_s=0) == 240
