@@ -11,8 +11,10 @@ EdgekitError            base; the CLI prints ``error: <message>`` (or, under ``-
  ├── BundleBuildError   a bundle cannot be built or verified on the host
  └── FleetError         the broker is unreachable or the fleet did not answer in time
 
-Each class also has a ``code``: a short stable word for scripts (the ``code`` of a ``--json``
-error document), where the exit code only says which family of failure it was.
+Each class also has a ``kind``: a short stable word for scripts (the ``code`` of a ``--json``
+error document), where the exit code only says which family of failure it was. (The device's
+failure codes, ``bundle.bad_signature`` and the like, are the catalogue in
+``device_agent/errors.py``; a refusal the host reports for a device carries that code.)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class ExitCode(IntEnum):
 
 class EdgekitError(Exception):
     exit_code: ExitCode = ExitCode.ERROR
-    code = "error"
+    kind = "error"
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -50,34 +52,34 @@ class UsageError(EdgekitError):
     """The command was called wrongly (options that do not go together, too few arguments)."""
 
     exit_code = ExitCode.USAGE
-    code = "usage"
+    kind = "usage"
 
 
 class WorkspaceError(EdgekitError):
     exit_code = ExitCode.USAGE
-    code = "workspace"
+    kind = "workspace"
 
 
 class DataError(EdgekitError):
     exit_code = ExitCode.DATA
-    code = "data"
+    kind = "data"
 
 
 class ConversionError(EdgekitError):
     exit_code = ExitCode.CONVERSION
-    code = "conversion"
+    kind = "conversion"
 
 
 class QuantizationError(EdgekitError):
     exit_code = ExitCode.CONVERSION
-    code = "quantization"
+    kind = "quantization"
 
 
 class BundleBuildError(EdgekitError):
     exit_code = ExitCode.BUNDLE
-    code = "bundle"
+    kind = "bundle"
 
 
 class FleetError(EdgekitError):
     exit_code = ExitCode.FLEET
-    code = "fleet"
+    kind = "fleet"

@@ -67,7 +67,7 @@ TRANSITIONS = frozenset(
 class RegistryError(WorkspaceError):
     """Unknown model or version, a move the stage table does not allow, a missing reason."""
 
-    code = "registry"
+    kind = "registry"
 
 
 class VersionTaken(RegistryError):
@@ -111,7 +111,7 @@ class Deployment:
 class DeployRefused(RegistryError):
     """A version devices would refuse: below one they were given, or below production."""
 
-    code = "deploy_refused"
+    kind = "deploy_refused"
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for another process's wr
 class StoreError(WorkspaceError):
     """The workspace database cannot be opened, is newer than this edgekit, or is corrupt."""
 
-    code = "store"
+    kind = "store"
 
 
 def now_iso() -> str:

@@ -53,7 +53,7 @@ class EdgekitGroup(click.Group):
             hint = f"see '{where.command_path} --help'" if where is not None else "see 'edgekit --help'"
             fail("usage" if usage else "error", exc.format_message(), hint, code, True)
         except EdgekitError as exc:
-            fail(exc.code, exc.message, exc.hint, exc.exit_code, as_json)
+            fail(exc.kind, exc.message, exc.hint, exc.exit_code, as_json)
         except ProtocolError as exc:  # a name or id the user typed does not fit a topic level
             fail("usage", exc.detail, None, ExitCode.USAGE, as_json)
         except AgentError as exc:  # a bundle or trust file refused, as a device would refuse it
