@@ -52,6 +52,7 @@ from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from edgekit.categories import CategoryCap
 from edgekit.data import FeatureInfo
 from edgekit.errors import DataError
 
@@ -219,10 +220,32 @@ def build_pipeline(
     transformers: list[tuple[str, Any, list[int]]] = []
     if numeric:
         transformers.append(("numeric", Pipeline(num_steps) if num_steps else "passthrough", numeric))
-    transformers.append(
-        ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64), categorical)
-    )
+    uncapped = [i for i in categorical if feats[i].max_categories is None]
+    if uncapped:
+        transformers.append(("categorical", _one_hot(), uncapped))
+    for i in categorical:
+        cap = feats[i].max_categories
+        if cap is not None:  # most frequent categories kept, the rest "other", in the graph
+            transformers.append((f"capped_{i}", Pipeline([("cap", CategoryCap(cap)), ("onehot", _one_hot())]), [i]))
     return Pipeline([("prepare", ColumnTransformer(transformers)), ("model", model_step)])
+
+
+def _one_hot() -> OneHotEncoder:
+    return OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64)
+
+
+def category_caps(estimator: Pipeline, features: Sequence[FeatureInfo]) -> dict[str, dict[str, Any]]:
+    """Per capped categorical column, what the fitted cap kept: distinct values in the training
+    split, categories kept, share of training rows that became "other"."""
+    prepare = estimator.named_steps.get("prepare")
+    if not isinstance(prepare, ColumnTransformer):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, fitted, columns in prepare.transformers_:
+        if name.startswith("capped_") and isinstance(fitted, Pipeline):
+            cap = fitted.named_steps["cap"]
+            out[features[columns[0]].name] = {**cap.summary(), "max_categories": cap.max_categories}
+    return out
 
 
 def model_size(pipeline: Pipeline) -> int:

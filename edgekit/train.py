@@ -36,6 +36,7 @@ from edgekit.families import (
     TargetScaledMLPRegressor,
     build_pipeline,
     canonical_family,
+    category_caps,
     default_params,
     families_for,
 )
@@ -53,6 +54,7 @@ __all__ = [  # moved to their own modules; importable from here as before
     "Metric",
     "TargetScaledMLPRegressor",
     "build_pipeline",
+    "category_caps",
     "check_metric",
     "default_params",
     "folds_for",
@@ -88,6 +90,9 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     leaderboard: list[dict[str, Any]] | None = None  # model="auto" only
     search: dict[str, Any] | None = None  # model="auto" only: budget, time used, candidates
+    # Holdout rows as a device receives them (date/time values as text); None when that is X_test.
+    rows_test: np.ndarray | None = None
+    categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # capped categorical columns
 
     @property
     def feature_names(self) -> list[str]:
@@ -131,8 +136,10 @@ def train(
     else:
         _check_regression_rows(len(table.y), test_size)
         stratify = None
-    X_train, X_test, y_train, y_test = train_test_split(
-        table.X, table.y, test_size=test_size, random_state=seed, stratify=stratify
+    # The row indices ride along (the split depends only on the row count and stratify), so the
+    # holdout's raw rows can be kept for a device's health samples.
+    X_train, X_test, y_train, y_test, _, test_idx = train_test_split(
+        table.X, table.y, np.arange(len(table.y)), test_size=test_size, random_state=seed, stratify=stratify
     )
     if task == "classification":
         _check_class_counts(y_train, test_size, after_split=True)
@@ -216,6 +223,8 @@ def train(
         warnings=warnings,
         leaderboard=leaderboard,
         search=search_info,
+        rows_test=None if table.rows is None else table.rows[test_idx],
+        categories=category_caps(estimator, features),
     )
 
 
@@ -233,9 +242,14 @@ def unseen_categories(features: Sequence[FeatureInfo], X_train: np.ndarray, X_te
             continue
         shown = ", ".join(repr("<missing>" if v == "" else v) for v, _ in new.most_common(5))
         more = f" and {len(new) - 5} more" if len(new) > 5 else ""
+        treated = (
+            "the model puts them in its 'other' category"
+            if f.max_categories is not None
+            else "the model encodes them as 'unknown' (all-zero one-hot)"
+        )
         out.append(
             f"column '{f.name}': {sum(new.values())} holdout rows have categories never seen in training "
-            f"({shown}{more}); the model encodes them as 'unknown' (all-zero one-hot)"
+            f"({shown}{more}); {treated}"
         )
     return out
 
