@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import bundler, keys, runs, workspace
+from edgekit import bundler, keys, pipeline, workspace
 from edgekit.data import load_table
 from edgekit.fleet.deploy import Target, deploy
 from edgekit.train import train
@@ -45,11 +45,11 @@ def test_boosting_model_served_by_a_real_agent(tmp_path: Path, broker: Broker, f
     trust = tmp_path / "trust.json"
     trust.write_bytes(keys.trust_file(ws).to_json())
     path = _csv(tmp_path / "machines.csv")
-    run = runs.train_run(ws, path, "state", family)
+    run = pipeline.train_run(ws, path, "state", family)
     record = run.record
     assert record["model"]["family"] == family and record["model"]["input"]["layout"] == "columns"
     assert record["parity"]["ok"] and record["parity"]["boundary_rows"] > 0
-    run, report = runs.quantize_run(ws, run.id)
+    run, report = pipeline.quantize_run(ws, run.id)
     assert report.family == "tree"  # the same compact-trees path as the scikit-learn forests
     built = bundler.build(ws, run.id, "machines", "release")
     key = keys.load_private(ws, "release")
