@@ -278,6 +278,7 @@ class AgentCore:
             previous=self.previous,
             desired=self.goal.ref if self.goal else None,
             progress=progress,
+            trial=self.stats.trial if self.phase == Phase.TRIAL else None,
             last_error=self.last_error,
             last_runtime_error=self.last_runtime_error,
             last_drift=self.last_drift,
@@ -660,6 +661,8 @@ class AgentCore:
     # ── periodic work ───────────────────────────────────────────────────────────────
 
     def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
+        if self.phase == Phase.TRIAL and event.stats.trial != self.stats.trial:
+            self._reported_dirty = True  # a deploy that waits shows the trial's rows
         self.stats = event.stats
         downloading = self.connected and self.phase == Phase.DOWNLOADING
         if downloading and self.transfer is not None and self.retry_at:

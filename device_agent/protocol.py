@@ -496,12 +496,30 @@ class OutboxStats:
 
 
 @dataclass(frozen=True)
+class Progress:
+    received: int  # chunks of a transfer, or good rows of a trial
+    total: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"received": self.received, "total": self.total}
+
+    @classmethod
+    def optional(cls, obj: Mapping[str, Any], key: str, what: str) -> Progress | None:
+        if obj.get(key) is None:
+            return None
+        p = req_obj(obj, key, what)
+        return cls(req_int(p, "received", what), req_int(p, "total", what))
+
+
+@dataclass(frozen=True)
 class Stats:
-    """What the serving side knows: counters (served, rejected, ...), latency, the outbox."""
+    """What the serving side knows: counters (served, rejected, ...), latency, the outbox, and
+    how far a trial has got (good live rows of those it needs)."""
 
     counters: Mapping[str, int] = field(default_factory=dict)
     latency: Latency | None = None
     outbox: OutboxStats | None = None
+    trial: Progress | None = None
 
 
 @dataclass(frozen=True)
@@ -592,15 +610,6 @@ class ErrorRecord:
 
 
 @dataclass(frozen=True)
-class Progress:
-    received: int  # chunks
-    total: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"received": self.received, "total": self.total}
-
-
-@dataclass(frozen=True)
 class DriftSummary:
     """The latest drift window's verdict, kept in ``reported`` for status at a glance."""
 
@@ -643,7 +652,8 @@ class Reported(Document):
     active: BundleRef | None = None
     previous: BundleRef | None = None
     desired: BundleRef | None = None
-    progress: Progress | None = None
+    progress: Progress | None = None  # chunks received of the bundle being downloaded
+    trial: Progress | None = None  # good live rows of those the bundle on trial needs
     last_error: ErrorRecord | None = None  # why the last deployment failed
     last_runtime_error: ErrorRecord | None = None  # the latest bad row, message or trust problem
     last_drift: DriftSummary | None = None
@@ -662,6 +672,7 @@ class Reported(Document):
             "previous": _ref_json(self.previous),
             "desired": _ref_json(self.desired),
             "progress": None if self.progress is None else self.progress.to_json(),
+            "trial": None if self.trial is None else self.trial.to_json(),
             "last_error": None if self.last_error is None else self.last_error.to_json(),
             "last_runtime_error": None if self.last_runtime_error is None else self.last_runtime_error.to_json(),
             "last_drift": None if self.last_drift is None else self.last_drift.to_json(),
@@ -674,10 +685,6 @@ class Reported(Document):
     def from_json(cls, obj: Mapping[str, Any]) -> Self:
         what = cls.WHAT
         check_format(obj, what)
-        progress = None
-        if obj.get("progress") is not None:
-            p = req_obj(obj, "progress", what)
-            progress = Progress(req_int(p, "received", what), req_int(p, "total", what))
         drift = None if obj.get("last_drift") is None else DriftSummary.from_json(req_obj(obj, "last_drift", what))
         return cls(
             ts=req_num(obj, "ts", what),
@@ -687,7 +694,8 @@ class Reported(Document):
             active=BundleRef.optional(obj, "active", what),
             previous=BundleRef.optional(obj, "previous", what),
             desired=BundleRef.optional(obj, "desired", what),
-            progress=progress,
+            progress=Progress.optional(obj, "progress", what),
+            trial=Progress.optional(obj, "trial", what),
             last_error=ErrorRecord.optional(obj, "last_error", what),
             last_runtime_error=ErrorRecord.optional(obj, "last_runtime_error", what),
             last_drift=drift,

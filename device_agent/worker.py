@@ -155,7 +155,7 @@ class Worker:
         stats = self.engine.stats()
         oversized = self.link.oversized if self.link is not None else 0
         outbox = OutboxStats(len(self.outbox), self.outbox.dropped, self.outbox_errors, oversized)
-        return Stats(stats.counters, stats.latency, outbox)
+        return Stats(stats.counters, stats.latency, outbox, stats.trial)
 
     # ── the loop ────────────────────────────────────────────────────────────────────
 
