@@ -193,8 +193,9 @@ def reference_factor(n: int, n_ref: int) -> float:
     return 1.0 + n / n_ref
 
 
-NULL_DRAWS = 20_000  # simulated windows per null distribution: ~40 ms for 10 bins
-TAIL_SHARE = 0.01  # the top 1 % of the simulated draws fit the exponential tail
+NULL_DRAWS = 20_000  # simulated windows behind a shipped threshold: ~30 ms per feature (10 bins)
+DEVICE_DRAWS = 5_000  # behind one the device calibrates itself for another window size
+TAIL_DRAWS = 200  # the largest draws fit the exponential tail (1 % of NULL_DRAWS)
 LOCATION_MAX_SKEW = 0.3  # the location test runs only where its statistic is this close to normal
 LOCATION_CAP = 40.0  # |location_z| beyond this carries no more information (p < 1e-300)
 _KNOTS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02)  # exceedance probabilities read off the draws directly
@@ -203,48 +204,53 @@ _KNOTS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02)  # exceedance probabilities read off t
 @dataclass(frozen=True)
 class NullTail:
     """Upper tail of a statistic's null distribution, from simulated draws: read off the
-    draws where they are dense enough and, beyond that, an exponential tail fitted to those
-    of the largest :data:`TAIL_SHARE` lying strictly above their lower end (peaks over
-    threshold with the shape fixed at 0, which chi-square-like statistics have).
+    draws where they are dense and, beyond the largest :data:`TAIL_DRAWS`, an exponential
+    tail fitted to those of them lying strictly above their lower end (peaks over threshold
+    with the shape fixed at 0, which chi-square-like statistics have).
 
     Why not the plain quantile: thresholds sit at ``alpha/F`` (1.6e-4 for 64 features at
     ``alpha`` 0.01), which 2,000 draws cannot resolve: their 1 - 1.6e-4 quantile is their
     maximum, so the threshold was both low (4-6x the promised false alarms per test) and
-    erratic (up to 2.85x between seeds). The fit uses the top 1 % of the draws whatever
-    ``alpha`` is asked; where at least 5 draws lie beyond the asked quantile the empirical
-    value is a floor, so a lattice (a bin rarer than a few rows per window takes only a
-    few values) is never interpolated into. Against 10^6 draws the false-alarm rate is
-    0.6-1.5x the nominal one for 50-500 rows at 1e-3 and 1.6e-4 with one exception: 10
-    even bins at 50 rows and 1.6e-4, where two empty bins make a second, heavier tail (4x).
+    erratic (up to 2.85x between seeds). Where at least 5 draws lie beyond the asked
+    quantile the empirical value is a floor, so a lattice (a bin rarer than a few rows per
+    window takes only a few values) is never interpolated into. With 20,000 draws, against
+    10^6: 0.6-1.3x the nominal false-alarm rate for 50-200 rows at 1e-3 and 2e-4 and
+    within 16 % between seeds, with two exceptions: 10 even bins at 50 rows and 2e-4,
+    where two empty bins make a second, heavier tail (4x), and a bin rarer than one row
+    per window, where the lattice makes it conservative (0.03-0.6x).
     """
 
     n: int  # number of draws
-    x: tuple[float, ...]  # body: values at the exceedance probabilities _KNOTS, increasing
-    top: tuple[float, ...]  # the largest ceil(TAIL_SHARE * n) + 1 draws, increasing
+    knots: tuple[float, ...]  # exceedance probabilities of the body, decreasing, all above the tail's share
+    x: tuple[float, ...]  # the draws' values at those probabilities, increasing
+    top: tuple[float, ...]  # the largest TAIL_DRAWS + 1 draws, increasing
 
     @classmethod
     def fit(cls, draws: npt.ArrayLike) -> NullTail:
         s = np.sort(np.asarray(draws, dtype=np.float64))
         n = s.size
-        x = [float(s[min(n - 1, max(0, math.ceil(n * (1.0 - p)) - 1))]) for p in _KNOTS]
-        k = min(n - 1, math.ceil(TAIL_SHARE * n))
-        return cls(n=n, x=tuple(np.maximum.accumulate(x).tolist()), top=tuple(s[n - k - 1 :].tolist()))
+        k = min(n - 1, TAIL_DRAWS)
+        knots = tuple(p for p in _KNOTS if p > k / n)
+        x = [float(s[min(n - 1, max(0, math.ceil(n * (1.0 - p)) - 1))]) for p in knots]
+        return cls(n=n, knots=knots, x=tuple(np.maximum.accumulate(x).tolist()), top=tuple(s[n - k - 1 :].tolist()))
 
     def quantile(self, a: float) -> float:
         """A value the statistic exceeds with probability at most about ``a`` under the null."""
         if not 0.0 < a < 1.0:
             raise ValueError(f"a must be in (0, 1), got {a}")
-        if a >= TAIL_SHARE:
-            return float(np.interp(-math.log(a), [-math.log(p) for p in _KNOTS], self.x))
         top = np.asarray(self.top)
         u = float(top[0])
+        share = (top.size - 1) / self.n
+        if a >= share:
+            probs = [-math.log(p) for p in self.knots] + [-math.log(share)]
+            return float(np.interp(-math.log(a), probs, [*self.x, u]))
         # The tail starts strictly above u: on a lattice, ties at u would shrink the scale.
         above = top[top > u]
         out = u
         if above.size and a < above.size / self.n:
             out = u + (float(above.mean()) - u) * math.log(above.size / self.n / a)
         beyond = math.floor(a * self.n)
-        if beyond >= 5 and beyond < top.size:
+        if 5 <= beyond < top.size:
             out = max(out, float(top[top.size - 1 - beyond]))
         return out
 
@@ -281,14 +287,27 @@ def calibration_rows(m: int) -> int:
 
 
 def psi_limit(
-    props: Sequence[float], m: int, n_ref: int, a: float, *, seed: int = 0, exact: bool = False, draws: int = NULL_DRAWS
+    props: Sequence[float],
+    m: int,
+    n_ref: int,
+    a: float,
+    *,
+    seed: int = 0,
+    exact: bool = False,
+    draws: int = DEVICE_DRAWS,
 ) -> float:
     """PSI threshold for a window of ``m`` non-missing values compared with proportions
     estimated from ``n_ref`` rows, at false-alarm rate ``a`` per test: the null quantile
     widened by :func:`reference_factor`. ``exact`` simulates ``m`` itself rather than its
-    :func:`calibration_rows` point (the host does, for the thresholds it ships)."""
+    :func:`calibration_rows` point; the host does, with :data:`NULL_DRAWS`, for the
+    thresholds it ships. Cached, so a device pays for a calibration once."""
+    return _psi_limit(tuple(props), m, n_ref, a, seed, exact, draws)
+
+
+@functools.lru_cache(maxsize=8192)
+def _psi_limit(props: tuple[float, ...], m: int, n_ref: int, a: float, seed: int, exact: bool, draws: int) -> float:
     rows = m if exact else calibration_rows(m)
-    return psi_null(tuple(props), rows, seed, draws).quantile(a) * rows / m * reference_factor(m, n_ref)
+    return psi_null(props, rows, seed, draws).quantile(a) * rows / m * reference_factor(m, n_ref)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -314,19 +333,23 @@ def location_test(props: Sequence[float], counts: npt.ArrayLike, n_ref: int) -> 
     too. Its null is close to normal except where one bin holds almost everything (digits'
     edge pixels): the score's skewness over ``sqrt(m)`` is corrected to first order
     (Cornish-Fisher) up to :data:`LOCATION_MAX_SKEW` and beyond that the test does not run
-    (``None``), leaving the binned test to judge the rare values. Against a normal mean
-    z-test on normal data it needs about 10 % more rows for the same power.
+    (``None``), leaving the binned test to judge the rare values. Against a mean z-test on
+    normal data it needs about 10 % more rows for the same power; on skewed data, fewer.
     """
     c = np.asarray(counts, dtype=np.float64)
     m = float(c.sum())
     scores, var, skew = ridits(tuple(props))
+    return _location(float(c @ scores) / m if m > 0.0 else 0.5, m, var, skew, n_ref)
+
+
+def _location(mean_ridit: float, m: float, var: float, skew: float, n_ref: int) -> float | None:
     if m <= 0.0 or var <= 0.0:
         return None
     inv = 1.0 / m + 1.0 / n_ref
     gamma = skew * (1.0 / m**2 - 1.0 / n_ref**2) / inv**1.5
     if not abs(gamma) <= LOCATION_MAX_SKEW:
         return None
-    z = (float(c @ scores) / m - 0.5) / math.sqrt(var * inv)
+    z = (mean_ridit - 0.5) / math.sqrt(var * inv)
     # Cornish-Fisher: z ~ w + g*(w^2 - 1) with w standard normal; solve for w (stable root).
     g = gamma / 6.0
     disc = 1.0 + 4.0 * g * (z + g)
@@ -982,14 +1005,14 @@ class DriftWindow:
 # Judging a window, or many merged
 
 
-def _counts_of(entry: Mapping[str, Any], bins: int, where: str) -> IntArray:
+def _counts_of(entry: Mapping[str, Any], bins: int | None, where: str) -> list[int]:
+    """The entry's counts, checked: ``bins`` non-negative integers (any length if None)."""
     raw = entry.get("counts")
-    if not isinstance(raw, list | tuple) or len(raw) != bins:
-        raise ValueError(f"{where}.counts must be a list of {bins} counts")
-    counts = np.asarray(raw, dtype=np.float64)
-    if not np.all(np.isfinite(counts)) or np.any(counts < 0) or np.any(counts != np.floor(counts)):
+    if not isinstance(raw, list | tuple) or (bins is not None and len(raw) != bins):
+        raise ValueError(f"{where}.counts must be a list of {bins if bins is not None else 'the'} counts")
+    if not all(type(c) is int and c >= 0 for c in raw):
         raise ValueError(f"{where}.counts must hold non-negative integers")
-    return counts.astype(np.int64)
+    return list(raw)
 
 
 def _count_of(entry: Mapping[str, Any], key: str, where: str) -> int:
@@ -999,9 +1022,29 @@ def _count_of(entry: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _layout(all_props: tuple[tuple[float, ...], ...]) -> tuple[FloatArray, FloatArray, list[float], list[float]]:
+    """Every feature's proportions and ridit scores padded with zeros to a common width
+    (padded bins hold no counts, so they add nothing to PSI, JS or a mean ridit), and the
+    ridits' variances and skewnesses: what :func:`assess` needs of a reference, once."""
+    width = max(len(p) for p in all_props)
+    props = np.zeros((len(all_props), width))
+    scores = np.zeros((len(all_props), width))
+    var, skew = [], []
+    for i, p in enumerate(all_props):
+        s, v, g = ridits(p)
+        props[i, : len(p)] = p
+        scores[i, : len(p)] = s
+        var.append(v)
+        skew.append(g)
+    return props, scores, var, skew
+
+
 def _ratio_of_p(p: float, z_limit: float) -> float:
     """An exact test's p-value on the scale of the z limit: the two-sided normal score with
     that p-value over the limit, so 1.0 is the decision boundary as for the other tests."""
+    if p >= 1.0:
+        return 0.0
     return -NormalDist().inv_cdf(max(p, 1e-300) / 2.0) / z_limit
 
 
@@ -1040,19 +1083,18 @@ def assess(
         if not isinstance(entry, Mapping):
             raise ValueError(f"window.features[{f.name!r}] must be an object")
         all_counts.append(_counts_of(entry, f.bins, f"window.features[{f.name!r}]"))
-    width = max(f.bins for f in ref.features)
-    props = np.zeros((f_count, width))
-    counts_m = np.zeros((f_count, width), dtype=np.int64)
-    for i, (f, c) in enumerate(zip(ref.features, all_counts, strict=True)):
-        props[i, : f.bins] = f.proportions
-        counts_m[i, : f.bins] = c
+    props, scores, ridit_var, ridit_skew = _layout(tuple(f.proportions for f in ref.features))
+    width = props.shape[1]
+    counts_m = np.array([c + [0] * (width - len(c)) for c in all_counts], dtype=np.int64)
+    rows = counts_m.sum(axis=1)
+    mean_ridit = (counts_m * scores).sum(axis=1) / np.maximum(rows, 1)
     psis = psi_rows(props, counts_m)
     jss = js_rows(props, counts_m)
     for i, f in enumerate(ref.features):
         entry = raw_features[f.name]
         where = f"window.features[{f.name!r}]"
         counts = all_counts[i]
-        m = int(counts.sum())
+        m = int(rows[i])
         missing = _count_of(entry, "missing", where)
         p = float(psis[i])
         if shipped and m == th.window:
@@ -1070,7 +1112,7 @@ def assess(
         if missing_p < alpha_f:
             fired.append("missing")
         score = max(p / limit if limit > 0.0 else 0.0, _ratio_of_p(missing_p, z_limit))
-        out: dict[str, Any] = {"kind": f.kind, "counts": [int(c) for c in counts], "missing": missing}
+        out: dict[str, Any] = {"kind": f.kind, "counts": counts, "missing": missing}
         if isinstance(f, CategoricalRef):
             # No mean or location for categories: PSI over the categories (and "other"),
             # and the missing-value test.
@@ -1089,7 +1131,7 @@ def assess(
                 if count > 0:
                     shift = (mean - f.mean) / f.std
                     z = shift / math.sqrt(1.0 / count + 1.0 / ref.n)
-                location = location_test(f.proportions, counts, ref.n)
+                location = _location(float(mean_ridit[i]), m, ridit_var[i], ridit_skew[i], ref.n)
                 if location is not None:
                     score = max(score, abs(location) / z_limit)
                     if abs(location) > z_limit:
@@ -1127,7 +1169,7 @@ def assess(
     if not isinstance(pred_in, Mapping):
         raise ValueError("window.prediction must be an object")
     pred_counts = _counts_of(pred_in, ref.prediction.bins, "window.prediction")
-    pred_n = int(pred_counts.sum())
+    pred_n = sum(pred_counts)
     pred_psi = psi(ref.prediction.proportions, pred_counts)
     if shipped and pred_n == th.window:
         pred_limit = th.prediction_psi
@@ -1137,7 +1179,7 @@ def assess(
         pred_limit = th.prediction_psi
     prediction: dict[str, Any] = {
         "kind": ref.prediction.kind,
-        "counts": [int(c) for c in pred_counts],
+        "counts": pred_counts,
         "psi": pred_psi,
         "drifted": bool(enough and pred_n > 0 and pred_psi > pred_limit),
     }
@@ -1148,11 +1190,9 @@ def assess(
     confidence: dict[str, Any] | None = None
     conf_n = 0
     if ref.confidence is not None and isinstance(conf_in, Mapping):
-        conf_counts = conf_in.get("counts")
-        if not isinstance(conf_counts, list | tuple):
-            raise ValueError("window.confidence.counts must be a list of counts")
-        conf_n = int(sum(conf_counts))
-        confidence = {"counts": [int(c) for c in conf_counts], "mean": conf_in.get("mean")}
+        conf_counts = _counts_of(conf_in, len(ref.confidence.edges) + 1, "window.confidence")
+        conf_n = sum(conf_counts)
+        confidence = {"counts": conf_counts, "mean": conf_in.get("mean")}
     verdict = "insufficient" if not enough else ("drift" if drifted else "ok")
     return {
         "n": n,
@@ -1199,7 +1239,7 @@ def merge_windows(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for name in names:
             e = wf[name]
             fw = f"{where}.features[{name!r}]"
-            c = _counts_of(e, len(e.get("counts") or ()), fw)
+            c = np.asarray(_counts_of(e, None, fw), dtype=np.int64)
             acc = feats.get(name)
             if acc is None:
                 acc = feats[name] = {"kind": e.get("kind"), "counts": np.zeros_like(c), "missing": 0}
@@ -1219,7 +1259,7 @@ def merge_windows(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         pred = w.get("prediction")
         if not isinstance(pred, Mapping):
             raise ValueError(f"{where}.prediction must be an object")
-        pc = _counts_of(pred, len(pred.get("counts") or ()), f"{where}.prediction")
+        pc = np.asarray(_counts_of(pred, None, f"{where}.prediction"), dtype=np.int64)
         if pred_counts is None:
             pred_counts = np.zeros_like(pc)
         if pc.shape != pred_counts.shape:
@@ -1229,7 +1269,7 @@ def merge_windows(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             pred_sum += float(pred["mean"]) * int(pc.sum())
         conf = w.get("confidence")
         if isinstance(conf, Mapping):
-            cc = _counts_of(conf, len(conf.get("counts") or ()), f"{where}.confidence")
+            cc = np.asarray(_counts_of(conf, None, f"{where}.confidence"), dtype=np.int64)
             conf_counts = cc if conf_counts is None else conf_counts + cc
             if isinstance(conf.get("mean"), int | float):
                 conf_sum += float(conf["mean"]) * int(cc.sum())

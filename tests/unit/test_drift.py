@@ -19,7 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_agent.drift import (
+    DEVICE_DRAWS,
     MAX_EDGES,
+    NULL_DRAWS,
     DriftWindow,
     NullTail,
     Reference,
@@ -258,16 +260,19 @@ def test_null_tail_never_interpolates_into_a_lattice() -> None:
 
 
 def test_null_tail_by_hand() -> None:
-    tail = NullTail.fit(np.arange(1000, dtype=float))  # uniform 0..999
-    assert tail.quantile(0.5) == pytest.approx(499.0, abs=1.0)
-    assert tail.quantile(0.05) == pytest.approx(949.0, abs=1.0)
-    # The top 1 % (990..999) lies above u = 989: u + their mean excess * ln(share / a).
-    assert tail.quantile(0.001) == pytest.approx(989 + (994.5 - 989) * math.log(0.01 / 0.001))
-    # With >= 5 draws beyond the asked rate the empirical value is a floor: 1 % of 1,000
-    # lie above 989, 0.6 % above 993.
-    assert tail.quantile(0.006) >= 993.0
+    tail = NullTail.fit(np.arange(20_000, dtype=float))  # uniform 0..19,999
+    assert tail.quantile(0.5) == 9999.0 and tail.quantile(0.05) == 18999.0
+    # The top 200 (19,800..19,999) lie above u = 19,799: u + their mean excess * ln(1 % / a).
+    assert tail.quantile(0.001) == pytest.approx(19799 + 100.5 * math.log(10))
+    # With >= 5 draws beyond the asked rate the empirical value is a floor: 0.6 % of the
+    # draws lie above 19,879, where the exponential would say 19,850.
+    assert tail.quantile(0.006) == 19879.0
     with pytest.raises(ValueError):
         tail.quantile(0.0)
+    small = NullTail.fit(np.arange(1000, dtype=float))  # fewer draws: the tail is the top 20 %
+    # Between knots, linear in log exceedance probability: 0.5 (value 499) and 0.2 (799).
+    assert small.quantile(0.3) == pytest.approx(499 + 300 * math.log(0.5 / 0.3) / math.log(0.5 / 0.2))
+    assert small.quantile(0.01) > 989.0
 
 
 def test_calibration_rows_grid() -> None:
@@ -277,8 +282,13 @@ def test_calibration_rows_grid() -> None:
     assert len({calibration_rows(m) for m in range(100, 201)}) == 17
     # The shipped window's own threshold is simulated at exactly that size.
     props = (0.1,) * 10
-    assert psi_limit(props, 200, 2000, 0.003, exact=True) == pytest.approx(
+    assert psi_limit(props, 200, 2000, 0.003, exact=True, draws=NULL_DRAWS) == pytest.approx(
         psi_null(props, 200).quantile(0.003) * reference_factor(200, 2000)
+    )
+    # Elsewhere the calibration point's threshold, scaled: m * PSI barely moves in 2 %.
+    assert calibration_rows(180) == 181
+    assert psi_limit(props, 180, 2000, 0.003) == pytest.approx(
+        psi_null(props, 181, 0, DEVICE_DRAWS).quantile(0.003) * 181 / 180 * reference_factor(180, 2000)
     )
 
 
