@@ -17,51 +17,76 @@ Binning
 Why raw counts
     A report carries counts per bin and Welford (count, mean, M2) per feature. Counts merge
     by addition across windows and devices, and Welford triples merge exactly
-    (:func:`welford_merge`); PSI and JS do not merge, so they are only derived views.
+    (:func:`welford_merge`); PSI and JS do not merge, so they are only derived views. Every
+    test below needs only counts, so a host merges any range of windows
+    (:func:`merge_windows`) and judges the sum with the device's own rules (:func:`assess`,
+    at any false-alarm rate): a persistent small shift that no single window shows is found
+    that way (0.1 sigma: 35 % of 25 merged 200-row windows against a 2,000-row reference).
 
-Verdict rules (``report``)
+Verdict rules (``report`` = ``assess(reference, raw())``)
     * Fewer than ``min_rows`` rows: verdict ``"insufficient"`` and no feature is flagged;
       a handful of rows says nothing and alert fatigue is how drift monitoring dies.
-    * Multiple testing is controlled with Bonferroni over the F features: per-feature
-      ``alpha/F`` and a two-sided z threshold ``inv_cdf(1 - alpha/(2F))`` (shipped as
-      ``thresholds.z``). Each feature faces two tests (PSI and mean z, three with the
-      missing-value test), each at ``alpha/F``, so the family-wise false-alarm rate is up
-      to about ``2 * alpha``: measured 1.4-3.1 % (mean 1.9 %) per window at ``alpha = 0.01``
-      over ten seeded 2,000-row N(0, 1) references with 5 features.
+    * Multiple testing: Bonferroni over the F features. Every test of a feature runs at
+      ``alpha/F``; the two-sided normal limit ``inv_cdf(1 - alpha/(2F))`` is shipped as
+      ``thresholds.z``. A feature faces one or two tests in practice (binned and location;
+      the missing and constant tests are silent without missing values or a constant), so
+      the family-wise rate is up to about ``2 * alpha``, less with correlated features.
+      Measured per clean window at ``alpha = 0.01`` (``bench/drift_power.py``, BENCHMARKS.md
+      "drift-power"): 0-2 % on iris, wine, breast_cancer, digits, diabetes, friedman1 and a
+      generated loan table, 1-2 % for 50-500 rows on a generated gaussian table.
     * The reference is itself a sample of ``reference.n`` rows, so a window is compared
       with *estimates*; ignoring that pushed the false-alarm rate of 200-row windows against
-      a 2,000-row reference from the nominal 1-2 % to ~4.5 %. Both tests account for it:
-      the z-score is the two-sample one and PSI thresholds carry the factor
-      ``1 + m/reference.n`` (:func:`reference_factor`).
-    * A feature drifts when any of these holds:
-        - its PSI (over non-missing values) exceeds its PSI threshold;
-        - ``|z| > z_threshold`` with
-          ``z = (window mean - ref mean) / (ref std * sqrt(1/count + 1/reference.n))``;
-        - its missing count is significantly above the reference missing rate: a one-sided
-          binomial z ``(missing - n*r) / sqrt(n*r*(1-r)) > z_threshold``. ``r`` is floored
-          at half an observation of the reference (``0.5 / reference.n``) so that a
-          reference without any NaN does not divide by zero; then a single NaN is already
-          significant, which is the honest answer for a column that never had one;
-        - the feature was constant in the reference (std 0) and some window value differs
-          from that constant (the z-score is infinite; it is reported as ``None``).
-      Missing values are never silently dropped before testing (dropping them is how a
-      20 % NaN injection goes unnoticed).
-    * PSI threshold for a feature whose window has ``m`` non-missing values: the shipped
-      threshold when ``m == thresholds.window`` (the host bootstrapped it for exactly that
-      size). Otherwise the device redoes the same calibration for ``m``: the
-      ``1 - alpha/F`` quantile of PSI over seeded multinomial draws from the reference
-      proportions (:func:`null_psi_quantile`, in distribution the host's bootstrap),
-      floored by ``psi_threshold(m, bins, alpha/F)`` and times ``1 + m/reference.n``.
-      Neither shortcut holds up: n*PSI is not chi-square below ~150 rows, and scaling the
-      shipped 200-row threshold by ``200/m`` false-alarmed on 26 % of 50-row windows.
+      a 2,000-row reference from the nominal 1-2 % to ~4.5 %. The location test is
+      two-sample; PSI thresholds carry the factor ``1 + m/reference.n``
+      (:func:`reference_factor`); the exact tests condition on both samples.
+    * A feature drifts when any of its tests fires (``fired`` names them):
+        - ``psi``: its PSI (over non-missing values) exceeds its threshold ``psi_limit``:
+          the ``alpha/F`` null quantile of PSI for that many rows drawn from the reference
+          proportions (:func:`psi_null`: simulated windows, an exponential tail fitted to the
+          largest 200 of them, :class:`NullTail`), times ``1 + m/reference.n``. The host
+          ships it for the policy's window size (20,000 draws, the bundle's seed: two seeds
+          agree within about 10 %); the device calibrates any other size itself (5,000
+          draws, at the nearest point of a 4.4 % grid, :func:`calibration_rows`; cached).
+          Neither shortcut holds up: n*PSI is not chi-square below ~150 rows, and scaling the
+          shipped 200-row threshold by ``200/m`` false-alarmed on 26 % of 50-row windows;
+        - ``location``: a grouped Wilcoxon-Mann-Whitney test on the bins
+          (:func:`location_test`): the window's mean ridit against 0.5, ``|location_z| >
+          z``. It replaces the z-score of the window mean, which one rare value could push
+          past any limit (a digits edge pixel lit once: z ~ 13). Where one bin holds almost
+          everything its skewness is corrected (Cornish-Fisher) or, past
+          :data:`LOCATION_MAX_SKEW`, the test does not run at that window size
+          (``location_z`` None) and PSI alone judges the rare values;
+        - ``missing``: more missing values than the reference's rate allows, by the exact
+          one-sided two-sample test (:func:`excess_count_p`, ``missing_p < alpha/F``).
+          Missing values are never silently dropped before testing (dropping them is how a
+          20 % NaN injection goes unnoticed), but against a reference without any NaN one
+          or two are not drift: it takes 3 in 200 rows against 2,000 clean ones (4 with 64
+          features);
+        - ``differs``: the feature was constant in the reference (std 0) and more window
+          values differ from that constant (they are ``out_of_range``) than the reference's
+          rows allow, by the same exact test (``differs_p``). One value is not enough: a
+          column that never varied in 1,300 training rows may still vary once in 2,000.
+      ``z``/``shift`` (the mean's two-sample z-score and shift in reference standard
+      deviations) and ``missing_z`` are still reported for reading; they decide nothing.
+    * ``score``: the feature's largest test statistic over its limit (an exact test's
+      p-value as the normal score with that p-value), so 1.0 is the decision boundary;
+      with ``fired``, ``psi_limit`` and ``thresholds.feature_alpha`` it is what a
+      collector needs to weight features or to ask for k drifting windows out of m.
     * Prediction drift: PSI of the predicted-class counts against the reference class
-      proportions above ``thresholds.prediction_psi`` (same window-size rule, with
-      ``alpha`` rather than ``alpha/F``: it is one test). It is reported but does not by
-      itself make the verdict: the prediction mix moves with the input mix, and when the
-      inputs did not move it usually means the population of cases changed, not the model.
-      Concept drift (the same inputs now deserving other labels) is invisible to every
-      statistic here; only labelled feedback can see it.
+      proportions above ``thresholds.prediction_psi`` (same calibration, with ``alpha``
+      rather than ``alpha/F``: it is one test). It is reported but does not by itself make
+      the verdict: the prediction mix moves with the input mix, and when the inputs did not
+      move it usually means the population of cases changed, not the model.
     * Verdict ``"drift"`` when any feature drifted, else ``"ok"``.
+
+What it cannot see
+    Concept drift (the same inputs now deserving other labels) is invisible to every
+    statistic here; only labelled feedback can see it. Each feature is tested on its own
+    margins: a change in how features move together, with every margin intact, passes.
+    Within a bin nothing is seen: an offset smaller than the gap between a near-constant
+    column's constant and its next value, or a change confined to one decile. Small shifts
+    take rows: 0.25 sigma on one normal feature is flagged in about half of the 200-row
+    windows and nearly all 500-row ones; 0.5 sigma in every 200-row window.
 """
 
 from __future__ import annotations
@@ -265,14 +290,81 @@ def null_draws(props: npt.ArrayLike, m: int, draws: int, seed: int) -> IntArray:
     return out
 
 
+@dataclass(frozen=True)
+class ExactNull:
+    """The exact null distribution of a statistic that takes few values: its distinct
+    values (increasing) and the probability of exceeding each, trimmed to where a
+    threshold can sit (exceedance between 1e-15 and 0.25)."""
+
+    values: tuple[float, ...]
+    exceed: tuple[float, ...]
+
+    def quantile(self, a: float) -> float:
+        """The smallest value the statistic exceeds with probability at most ``a``."""
+        if not 0.0 < a < 1.0:
+            raise ValueError(f"a must be in (0, 1), got {a}")
+        i = int(np.searchsorted(-np.asarray(self.exceed), -a, side="left"))
+        return self.values[min(i, len(self.values) - 1)]
+
+
+EXACT_COMPOSITIONS = 250_000  # enumerate the null when a window's bin counts take at most this many values
+
+
+def _compositions(m: int, bins: int) -> IntArray | None:
+    """Every way to spread ``m`` rows over 1-3 bins, or None when there are too many."""
+    if bins == 1:
+        return np.array([[m]], dtype=np.int64)
+    if bins == 2:
+        k = np.arange(m + 1, dtype=np.int64)
+        return np.column_stack([m - k, k])
+    if bins == 3 and (m + 1) * (m + 2) // 2 <= EXACT_COMPOSITIONS:
+        a, b = np.triu_indices(m + 1)  # 0 <= a <= b <= m: three parts a, b - a, m - b
+        return np.column_stack([a, b - a, m - b]).astype(np.int64)
+    return None
+
+
+def exact_psi_null(props: Sequence[float], m: int) -> ExactNull | None:
+    """PSI's exact null for ``m`` rows over at most 3 bins (multinomial probabilities of
+    every composition), or None where enumeration is too big. This is where simulation
+    fails: a column that is almost always one value has a rare bin whose count takes a few
+    values, each a jump in PSI (an empty rare bin alone costs ``p * ln(p / eps)``), and a
+    threshold read off draws lands between them differently for every seed (2.5x apart on
+    digits' edge pixels)."""
+    p = np.asarray(props, dtype=np.float64)
+    counts = _compositions(m, p.size)
+    if counts is None:
+        return None
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, m + 1, dtype=np.float64)))))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_p = np.where(p > 0.0, np.log(p / p.sum()), -np.inf)
+        terms = np.where(counts > 0, counts * log_p, 0.0)
+    prob = np.exp(log_fact[m] - log_fact[counts].sum(axis=1) + terms.sum(axis=1))
+    raw = psi_rows(p, counts)
+    # Values equal in exact arithmetic differ in the last bits: one value, the largest of them.
+    keys, inverse = np.unique(np.round(raw, 12), return_inverse=True)
+    uniq = np.full(keys.size, -np.inf)
+    np.maximum.at(uniq, inverse, raw)
+    mass = np.bincount(inverse, weights=prob, minlength=keys.size)
+    exceed = np.clip(1.0 - np.cumsum(mass), 0.0, 1.0)  # P(PSI > value)
+    lo = int(np.searchsorted(-exceed, -0.25, side="left"))
+    tiny = np.flatnonzero(exceed < 1e-15)
+    hi = int(tiny[0]) + 1 if tiny.size else uniq.size
+    lo = min(lo, hi - 1)
+    return ExactNull(values=tuple(uniq[lo:hi].tolist()), exceed=tuple(exceed[lo:hi].tolist()))
+
+
 @functools.lru_cache(maxsize=4096)
-def psi_null(props: tuple[float, ...], m: int, seed: int = 0, draws: int = NULL_DRAWS) -> NullTail:
-    """Null distribution of PSI for windows of ``m`` rows from the reference proportions,
-    by seeded simulation (deterministic for a given ``seed``). One definition for the host,
-    which ships thresholds for the policy's window, and the device, which calibrates any
-    other window size itself. Cached: ~40 ms per distinct (proportions, m) for 10 bins."""
+def psi_null(props: tuple[float, ...], m: int, seed: int = 0, draws: int = NULL_DRAWS) -> NullTail | ExactNull:
+    """Null distribution of PSI for windows of ``m`` rows from the reference proportions:
+    exact for up to 3 bins (:func:`exact_psi_null`), else by seeded simulation
+    (deterministic for a given ``seed``). One definition for the host, which ships
+    thresholds for the policy's window, and the device, which calibrates any other window
+    size itself. Cached: ~30 ms per distinct (proportions, m) for 10 bins."""
     if m < 1:
         raise ValueError(f"m must be positive, got {m}")
+    exact = exact_psi_null(props, m)
+    if exact is not None:
+        return exact
     return NullTail.fit(psi_rows(props, null_draws(props, m, draws, seed)))
 
 

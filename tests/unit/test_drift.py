@@ -23,6 +23,7 @@ from device_agent.drift import (
     MAX_EDGES,
     NULL_DRAWS,
     DriftWindow,
+    ExactNull,
     NullTail,
     Reference,
     assess,
@@ -257,6 +258,38 @@ def test_null_tail_never_interpolates_into_a_lattice() -> None:
     assert psi_null(props, 50).quantile(0.001) >= three
     exact_tail = sum(math.comb(50, k) * 0.005**k * 0.995 ** (50 - k) for k in range(4, 51))
     assert exact_tail < 0.001
+
+
+def naive_quantile(props: list[float], rows: int, a: float) -> float:
+    """The smallest PSI value exceeded with probability <= a, by listing every count of
+    the second of two bins with its binomial probability."""
+    support = []
+    for k in range(rows + 1):
+        prob = math.comb(rows, k) * props[1] ** k * props[0] ** (rows - k)
+        support.append((naive_psi(props, [rows - k, k]), prob))
+    for value, _ in sorted(support):
+        if sum(p for v, p in support if v > value + 1e-12) <= a:
+            return value
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(
+    ("props", "rows", "a"), [((0.97, 0.03), 200, 1.6e-4), ((0.9993, 0.0007), 200, 1.6e-4), ((0.6, 0.4), 50, 0.003)]
+)
+def test_two_bin_null_is_exact(props: tuple[float, float], rows: int, a: float) -> None:
+    assert psi_null(props, rows).quantile(a) == pytest.approx(naive_quantile(list(props), rows, a), abs=1e-9)
+    # Exact means no seed: the draws never enter.
+    assert psi_null(props, rows, 1).quantile(a) == psi_null(props, rows, 2).quantile(a)
+
+
+def test_three_bin_null_against_draws() -> None:
+    props = (0.9, 0.07, 0.03)
+    exact = psi_null(props, 200)
+    assert isinstance(exact, ExactNull)
+    draws = psi_rows(props, np.random.default_rng(5).multinomial(200, props, size=400_000))
+    for a in (0.01, 0.001):
+        assert np.mean(draws > exact.quantile(a)) <= a * 1.1
+    assert isinstance(psi_null(props, 1000), NullTail)  # 501,501 compositions: simulated
 
 
 def test_null_tail_by_hand() -> None:

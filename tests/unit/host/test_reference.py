@@ -356,6 +356,6 @@ def test_thresholds_agree_between_seeds() -> None:
     a = build_reference(x, names, [0, 1], oof(1300, 2), window=200, seed=0)["thresholds"]
     b = build_reference(x, names, [0, 1], oof(1300, 2), window=200, seed=1)["thresholds"]
     ratios = [max(a["psi"][k], b["psi"][k]) / min(a["psi"][k], b["psi"][k]) for k in names if a["psi"][k] > 0]
-    assert max(ratios) < 1.25
+    assert max(ratios) < 1.3
     assert float(np.median(ratios)) < 1.06
     assert max(a["prediction_psi"], b["prediction_psi"]) / min(a["prediction_psi"], b["prediction_psi"]) < 1.25
