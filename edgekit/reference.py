@@ -4,19 +4,22 @@ The output is the ``reference.json`` member of a bundle; its format, the binning
 the PSI definition live in :mod:`device_agent.drift` and are imported from there, so the
 host and the device cannot disagree about a bin or a threshold.
 
-Why the thresholds are bootstrapped: a fixed "PSI > 0.1" alarms on most windows of 50-100
+Why the thresholds are calibrated: a fixed "PSI > 0.1" alarms on most windows of 50-100
 rows purely from sampling noise, and the chi-square approximation of n*PSI is optimistic
-below ~150 rows. Drawing many windows of the deployed size from the training data itself
-and taking a high quantile of their PSI gives a threshold with the false-alarm rate we ask
-for at the window size we actually use; the chi-square value is kept as a floor so a lucky
-bootstrap can never make the threshold looser than theory says. Windows resampled from the
-training rows match the reference proportions exactly, while live windows are compared with
-proportions *estimated* from those rows, so the shipped value is widened by ``1 + window/n``
+below ~150 rows. The shipped PSI threshold of each feature is the ``alpha/F`` quantile of
+PSI for windows of the deployed size drawn from the reference proportions — in distribution
+exactly a bootstrap of windows from the training rows — computed once, in
+:func:`device_agent.drift.psi_limit`, for host and device alike: exactly for columns of up
+to 3 bins (near-constant ones), else from 20,000 simulated windows with a fitted exponential
+tail, because a Bonferroni-sized quantile of 2,000 raw draws sat at their maximum (too low,
+and 2.85x apart between seeds). Windows drawn from the reference match its proportions
+exactly, while live windows are compared with proportions *estimated* from the training
+rows, so the shipped value is widened by ``1 + window/n``
 (:func:`device_agent.drift.reference_factor`).
 
 Categorical features get their :data:`~device_agent.drift.MAX_CATEGORIES` most frequent
 categories (ties by name) and one "other" share, computed over non-missing values; their PSI
-thresholds are bootstrapped the same way over those bins. A regressor's reference describes
+thresholds are calibrated the same way over those bins. A regressor's reference describes
 its out-of-fold predictions in bins (the numeric features' binning rule) and has no
 confidence distribution.
 """
@@ -121,7 +124,8 @@ def build_reference(
     (``task="regression"``, ``classes`` empty) it is the (m,) out-of-fold predicted values.
     ``window`` is the device's window size: the shipped PSI thresholds are calibrated for
     exactly that many rows at family-wise false-alarm rate ``alpha`` (Bonferroni over
-    features). Deterministic for a given seed.
+    features), from ``draws`` simulated windows per feature where the null is not computed
+    exactly. Deterministic for a given seed.
     """
     raw = np.asarray(X)
     names = list(feature_names)
