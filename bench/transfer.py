@@ -34,9 +34,9 @@ How the comparison is built, and why:
   wall-clock times are converted to ``time.monotonic``): the first ``reported`` document in
   phase ``downloading`` (the agent took the desired state; its ``ts``), the staging directory
   appearing and disappearing (polled every 5 ms: the signed transfer document arrived; every
-  chunk arrived, the bundle was assembled and verified), the ``bundle.trial`` event (its
+  chunk arrived, the bundle was assembled and verified), the ``lifecycle.trial`` event (its
   ``ts``: the model loaded, health samples reproduced, bundle stored with fsync, trial
-  begun), the ``bundle.activated`` event (its ``ts``: trial passed, committed), and the arrival
+  begun), the ``lifecycle.activated`` event (its ``ts``: trial passed, committed), and the arrival
   of the ``reported`` document saying active. The agent rate-limits ``reported`` to one per
   second, so its phase changes alone cannot time steps shorter than that; the events and the
   staging directory can.
@@ -79,10 +79,10 @@ from common import BENCHMARKS, REPO, log, machine, now_utc, versions, write_sect
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device_agent.bundle import verify
-from device_agent.core import Persisted
 from device_agent.protocol import DEFAULT_PREFIX, Topics
 from device_agent.runtime import LoadedModel
 from device_agent.slots import Slots
+from device_agent.state import Persisted
 from device_agent.transfer import split
 from device_agent.trust import Trust
 from edgekit import bundler, keys, runs, workspace
@@ -600,7 +600,7 @@ def agent_trial(
     for _arrived, device, doc in events:
         if (doc.get("bundle") or {}).get("sha256") != sha:
             continue
-        code = {"bundle.trial": "trial", "bundle.activated": "activated"}.get(str(doc.get("code")))
+        code = {"lifecycle.trial": "trial", "lifecycle.activated": "activated"}.get(str(doc.get("code")))
         if code:
             steps[code].setdefault(device, float(doc["ts"]) - offset - t0)
     steps["staged"] = {d: t - t0 for d, t in poller.appeared.items()}
@@ -699,7 +699,7 @@ def render(r: Report) -> str:
         f"| publish alone | {med(t.publish_s for t in a):.3f} s (`deploy()` returns) | "
         f"{med(t.publish_s for t in w):.3f} s (all chunks acknowledged) | "
         f"{med(t.publish_s for t in a) / med(t.publish_s for t in w):.1f}× |",
-        f"| without the trial: all {n} installed (`bundle.trial` event) | {installed:.2f} s | {raw_all:.3f} s | "
+        f"| without the trial: all {n} installed (`lifecycle.trial` event) | {installed:.2f} s | {raw_all:.3f} s | "
         f"{installed / raw_all:.0f}× |",
         f"| bytes only: all {n} have every chunk, assembled and verified (staging dir removed) | "
         f"{fetched_all:.2f} s | {raw_all:.3f} s | {fetched_all / raw_all:.0f}× |",
@@ -728,8 +728,8 @@ STEP_LABELS = {
     "desired": ("`deploy()` start → agent took the desired state", "first `reported` in phase downloading (`ts`)"),
     "staged": ("→ signed transfer document accepted", "staging directory appears"),
     "fetched": ("→ every chunk in, bundle assembled and verified", "staging directory removed"),
-    "trial": ("→ installed: session, health samples, bundle stored (fsync)", "`bundle.trial` event (`ts`)"),
-    "activated": ("→ trial passed and committed", "`bundle.activated` event (`ts`)"),
+    "trial": ("→ installed: session, health samples, bundle stored (fsync)", "`lifecycle.trial` event (`ts`)"),
+    "activated": ("→ trial passed and committed", "`lifecycle.activated` event (`ts`)"),
     "reported": ("→ `reported` says active, received", "arrival at the bench's subscriber"),
 }
 

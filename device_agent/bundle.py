@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
+from .config import Limits
 from .errors import (
     BundleMalformed,
     BundleTooLarge,
@@ -38,7 +39,7 @@ from .errors import (
     VersionConflict,
     VersionRollback,
 )
-from .protocol import check_id, dumps, loads_object, loads_strict
+from .protocol import BundleRef, check_id, dumps, loads_object, loads_strict
 from .trust import MANIFEST_DOMAIN, ROLE_BUNDLE, Trust
 
 FORMAT = 1
@@ -48,14 +49,8 @@ MODEL = "model.onnx"
 REFERENCE = "reference.json"
 HEALTH = "health.json"
 REQUIRED_FILES = (MODEL, REFERENCE, HEALTH)
+DEFAULT_LIMITS = Limits()
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # deterministic archives: same inputs, same bytes
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_bundle_bytes: int = 256 * 1024 * 1024  # bytes
-    max_manifest_bytes: int = 256 * 1024  # bytes
-    max_members: int = 16
 
 
 @dataclass(frozen=True)
@@ -139,12 +134,12 @@ class VerifiedBundle:
     files: dict[str, bytes] = field(repr=False)
     spec: ModelSpec
 
-    @property
-    def ref(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
-
     def json_file(self, name: str) -> Any:
         return loads_strict(self.files[name], max_bytes=64 << 20, what=name)
+
+    @property
+    def ref(self) -> BundleRef:
+        return BundleRef(self.name, self.version, self.sha256)
 
 
 @dataclass(frozen=True)
@@ -212,7 +207,7 @@ def _stored_bytes(data: bytes, info: zipfile.ZipInfo) -> bytes:
     return data[begin:end]
 
 
-def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
+def read_members(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
     """Every member's bytes, after structural checks; nothing is trusted yet."""
     if len(data) > limits.max_bundle_bytes:
         raise BundleTooLarge(f"bundle is {len(data)} bytes, above the limit of {limits.max_bundle_bytes}")
@@ -249,7 +244,7 @@ def read_members(data: bytes, limits: Limits = Limits()) -> dict[str, bytes]:
     return members
 
 
-def read_unverified(data: bytes, limits: Limits = Limits()) -> tuple[dict[str, Any], dict[str, bytes]]:
+def read_unverified(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Manifest and members *without* any trust decision: for ``inspect`` and diagnostics."""
     members = read_members(data, limits)
     if MANIFEST not in members:
@@ -268,7 +263,7 @@ def verify(
     now: float,
     floor: Mapping[str, FloorEntry] | None = None,
     expect_name: str | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     agent_version: str = __version__,
 ) -> VerifiedBundle:
     """Check everything that can be checked without running the model."""

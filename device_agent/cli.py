@@ -1,4 +1,10 @@
-"""``edgekit-agent``: the device daemon's command line."""
+"""``edgekit-agent``: the device daemon's command line.
+
+Every default comes from :class:`~device_agent.config.AgentConfig`; a flag left out means
+"the config file's value, else the default", so no default is written here. numpy and
+onnxruntime are imported only after the arguments are parsed and checked, so ``--help`` and
+a mistyped flag answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,69 +13,79 @@ import os
 import signal
 import sys
 import threading
-from urllib.parse import urlparse
+from typing import Any
 
 import click
 
 from . import __version__
-from .config import AgentConfig
-from .errors import AgentError
-from .mqtt import Agent
-from .sources import serve_csv, serve_stdin
+from .config import AgentConfig, default_of
+from .errors import AgentError, ConfigError
+from .protocol import check_id
+
+# flag (click parameter name) -> dotted setting in AgentConfig
+FLAGS: dict[str, str] = {
+    "device_id": "device_id",
+    "broker": "mqtt.broker",
+    "state_dir": "state_dir",
+    "trust": "trust",
+    "groups": "groups",
+    "prefix": "mqtt.prefix",
+    "source": "input.source",
+    "rate": "input.rate",
+    "heartbeat": "core.heartbeat_interval_s",
+    "drift_window": "engine.drift_window_rows",
+    "trial_rows": "engine.trial_rows",
+    "trial_seconds": "engine.trial_max_s",
+    "exit_on_eof": "input.exit_on_eof",
+}
 
 
-def parse_broker(url: str) -> tuple[str, int]:
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "tcp"):
-        raise click.BadParameter(f"unsupported scheme {parsed.scheme!r}; use mqtt://HOST:PORT", param_hint="--broker")
-    return parsed.hostname or "127.0.0.1", parsed.port or 1883
+def _help(text: str, key: str) -> str:
+    default = default_of(key)
+    if default in ("", (), None):
+        return text
+    return f"{text} [default: {default}]"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--device-id", required=True, help="This device's id (letters, digits, _ . : -).")
-@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="MQTT broker URL.")
-@click.option("--state-dir", required=True, type=click.Path(file_okay=False), help="Where slots and the outbox live.")
-@click.option("--trust", "trust_path", required=True, type=click.Path(dir_okay=False), help="Trust file (public keys).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML file with any of the settings (docs/settings.md); flags override it.",
+)
+@click.option("--device-id", help="This device's id (letters, digits, _ . : -).")
+@click.option("--broker", help=_help("MQTT broker URL.", "mqtt.broker"))
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where bundles, state and the outbox live.")
+@click.option("--trust", type=click.Path(dir_okay=False), help="Trust file (public keys by role).")
 @click.option("--group", "groups", multiple=True, help="Group(s) this device belongs to; repeatable.")
-@click.option("--prefix", default="edgekit/v1", show_default=True, help="Topic prefix of the fleet.")
-@click.option("--input", "source", default="stdin", show_default=True, help="stdin | csv:PATH | none")
-@click.option("--rate", default=0.0, show_default=True, help="Rows per second when replaying a CSV (0 = max).")
-@click.option("--heartbeat", default=5.0, show_default=True, help="Heartbeat interval, seconds.")
+@click.option("--prefix", help=_help("Topic prefix of the fleet.", "mqtt.prefix"))
+@click.option("--input", "source", help=_help("stdin | csv:PATH | none", "input.source"))
+@click.option("--rate", type=float, help=_help("Rows per second when replaying a CSV (0 = max).", "input.rate"))
+@click.option("--heartbeat", type=float, help=_help("Heartbeat interval, seconds.", "core.heartbeat_interval_s"))
 @click.option(
     "--drift-window",
     type=click.IntRange(min=10),
-    default=None,
     help="Rows per drift window (default: the bundle's policy).",
 )
 @click.option(
     "--trial-rows",
     type=click.IntRange(min=1),
-    default=50,
-    show_default=True,
-    help="Live rows a new model must serve before commit.",
+    help=_help("Live rows a new model must serve before commit.", "engine.trial_rows"),
 )
 @click.option(
-    "--trial-seconds", default=10.0, show_default=True, help="A trial with no failure passes after this long."
+    "--trial-seconds",
+    type=float,
+    help=_help("A trial with no failure passes after this long.", "engine.trial_max_s"),
 )
-@click.option("--exit-on-eof", is_flag=True, help="Exit when the input ends instead of serving on as a daemon.")
+@click.option(
+    "--exit-on-eof/--no-exit-on-eof",
+    default=None,
+    help="Exit when the input ends instead of serving on as a daemon.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging on stderr.")
 @click.version_option(__version__, prog_name="edgekit-agent")
-def main(
-    device_id: str,
-    broker: str,
-    state_dir: str,
-    trust_path: str,
-    groups: tuple[str, ...],
-    prefix: str,
-    source: str,
-    rate: float,
-    heartbeat: float,
-    drift_window: int | None,
-    trial_rows: int,
-    trial_seconds: float,
-    exit_on_eof: bool,
-    verbose: int,
-) -> None:
+def main(config_path: str | None, verbose: int, **flags: Any) -> None:
     """Pull signed bundles over MQTT, serve predictions locally, report health and drift.
 
     Example: edgekit-agent --device-id pump-7 --broker mqtt://10.0.0.2 --state-dir /var/lib/ek --trust trust.json
@@ -77,41 +93,55 @@ def main(
     logging.basicConfig(
         level=logging.WARNING - 10 * verbose, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    host, port = parse_broker(broker)
+    try:
+        config = load_config(config_path, flags)
+    except ConfigError as exc:
+        raise click.UsageError(exc.detail) from None
+    run(config)
+
+
+def load_config(config_path: str | None, flags: dict[str, Any]) -> AgentConfig:
+    """Defaults ← config file ← flags; then everything the agent needs is checked before it
+    touches the disk (a mistyped device id leaves no state directory behind)."""
+    overrides = {FLAGS[name]: value for name, value in flags.items() if value not in (None, ())}
+    config = AgentConfig.load(config_path, overrides).check()
+    try:
+        check_id("device id", config.device_id)
+        for group in config.groups:
+            check_id("group", group)
+    except AgentError as exc:
+        raise ConfigError(exc.detail) from None
+    config.broker_host_port  # noqa: B018 - raises ConfigError for a bad URL
+    source = config.input.source
     if source not in ("stdin", "none") and not source.startswith("csv:"):
-        raise click.BadParameter("use stdin, csv:PATH or none", param_hint="--input")
+        raise ConfigError(f"input {source!r}: use stdin, csv:PATH or none")
     if source.startswith("csv:") and not os.path.isfile(source[4:]):
-        raise click.BadParameter(f"no CSV file at {source[4:]!r}", param_hint="--input")
-    config = AgentConfig(
-        device_id=device_id,
-        state_dir=state_dir,
-        trust_path=trust_path,
-        groups=groups,
-        prefix=prefix,
-        broker_host=host,
-        broker_port=port,
-        heartbeat_interval_s=heartbeat,
-        drift_window_rows=drift_window,
-        trial_rows=trial_rows,
-        trial_max_s=trial_seconds,
-    )
+        raise ConfigError(f"input: no CSV file at {source[4:]!r}")
+    return config
+
+
+def run(config: AgentConfig) -> None:
+    from .sources import serve_csv, serve_stdin
+    from .worker import Agent
+
     try:
         agent = Agent(config)
     except AgentError as exc:
-        raise click.ClickException(f"{exc.detail}") from None
+        raise click.ClickException(exc.detail) from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.start()
+    source = config.input.source
     try:
-        if source == "stdin" or source.startswith("csv:"):
+        if source != "none":
 
             def feed() -> None:
                 if source == "stdin":
                     serve_stdin(agent.engine)
                 else:
-                    serve_csv(agent.engine, source[4:], rate, sys.stdout)
-                if exit_on_eof:
+                    serve_csv(agent.engine, source[4:], config.input.rate, sys.stdout)
+                if config.input.exit_on_eof:
                     stop.set()
 
             threading.Thread(target=feed, name="edgekit-agent-input", daemon=True).start()

@@ -1,36 +1,251 @@
-"""Every limit and interval of the agent, with its unit, in one place."""
+"""Every setting of the agent — limit, interval, default — with its unit, in one place.
+
+:class:`AgentConfig` is the single source: the core, the engine, the worker and the MQTT
+link each take their own section of it, ``edgekit-agent`` reads its defaults from it
+(flags override a TOML file, which overrides these defaults), and ``docs/settings.md`` is
+generated from the field metadata here (``unit`` and ``help``). A number written anywhere
+else is a bug that ``tests/unit/test_config.py`` looks for.
+
+The TOML file mirrors the sections::
+
+    device_id = "pump-7"
+    state_dir = "/var/lib/edgekit"
+    trust = "/etc/edgekit/trust.json"
+    groups = ["plant-a"]
+
+    [mqtt]
+    broker = "mqtt://10.0.0.2:1883"
+
+    [engine]
+    trial_rows = 100
+
+Importing this module is cheap (standard library only): ``edgekit-agent --help`` must not
+wait for numpy or onnxruntime.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_type_hints
 
-from .bundle import Limits
+from .errors import ConfigError
 from .protocol import DEFAULT_PREFIX
+
+
+def _setting(default: Any, unit: str, help: str) -> Any:
+    return field(default=default, metadata={"unit": unit, "help": help})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits applied to bundles before anything else is read."""
+
+    max_bundle_bytes: int = _setting(256 * 1024 * 1024, "bytes", "largest bundle accepted")
+    max_manifest_bytes: int = _setting(256 * 1024, "bytes", "largest signed manifest accepted")
+    max_members: int = _setting(16, "files", "most files in one bundle")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """The connection to the broker."""
+
+    broker: str = _setting("mqtt://127.0.0.1:1883", "URL", "the MQTT broker")
+    prefix: str = _setting(DEFAULT_PREFIX, "topic", "topic prefix of the fleet")
+    keepalive_s: int = _setting(30, "s", "MQTT keep-alive")
+    reconnect_min_s: float = _setting(1.0, "s", "first reconnect delay (a random 0-3 s is added per agent)")
+    reconnect_max_s: float = _setting(30.0, "s", "longest reconnect delay")
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """The deployment state machine (:class:`device_agent.core.AgentCore`)."""
+
+    heartbeat_interval_s: float = _setting(5.0, "s", "heartbeat interval")
+    reported_min_interval_s: float = _setting(
+        1.0, "s", "rate limit of the retained 'reported' summary (phase changes go out at once)"
+    )
+    chunk_window: int = _setting(8, "chunks", "chunk topics subscribed at once while pulling a bundle")
+    chunk_retry_s: float = _setting(5.0, "s", "a chunk that failed its hash is asked for again after this long")
+    transfer_timeout_s: float = _setting(120.0, "s", "abandon a transfer that makes no progress for this long")
+    transfer_retry_base_s: float = _setting(10.0, "s", "first retry of a timed-out transfer (doubles, jittered)")
+    transfer_retry_max_s: float = _setting(600.0, "s", "longest delay between transfer retries")
+    max_trial_crashes: int = _setting(2, "restarts", "a bundle whose trial ended in this many restarts is not retried")
+    event_burst: int = _setting(20, "events", "failure events of one code per period; the rest are counted")
+    event_period_s: float = _setting(60.0, "s", "the period of event_burst")
+    max_payload_bytes: int = _setting(1 << 20, "bytes", "largest control message read (desired, transfer document)")
+    max_chunk_bytes: int = _setting(4 << 20, "bytes", "largest bundle chunk accepted")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Serving rows: trial, drift windows, latency (:class:`device_agent.engine.InferenceEngine`)."""
+
+    trial_rows: int = _setting(50, "rows", "live rows a new model must serve without failure before it is committed")
+    trial_max_s: float = _setting(10.0, "s", "without that many rows, a trial with no failure passes after this long")
+    drift_window_rows: int | None = _setting(None, "rows", "rows per drift window (unset: the bundle's policy)")
+    drift_flush_s: float = _setting(60.0, "s", "a partial drift window is reported after this long")
+    drift_min_rows: int = _setting(30, "rows", "below this a window's verdict is 'insufficient'")
+    latency_samples: int = _setting(2048, "rows", "recent per-row latencies kept for percentiles")
+    max_pending_rows: int = _setting(200_000, "rows", "rows awaiting drift accounting; beyond, counted, not kept")
+    intra_op_threads: int = _setting(1, "threads", "onnxruntime intra-op threads (one is fastest for single rows)")
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """The durable queue of what must reach the host (:class:`device_agent.outbox.Outbox`)."""
+
+    max_rows: int = _setting(100_000, "messages", "oldest telemetry is dropped (and counted) beyond this")
+    batch: int = _setting(100, "messages", "messages in flight to the broker at once")
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Where rows come from."""
+
+    source: str = _setting("stdin", "", "stdin | csv:PATH | none")
+    rate: float = _setting(0.0, "rows/s", "rows per second when replaying a CSV (0 = as fast as possible)")
+    exit_on_eof: bool = _setting(False, "", "exit when the input ends instead of serving on as a daemon")
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    device_id: str
-    state_dir: str
-    trust_path: str
-    groups: tuple[str, ...] = ()
-    prefix: str = DEFAULT_PREFIX
-    broker_host: str = "127.0.0.1"
-    broker_port: int = 1883
-    keepalive_s: int = 30
-    heartbeat_interval_s: float = 5.0
-    tick_interval_s: float = 0.5
-    drift_window_rows: int | None = None  # rows per drift window; None = the bundle's policy
-    drift_flush_s: float = 60.0  # a partial window is reported after this long
-    drift_min_rows: int = 30  # below this a window's verdict is "insufficient"
-    chunk_window: int = 8  # chunk topics subscribed at once while pulling
-    transfer_timeout_s: float = 120.0  # abandon a transfer that makes no progress for this long
-    max_payload_bytes: int = 1 << 20  # bytes; larger control messages are refused unread
-    max_chunk_bytes: int = 4 << 20  # bytes
-    outbox_max_rows: int = 100_000  # oldest telemetry is dropped (and counted) beyond this
-    outbox_batch: int = 100  # messages published per drain step
-    reported_min_interval_s: float = 1.0  # rate limit for the retained 'reported' summary
-    trial_rows: int = 50  # live rows a new model must serve without failure before it is committed
-    trial_max_s: float = 10.0  # without that many rows, a trial with no failure passes after this long
-    intra_op_threads: int = 1
+    device_id: str = _setting("", "", "this device's id (letters, digits, _ . : -)")
+    state_dir: str = _setting("", "path", "where bundles, state and the outbox live")
+    trust: str = _setting("", "path", "the trust file (public keys by role)")
+    groups: tuple[str, ...] = _setting((), "", "groups this device belongs to")
+    tick_interval_s: float = _setting(0.5, "s", "the worker's clock: drift accounting, trials, heartbeats")
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    core: CoreSettings = field(default_factory=CoreSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    input: InputSettings = field(default_factory=InputSettings)
     limits: Limits = field(default_factory=Limits)
+
+    # ── building one ───────────────────────────────────────────────────────────────
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> AgentConfig:
+        """Defaults, then the TOML file at ``path``, then ``overrides`` ({"engine.trial_rows": 100})."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, "rb") as fh:
+                    doc = tomllib.load(fh)
+            except OSError as exc:
+                raise ConfigError(f"cannot read config file {os.fspath(path)!r}: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {os.fspath(path)!r} is not valid TOML: {exc}") from None
+            values.update(_flatten(doc))
+        values.update(overrides or {})
+        return build(cls, values)
+
+    def check(self) -> AgentConfig:
+        """The settings the agent cannot start without; raises ConfigError naming the first missing."""
+        for name in ("device_id", "state_dir", "trust"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name.replace('_', '-')} is not set: pass --{name.replace('_', '-')} or set it")
+        return self
+
+    @property
+    def broker_host_port(self) -> tuple[str, int, bool]:
+        return parse_broker(self.mqtt.broker)
+
+
+def parse_broker(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host:port`` → (host, port, tls=False). Only plain MQTT for now."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.scheme not in ("mqtt", "tcp"):
+        raise ConfigError(f"unsupported broker URL scheme {parsed.scheme!r} in {url!r}; use mqtt://HOST:PORT")
+    try:
+        port = parsed.port or 1883
+    except ValueError:
+        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
+    return parsed.hostname or "127.0.0.1", port, False
+
+
+def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_SECTIONS = {"mqtt", "core", "engine", "outbox", "input", "limits"}
+
+
+def build(cls: type[AgentConfig], values: dict[str, Any]) -> AgentConfig:
+    """An AgentConfig from dotted keys, each checked against its field's type."""
+    config = cls()
+    by_section: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        section, _, name = key.rpartition(".")
+        if section and section not in _SECTIONS:
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(sorted(_SECTIONS))})")
+        target = getattr(config, section) if section else config
+        if name not in {f.name for f in fields(target) if f.name not in _SECTIONS}:
+            raise ConfigError(f"unknown setting {key!r}; see docs/settings.md")
+        hint = get_type_hints(type(target))[name]
+        (by_section.setdefault(section, {}) if section else top)[name] = _coerce(key, value, hint)
+    sections = {s: replace(getattr(config, s), **v) for s, v in by_section.items()}
+    return replace(config, **top, **sections)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check a setting's value against its declared type (TOML and flags give plain values)."""
+    if value is None:
+        if hint == int | None:
+            return None
+        raise ConfigError(f"setting {key!r} needs a value")
+    if hint in (int, int | None):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"setting {key!r} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"setting {key!r} must be a number, got {value!r}")
+        return float(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"setting {key!r} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"setting {key!r} must be a string, got {value!r}")
+        return value
+    if hint == tuple[str, ...]:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"setting {key!r} must be a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"setting {key!r} has an unsupported type")  # pragma: no cover - a new field's type
+
+
+def settings() -> list[tuple[str, str, Any, str]]:
+    """(dotted key, unit, default, help) of every setting, in declaration order."""
+    out: list[tuple[str, str, Any, str]] = []
+    default = AgentConfig()
+    for f in fields(AgentConfig):
+        if f.name in _SECTIONS:
+            section = getattr(default, f.name)
+            out += [
+                (f"{f.name}.{g.name}", g.metadata["unit"], getattr(section, g.name), g.metadata["help"])
+                for g in dataclasses.fields(section)
+            ]
+        else:
+            out.append((f.name, f.metadata["unit"], getattr(default, f.name), f.metadata["help"]))
+    return out
+
+
+def default_of(key: str) -> Any:
+    """The default of a dotted setting, for help texts that must not restate it."""
+    section, _, name = key.rpartition(".")
+    target: Any = getattr(AgentConfig(), section) if section else AgentConfig()
+    return getattr(target, name)

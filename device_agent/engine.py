@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 
 from .bundle import REFERENCE
-from .core import DriftReady, Event, RowRejected, TrialDone
+from .config import EngineSettings
 from .drift import DriftWindow, Reference
-from .errors import InferenceFailed, NoModel, ProtocolError, RowError
+from .errors import InferenceFailed, NoModel, ProtocolError, RowError, TrialFailed
+from .events import DriftReady, Event, RowRejected, TrialDone
+from .protocol import Latency, Stats
 from .runtime import LoadedModel, Prediction
-
-LATENCY_SAMPLES = 2048  # recent per-row latencies kept for percentiles
-MAX_PENDING = 200_000  # rows awaiting drift accounting; beyond this they are counted, not kept
 
 
 class _Window:
@@ -37,7 +36,7 @@ class _Window:
         self.drift = DriftWindow(reference, window=rows, low_confidence=low_confidence)
         self.codes = reference.category_codes()
         self.started = time.monotonic()
-        self.bundle = {"name": model.bundle.name, "version": model.bundle.version}
+        self.bundle = model.bundle.ref
         self.low_confidence = low_confidence
 
     def matrix(self, rows: list[Sequence[Any]]) -> np.ndarray:
@@ -67,26 +66,20 @@ class _Trial:
 
 
 class InferenceEngine:
-    def __init__(
-        self,
-        notify: Callable[[Event], None],
-        *,
-        window_rows: int | None = None,
-        min_rows: int = 30,
-        flush_s: float = 60.0,
-    ) -> None:
+    def __init__(self, notify: Callable[[Event], None], settings: EngineSettings | None = None) -> None:
         self._notify = notify
+        self.settings = settings = settings or EngineSettings()
         self._lock = threading.Lock()  # the serving state; held briefly on every row
         self._account_lock = threading.Lock()  # drift windows: the worker's tick and a shutdown's close
-        self._window_override = window_rows
-        self._min_rows = min_rows
-        self._flush_s = flush_s
+        self._window_override = settings.drift_window_rows
+        self._min_rows = settings.drift_min_rows
+        self._flush_s = settings.drift_flush_s
         self.model: LoadedModel | None = None
         self._window: _Window | None = None
         self._rows: list[Sequence[Any]] = []
         self._labels: list[int] = []
         self._scores: list[float] = []  # confidence for a classifier, the predicted value for a regressor
-        self._latency = np.zeros(LATENCY_SAMPLES, dtype=np.float64)
+        self._latency = np.zeros(settings.latency_samples, dtype=np.float64)
         self._lat_n = 0
         self.served = 0
         self.rejected = 0
@@ -101,13 +94,14 @@ class InferenceEngine:
         """Serve ``model`` from the next row on; rows served so far are accounted first."""
         self._switch(model, trial=None)
 
-    def start_trial(self, model: LoadedModel, rows: int, max_s: float) -> None:
-        """Serve ``model`` on trial: after ``rows`` good rows (or ``max_s`` seconds without a
-        failure) a TrialDone(ok) is notified; the first failure the model causes notifies
-        TrialDone(not ok) and puts the previous model straight back."""
+    def start_trial(self, model: LoadedModel) -> None:
+        """Serve ``model`` on trial: after ``trial_rows`` good rows (or ``trial_max_s`` seconds
+        without a failure) a TrialDone(ok) is notified; the first failure the model causes
+        notifies TrialDone(not ok) and puts the previous model straight back."""
         with self._lock:
             fallback = (self.model, self._window)
-        self._switch(model, trial=_Trial(model.bundle.sha256, rows, max_s, fallback))
+        trial = _Trial(model.bundle.sha256, self.settings.trial_rows, self.settings.trial_max_s, fallback)
+        self._switch(model, trial=trial)
 
     def trial_sha(self) -> str | None:
         """The bundle on trial, if any."""
@@ -160,7 +154,7 @@ class InferenceEngine:
             trial = self._trial
             if trial is not None and not trial.decided and time.monotonic() >= trial.deadline:
                 trial.decided = True
-                self._notify(TrialDone(trial.sha256, True, "", f"no failure in {trial.ok} live row(s)"))
+                self._notify(TrialDone(trial.sha256))
             pending = self._take_locked()
             window = self._window
         if window is not None:
@@ -180,7 +174,7 @@ class InferenceEngine:
         """Count and report a row that failed before it reached the model."""
         with self._lock:
             self.rejected += 1
-        self._notify(RowRejected(err.code, err.detail))
+        self._notify(RowRejected(err))
 
     def serve(self, row: Sequence[Any]) -> Prediction:
         with self._lock:
@@ -188,24 +182,24 @@ class InferenceEngine:
             if model is None:
                 self.rejected += 1
                 err: RowError = NoModel("no model is active yet; the row was not served")
-                self._notify(RowRejected(err.code, err.detail))
+                self._notify(RowRejected(err))
                 raise err
             t0 = time.perf_counter_ns()
             try:
                 pred = model.predict_row(row)
             except RowError as exc:
                 self.rejected += 1
-                self._notify(RowRejected(exc.code, exc.detail))
+                self._notify(RowRejected(exc))
                 trial = self._trial
                 if trial is not None and not trial.decided and isinstance(exc, InferenceFailed):
                     trial.decided = True
-                    self._notify(TrialDone(trial.sha256, False, "trial.failed", f"on live row {trial.ok + 1}: {exc}"))
+                    self._notify(TrialDone(trial.sha256, TrialFailed(f"on live row {trial.ok + 1}: {exc.detail}")))
                     self._revert_locked(trial)
                 raise
-            self._latency[self._lat_n % LATENCY_SAMPLES] = time.perf_counter_ns() - t0
+            self._latency[self._lat_n % len(self._latency)] = time.perf_counter_ns() - t0
             self._lat_n += 1
             self.served += 1
-            if len(self._rows) < MAX_PENDING:
+            if len(self._rows) < self.settings.max_pending_rows:
                 self._rows.append(row)
                 self._labels.append(pred.class_index)
                 self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
@@ -218,7 +212,7 @@ class InferenceEngine:
                 trial.ok += 1
                 if trial.ok >= trial.rows:
                     trial.decided = True
-                    self._notify(TrialDone(trial.sha256, True, "", f"{trial.ok} live rows served without failure"))
+                    self._notify(TrialDone(trial.sha256))
             return pred
 
     # ── drift accounting (worker thread) ────────────────────────────────────────────
@@ -265,18 +259,16 @@ class InferenceEngine:
 
     # ── numbers for the heartbeat (worker thread) ───────────────────────────────────
 
-    def stats(self) -> dict[str, Any]:
-        n = min(self._lat_n, LATENCY_SAMPLES)
-        latency: dict[str, float] | None = None
+    def stats(self) -> Stats:
+        n = min(self._lat_n, len(self._latency))
+        latency: Latency | None = None
         if n:
             p50, p90, p99 = np.percentile(self._latency[:n], [50, 90, 99]) / 1000.0
-            latency = {"p50_us": round(float(p50), 1), "p90_us": round(float(p90), 1), "p99_us": round(float(p99), 1)}
-        return {
-            "counters": {
-                "served": self.served,
-                "rejected": self.rejected,
-                "low_confidence": self.low_confidence,
-                "drift_unaccounted": self.unaccounted,
-            },
-            "latency": latency,
+            latency = Latency(round(float(p50), 1), round(float(p90), 1), round(float(p99), 1))
+        counters = {
+            "served": self.served,
+            "rejected": self.rejected,
+            "low_confidence": self.low_confidence,
+            "drift_unaccounted": self.unaccounted,
         }
+        return Stats(counters=counters, latency=latency)

@@ -1,124 +1,278 @@
-"""Every failure the device can report, as a tree with one root per failure domain.
+"""Every failure the device can report, as a tree with one root per failure domain, and the
+lifecycle events it reports beside them.
 
     AgentError
      ├── TrustError          the trust file is missing or unreadable (fail closed)
      ├── BundleError         the bundle's bytes are bad: signature, manifest, hashes, version
      ├── ModelError          verified bytes that do not make a working model (load, health)
+     ├── DeployError         a deployment step that is not about the bundle's bytes: the
+     │                       transfer document, timeouts, storage, install, trial
      ├── RowError            one input row cannot be served (shape, NaN, type, no model)
      ├── ProtocolError       a message on a subscribed topic is malformed
-     └── TransferError       a bundle transfer could not complete
+     ├── TransferError       a chunk of a bundle transfer is bad
+     └── InternalError       the agent's own invariants (an illegal phase change), its configuration
 
 Each class carries a stable ``code`` that appears in failure events on the wire, so the
-host can count and alert on them without parsing English.
+host can count and alert on them without parsing English; its docstring says what it means
+and ``action`` what an operator should do (``docs/errors.md`` is generated from both).
+``transient`` marks deployment failures that say nothing against the bundle itself: the
+device tries again when the retained desired state is redelivered.
+
+Lifecycle events (:class:`Lifecycle`) are not failures and live in their own namespace,
+``lifecycle.*``; an event document's ``kind`` says which of the two it is. No other module
+defines a code: ``tests/unit/test_catalogue.py`` fails on any code emitted from outside.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class AgentError(Exception):
+    """An unexpected failure inside the agent."""
+
     code = "agent.error"
+    action = "Read the agent's log on the device; report it if it repeats."
+    transient = False
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
 
+# ── trust ─────────────────────────────────────────────────────────────────────────────
+
+
 class TrustError(AgentError):
+    """The trust file is missing or invalid: every bundle and desired state is refused."""
+
     code = "trust.unavailable"
+    action = "Install a valid trust file (edgekit keys trust -o trust.json) at the agent's --trust path."
+
+
+# ── the bundle's bytes ────────────────────────────────────────────────────────────────
 
 
 class BundleError(AgentError):
+    """The bundle is invalid."""
+
     code = "bundle.invalid"
+    action = "Rebuild the bundle with edgekit bundle and deploy it again."
 
 
 class BundleTooLarge(BundleError):
+    """The bundle (or its manifest, or a member) is above this device's size limit."""
+
     code = "bundle.too_large"
+    action = "Quantize or shrink the model, or raise the device's limit (limits.max_bundle_bytes)."
 
 
 class BundleMalformed(BundleError):
+    """The bundle is not a well-formed archive of stored members."""
+
     code = "bundle.malformed"
+    action = "Rebuild the bundle with edgekit bundle; do not recompress or edit .ekb files."
 
 
 class MissingSignature(BundleError):
+    """A signed document carries no usable signature."""
+
     code = "bundle.missing_signature"
+    action = "Sign with edgekit bundle --key / edgekit deploy; unsigned documents are always refused."
 
 
 class UnknownKey(BundleError):
+    """Signed only by keys this device does not trust for that role."""
+
     code = "bundle.unknown_key"
+    action = "Sign with a key in the device's trust file, or give the device a trust file that lists the key."
 
 
 class BadSignature(BundleError):
+    """A signature by a trusted key does not match the signed bytes: the document was changed."""
+
     code = "bundle.bad_signature"
+    action = "Treat as tampering: find who changed the document between host and device; redeploy from the registry."
 
 
 class ManifestInvalid(BundleError):
+    """The signed manifest is not valid (missing or mistyped fields, duplicate keys, NaN)."""
+
     code = "bundle.manifest_invalid"
+    action = "Rebuild the bundle with a matching edgekit version."
 
 
 class Incompatible(BundleError):
+    """The bundle needs something this device or agent version does not have."""
+
     code = "bundle.incompatible"
+    action = "Upgrade the agent, or bundle for this device class."
 
 
 class Expired(BundleError):
+    """The bundle's expiry time has passed."""
+
     code = "bundle.expired"
+    action = "Build and deploy a fresh bundle (or check the device's clock)."
 
 
 class VersionRollback(BundleError):
+    """The bundle's version is lower than one this device already accepted."""
+
     code = "bundle.version_rollback"
+    action = "Deploy a higher version; to go back, use edgekit rollback, which makes a new higher version."
 
 
 class VersionConflict(BundleError):
+    """Same name and version as an accepted bundle, but different content."""
+
     code = "bundle.version_conflict"
+    action = "Give every build its own version: bundle again, which picks the next version."
 
 
 class UnlistedMember(BundleError):
+    """The archive holds a file the signed manifest does not list."""
+
     code = "bundle.unlisted_member"
+    action = "Treat as tampering; rebuild the bundle with edgekit bundle."
 
 
 class SizeMismatch(BundleError):
+    """A file's size differs from the size in the signed manifest."""
+
     code = "bundle.size_mismatch"
+    action = "Treat as tampering or corruption; redeploy the bundle from the registry."
 
 
 class HashMismatch(BundleError):
+    """A file's (or the whole bundle's) SHA-256 differs from the signed one."""
+
     code = "bundle.hash_mismatch"
+    action = "Treat as tampering or corruption; redeploy the bundle from the registry."
+
+
+# ── the model ─────────────────────────────────────────────────────────────────────────
 
 
 class ModelError(AgentError):
+    """The verified model cannot serve."""
+
     code = "model.invalid"
+    action = "Check the model with edgekit verify; rebuild it."
 
 
 class ModelLoadFailed(ModelError):
+    """onnxruntime could not load the model on this device."""
+
     code = "model.load_failed"
+    action = "Check the device's onnxruntime version against the bundle's opset; rebuild with an older opset."
 
 
 class HealthCheckFailed(ModelError):
+    """The model's answers on the bundle's health samples differ from the host's."""
+
     code = "model.health_failed"
+    action = "Compare onnxruntime versions on host and device; a quantized model may need a wider tolerance."
+
+
+# ── deployment steps ──────────────────────────────────────────────────────────────────
+
+
+class DeployError(AgentError):
+    """A deployment step failed."""
+
+    code = "deploy.failed"
+    action = "Read the event's detail; deploy again once it is fixed."
+
+
+class TransferMismatch(DeployError):
+    """The signed transfer document describes another bundle than the desired state."""
+
+    code = "transfer.mismatch"
+    action = "Deploy again with edgekit deploy: it republishes the transfer document next to the chunks."
+
+
+class TransferTimeout(DeployError):
+    """The transfer made no progress for the configured time; the device retries later."""
+
+    code = "transfer.timeout"
+    action = "Check that the broker still holds the bundle's chunks (edgekit deploy again repairs them)."
+    transient = True
+
+
+class StorageError(DeployError):
+    """The state directory could not be read or written (disk full, permissions)."""
+
+    code = "storage.failed"
+    action = "Free space or fix permissions in the agent's state directory."
+    transient = True
+
+
+class InstallFailed(DeployError):
+    """Installing a verified bundle failed for a reason outside the bundle."""
+
+    code = "install.failed"
+    action = "Read the agent's log on the device; the previous model keeps serving."
+    transient = True
+
+
+class TrialFailed(DeployError):
+    """The new model failed on live rows during its trial; the previous model serves again."""
+
+    code = "trial.failed"
+    action = "Look at the rows the device serves (edgekit fleet status, events) and fix the model."
+
+
+class TrialCrashed(DeployError):
+    """The agent stopped during this bundle's trial too often; it is not retried until asked again."""
+
+    code = "trial.crashed"
+    action = "Look for crashes on the device (memory, the model); deploy again to retry it."
+
+
+# ── rows ──────────────────────────────────────────────────────────────────────────────
 
 
 class RowError(AgentError):
+    """An input row cannot be served."""
+
     code = "row.invalid"
+    action = "Fix what feeds the agent: rows must match the model's features."
 
 
 class WrongShape(RowError):
+    """The row has the wrong number of features, or lacks named ones."""
+
     code = "row.wrong_shape"
+    action = "Send one value per model feature, in order or by name (edgekit inspect lists them)."
 
 
 class NotFinite(RowError):
+    """A value is NaN or infinite where the model does not accept it."""
+
     code = "row.not_finite"
+    action = "Send finite numbers, or train with missing values so the model imputes them."
 
 
 class BadValue(RowError):
+    """A value has the wrong type (text for a number, a number for a category, null)."""
+
     code = "row.bad_value"
+    action = "Send numbers for numeric features and strings for categorical ones."
 
 
 class NoModel(RowError):
+    """No model is active yet."""
+
     code = "row.no_model"
+    action = "Deploy a bundle to the device (edgekit deploy)."
 
 
 class InferenceFailed(RowError):
     """The model, not the row, failed: counts against a new model on trial."""
 
     code = "inference.failed"
+    action = "Check the model with edgekit verify and the row that failed; the previous model is restored on trial."
 
 
 class OutputNotFinite(RowError):
@@ -126,19 +280,97 @@ class OutputNotFinite(RowError):
     (1e39 in a float32 model). The row's fault, so it does not fail a trial."""
 
     code = "row.out_of_range"
+    action = "Clamp or scale the input; values this large are outside what the model was trained on."
+
+
+# ── messages ──────────────────────────────────────────────────────────────────────────
 
 
 class ProtocolError(AgentError):
+    """A message is malformed (not JSON, missing fields, wrong types, too large)."""
+
     code = "protocol.bad_message"
+    action = "Find the client publishing on the device's topics; only edgekit should write there."
 
 
 class DesiredRejected(ProtocolError):
+    """A signed desired state was refused (older sequence, wrong address, expired)."""
+
     code = "desired.rejected"
+    action = "Deploy again with edgekit deploy; replayed or misaddressed documents are refused."
 
 
 class TransferError(AgentError):
+    """A bundle transfer failed."""
+
     code = "transfer.failed"
+    action = "Deploy again with edgekit deploy, which repairs what the broker lost."
 
 
 class ChunkRejected(TransferError):
+    """A chunk does not match its signed hash or length; it is fetched again after a pause."""
+
     code = "transfer.bad_chunk"
+    action = "Deploy again to republish the chunk; if it repeats, something alters retained messages."
+
+
+# ── the agent itself ──────────────────────────────────────────────────────────────────
+
+
+class InternalError(AgentError):
+    """The agent broke one of its own rules."""
+
+    code = "internal.error"
+    action = "Report it with the agent's log; restart the agent."
+
+
+class IllegalTransition(InternalError):
+    """The state machine was asked for a phase change its table does not allow; nothing changed."""
+
+    code = "internal.illegal_transition"
+    action = "Report it with the agent's log; the deployment is abandoned and the previous model serves."
+
+
+class ConfigError(InternalError):
+    """The agent's configuration file or flags are invalid; the agent does not start."""
+
+    code = "config.invalid"
+    action = "Fix the named setting in the config file or on the command line."
+
+
+# ── lifecycle events (not failures) ───────────────────────────────────────────────────
+
+
+class Lifecycle(StrEnum):
+    """Milestones of a deployment, reported as events of kind "lifecycle"."""
+
+    TRIAL = "lifecycle.trial"
+    ACTIVATED = "lifecycle.activated"
+    SUPPRESSED = "lifecycle.suppressed"
+
+    @property
+    def meaning(self) -> str:
+        return _LIFECYCLE_MEANING[self]
+
+
+_LIFECYCLE_MEANING = {
+    Lifecycle.TRIAL: "The new bundle loaded, reproduced its health samples and serves live rows on trial.",
+    Lifecycle.ACTIVATED: "The new bundle passed its trial and is committed as the active one.",
+    Lifecycle.SUPPRESSED: "More failures of one code arrived than the rate limit sends; this says how many.",
+}
+
+
+def catalogue() -> list[type[AgentError]]:
+    """Every failure class, in definition order: the root and all its descendants."""
+    out: list[type[AgentError]] = []
+    pending: list[type[AgentError]] = [AgentError]
+    while pending:
+        cls = pending.pop(0)
+        out.append(cls)
+        pending[0:0] = cls.__subclasses__()
+    return out
+
+
+def by_code(code: str) -> type[AgentError] | None:
+    """The failure class for a wire code, or None for a code this version does not know."""
+    return next((c for c in catalogue() if c.code == code), None)

@@ -26,18 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import FloorEntry
-from .core import Persisted
-from .errors import AgentError
+from .errors import ProtocolError, StorageError
+from .protocol import BundleRef
+from .state import Persisted
 
 STATE = "state.json"
 BUNDLES = "bundles"
 STAGING = "staging"
 TRANSFER_DOC = "transfer.json"
 PART = "bundle.part"
-
-
-class StorageError(AgentError):
-    code = "storage.failed"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -95,28 +92,30 @@ class Slots:
         try:
             doc: dict[str, Any] = json.loads((self.root / STATE).read_bytes())
         except FileNotFoundError:
-            return Persisted(staging=self.load_staging())
+            return Persisted()
         except (OSError, ValueError) as exc:
             raise StorageError(f"state file {self.root / STATE} is unreadable: {exc}") from None
-        floor = {name: FloorEntry(int(e["version"]), str(e["sha256"])) for name, e in doc.get("floor", {}).items()}
-        return Persisted(
-            active=doc.get("active"),
-            previous=doc.get("previous"),
-            floor=floor,
-            desired_seq={str(k): int(v) for k, v in doc.get("desired_seq", {}).items()},
-            bdseq=int(doc.get("bdseq", 0)),
-            staging=self.load_staging(),
-            interrupted={str(k): int(v) for k, v in doc.get("interrupted", {}).items()},
-        )
+        try:
+            floor = {name: FloorEntry(int(e["version"]), str(e["sha256"])) for name, e in doc.get("floor", {}).items()}
+            return Persisted(
+                active=BundleRef.optional(doc, "active", "state file"),
+                previous=BundleRef.optional(doc, "previous", "state file"),
+                floor=floor,
+                desired_seq={str(k): int(v) for k, v in doc.get("desired_seq", {}).items()},
+                bdseq=int(doc.get("bdseq", 0)),
+                interrupted={str(k): int(v) for k, v in doc.get("interrupted", {}).items()},
+            )
+        except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StorageError(f"state file {self.root / STATE} is damaged: {exc}") from None
 
     def save(self, state: Persisted) -> None:
         doc = {
-            "active": state.active,
-            "previous": state.previous,
+            "active": None if state.active is None else state.active.to_json(),
+            "previous": None if state.previous is None else state.previous.to_json(),
             "floor": {n: {"version": f.version, "sha256": f.sha256} for n, f in state.floor.items()},
-            "desired_seq": state.desired_seq,
+            "desired_seq": dict(state.desired_seq),
             "bdseq": state.bdseq,
-            "interrupted": state.interrupted,
+            "interrupted": dict(state.interrupted),
         }
         try:
             atomic_write(self.root / STATE, json.dumps(doc, indent=1, sort_keys=True).encode())

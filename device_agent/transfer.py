@@ -5,58 +5,9 @@ arrived intact. Pure: the caller feeds chunk bytes in and asks what to subscribe
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
 
-from .errors import ChunkRejected, ProtocolError
-from .protocol import check_id, req_int, req_list, req_str
-
-MAX_CHUNKS = 65_536
-
-
-@dataclass(frozen=True)
-class TransferInfo:
-    """The signed transfer document published next to the chunks."""
-
-    name: str
-    version: int
-    size: int
-    sha256: str
-    chunk_size: int
-    chunks: tuple[str, ...]  # sha256 hex of each chunk, in order
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any], max_chunk_bytes: int) -> TransferInfo:
-        what = "transfer document"
-        info = cls(
-            name=check_id("bundle name", req_str(body, "name", what)),
-            version=req_int(body, "version", what, 1),
-            size=req_int(body, "size", what, 1),
-            sha256=req_str(body, "sha256", what),
-            chunk_size=req_int(body, "chunk_size", what, 1),
-            chunks=tuple(str(c) for c in req_list(body, "chunks", what)),
-        )
-        expected = -(-info.size // info.chunk_size)
-        if info.chunk_size > max_chunk_bytes:
-            raise ProtocolError(f"{what}: chunk size {info.chunk_size} above this device's {max_chunk_bytes}")
-        if len(info.chunks) != expected or expected > MAX_CHUNKS:
-            raise ProtocolError(f"{what}: {len(info.chunks)} chunk hashes for {expected} chunks")
-        return info
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "size": self.size,
-            "sha256": self.sha256,
-            "chunk_size": self.chunk_size,
-            "chunks": list(self.chunks),
-        }
-
-    def chunk_length(self, index: int) -> int:
-        if index == len(self.chunks) - 1:
-            return self.size - self.chunk_size * index
-        return self.chunk_size
+from .errors import ChunkRejected
+from .protocol import TransferInfo
 
 
 def split(data: bytes, chunk_size: int) -> list[bytes]:

@@ -151,14 +151,25 @@ def seal(private: Ed25519PrivateKey, domain: bytes, body: dict[str, Any]) -> byt
     return dumps({"body": body_bytes.decode("utf-8"), "sigs": [sign(private, domain, body_bytes)]})
 
 
-def open_envelope(
-    trust: Trust, role: str, domain: bytes, payload: bytes, what: str, max_bytes: int = 256 * 1024
-) -> tuple[dict[str, Any], str]:
-    """Verify a signed envelope and return (body, signing key id)."""
+def _envelope(payload: bytes, what: str, max_bytes: int) -> tuple[bytes, Any]:
     outer = loads_object(payload, max_bytes, what)
     body_text = outer.get("body")
     if not isinstance(body_text, str):
         raise ProtocolError(f"{what}: missing 'body'")
-    body_bytes = body_text.encode("utf-8")
-    kid = trust.verify(role, domain, body_bytes, outer.get("sigs"))
+    return body_text.encode("utf-8"), outer.get("sigs")
+
+
+def open_envelope(
+    trust: Trust, role: str, domain: bytes, payload: bytes, what: str, max_bytes: int = 256 * 1024
+) -> tuple[dict[str, Any], str]:
+    """Verify a signed envelope and return (body, signing key id)."""
+    body_bytes, sigs = _envelope(payload, what, max_bytes)
+    kid = trust.verify(role, domain, body_bytes, sigs)
     return loads_object(body_bytes, max_bytes, what), kid
+
+
+def read_envelope_unverified(payload: bytes, what: str, max_bytes: int = 256 * 1024) -> dict[str, Any]:
+    """A signed envelope's body WITHOUT checking its signature: for tools that only decide
+    what to tidy on their own broker (``edgekit bundles gc``), never for acting on it."""
+    body_bytes, _ = _envelope(payload, what, max_bytes)
+    return loads_object(body_bytes, max_bytes, what)

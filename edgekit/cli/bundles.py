@@ -116,7 +116,7 @@ def verify_cmd(bundle: Path, trust_path: Path, as_json: bool) -> None:
         emit({"ok": False, "code": exc.code, "detail": exc.detail}, True, str)
         raise SystemExit(7) from None
     emit(
-        {"ok": True, **vb.ref, "keyid": vb.keyid, "size": vb.size},
+        {"ok": True, **vb.ref.to_json(), "keyid": vb.keyid, "size": vb.size},
         as_json,
         lambda d: f"OK  {d['name']} v{d['version']}  signed by {d['keyid']}",
     )

@@ -70,8 +70,7 @@ def deploy_cmd(
         return "\n".join(lines)
 
     emit(result.to_dict(), as_json, text)
-    outcome = result.outcome or {}
-    if wait > 0 and (not outcome or any(s != "active" for s in outcome.values())):
+    if wait > 0 and not result.succeeded:
         raise SystemExit(6)
 
 
@@ -86,11 +85,7 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
         if verdict == "drift":
             names = list(drift.get("drifted") or [])
             verdict = "DRIFT: " + ",".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-        # The deployment's failure first; otherwise the latest bad row or message.
-        candidates = [e for e in (d.get("last_error"), d.get("last_runtime_error")) if e]
-        err = d["last_error"] if d.get("phase") == "failed" and d.get("last_error") else {}
-        if not err and candidates:
-            err = max(candidates, key=lambda e: e.get("ts") or 0)
+        err = d.get("last_failure") or {}
         status = d["status"] if d["status"] == "online" else f"{d['status']} ({ago(d['last_seen_s'])})"
         rows.append(
             [

@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_agent.bundle import read_unverified, verify
-from device_agent.errors import AgentError
-from device_agent.protocol import Topics, check_id, loads_object
-from device_agent.transfer import TransferInfo, split
+from device_agent.errors import AgentError, ProtocolError
+from device_agent.protocol import DesiredBundle, DesiredState, DeviceState, Reported, Topics, TransferInfo, check_id
+from device_agent.transfer import split
 from device_agent.trust import DESIRED_DOMAIN, TRANSFER_DOMAIN, Trust, seal
 
 from ..errors import FleetError
@@ -61,8 +61,13 @@ class DeployResult:
     published: int = 0  # messages published; fewer than chunks + 1 when the broker already had them
     outcome: dict[str, Any] | None = None
 
+    @property
+    def succeeded(self) -> bool | None:
+        """None when the deploy did not wait; else whether every targeted device is active."""
+        return None if self.outcome is None else succeeded(self.outcome)
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "succeeded": self.succeeded}
 
 
 def chunk_size_for(max_packet: int | None, wanted: int = DEFAULT_CHUNK) -> int:
@@ -76,6 +81,38 @@ def chunk_size_for(max_packet: int | None, wanted: int = DEFAULT_CHUNK) -> int:
 def retained(conn: Connection, topic_filter: str) -> dict[str, bytes]:
     """Every retained message under a topic filter, by topic (empty payloads are deletions)."""
     return {t: p for t, p, r in collect(conn, [topic_filter], settle=0.3) if r and p}
+
+
+Item = tuple[str, bytes, bool]  # topic, payload, retain
+
+
+def bundle_messages(
+    topics: Topics,
+    data: bytes,
+    name: str,
+    version: int,
+    bundle_key: Ed25519PrivateKey,
+    chunk_size: int,
+    have: dict[str, bytes],
+) -> tuple[TransferInfo, list[Item]]:
+    """The retained messages that make the broker hold this bundle, given what it holds
+    (``have``, by topic): only chunks missing or different, old chunks of another chunking
+    cleared, and the signed transfer document last, once the chunks are in place."""
+    parts = split(data, chunk_size)
+    sha = hashlib.sha256(data).hexdigest()
+    info = TransferInfo(name, version, len(data), sha, chunk_size, tuple(hashlib.sha256(p).hexdigest() for p in parts))
+    doc = seal(bundle_key, TRANSFER_DOMAIN, info.to_json())  # Ed25519 is deterministic: same bytes each time
+    items: list[Item] = [
+        (topics.bundle_chunk(name, version, i), p, True)
+        for i, p in enumerate(parts)
+        if have.get(topics.bundle_chunk(name, version, i)) != p
+    ]
+    wanted = {topics.bundle_chunk(name, version, i) for i in range(len(parts))}
+    wanted.add(topics.bundle_manifest(name, version))
+    items += [(t, b"", True) for t in have if t not in wanted]  # chunks of an older chunking
+    if have.get(topics.bundle_manifest(name, version)) != doc:
+        items.append((topics.bundle_manifest(name, version), doc, True))
+    return info, items
 
 
 def publish_bundle(
@@ -95,39 +132,35 @@ def publish_bundle(
     a broker that lost part of a bundle. Returns the transfer info and how many messages
     were published.
     """
-    size = chunk_size_for(conn.max_packet_size, chunk_size)
-    parts = split(data, size)
-    sha = hashlib.sha256(data).hexdigest()
-    info = TransferInfo(name, version, len(data), sha, size, tuple(hashlib.sha256(p).hexdigest() for p in parts))
-    doc = seal(bundle_key, TRANSFER_DOMAIN, info.to_json())  # Ed25519 is deterministic: same bytes each time
     have = retained(conn, f"{topics.prefix}/bundle/{name}/{version}/#") if repair else {}
-    items = [
-        (topics.bundle_chunk(name, version, i), p, True)
-        for i, p in enumerate(parts)
-        if have.get(topics.bundle_chunk(name, version, i)) != p
-    ]
-    wanted = {topics.bundle_chunk(name, version, i) for i in range(len(parts))}
-    wanted.add(topics.bundle_manifest(name, version))
-    items += [(t, b"", True) for t in have if t not in wanted]  # chunks of an older chunking
-    if have.get(topics.bundle_manifest(name, version)) != doc:
-        items.append((topics.bundle_manifest(name, version), doc, True))  # last: chunks are in place first
+    size = chunk_size_for(conn.max_packet_size, chunk_size)
+    info, items = bundle_messages(topics, data, name, version, bundle_key, size, have)
     publish_all(conn, items)
     return info, len(items)
+
+
+def desired_message(
+    topics: Topics, target: Target, info: TransferInfo, deploy_key: Ed25519PrivateKey, now_ns: int | None = None
+) -> tuple[Item, DesiredState]:
+    """A signed desired state pointing ``target`` at a published bundle. Its sequence number
+    is the time in microseconds: it increases across hosts without shared state."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    doc = DesiredState(
+        seq=now_ns // 1000,
+        target=target.label,
+        bundle=DesiredBundle(info.name, info.version, info.sha256, info.size),
+        issued=now_ns / 1e9,
+    )
+    return (target.topic(topics), seal(deploy_key, DESIRED_DOMAIN, doc.to_json()), True), doc
 
 
 def publish_desired(
     conn: Connection, topics: Topics, target: Target, info: TransferInfo, deploy_key: Ed25519PrivateKey
 ) -> int:
     """Point the target at a published bundle with a signed, ever-increasing desired state."""
-    seq = time.time_ns() // 1000  # microseconds: increases across hosts without shared state
-    desired = {
-        "seq": seq,
-        "target": target.label,
-        "bundle": {"name": info.name, "version": info.version, "sha256": info.sha256, "size": info.size},
-        "issued": time.time(),
-    }
-    publish_all(conn, [(target.topic(topics), seal(deploy_key, DESIRED_DOMAIN, desired), True)])
-    return seq
+    item, doc = desired_message(topics, target, info, deploy_key)
+    publish_all(conn, [item])
+    return doc.seq
 
 
 def deploy(
@@ -177,47 +210,68 @@ def deploy(
 
 
 def wait_for(
-    conn: Any, topics: Topics, target: Target, sha: str, timeout: float, progress: Callable[[str], None]
+    conn: Connection, topics: Topics, target: Target, sha: str, timeout: float, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     """Watch the retained 'reported' documents until the targeted devices are active or failed."""
     deadline = time.monotonic() + timeout
-    outcome: dict[str, Any] = {}
+    outcome: dict[str, str] = {}
     while time.monotonic() < deadline:
-        members = _members(conn, topics, target)
-        for topic, payload, _ in collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0):
-            parsed = topics.parse_device_topic(topic)
-            if parsed is None or parsed[0] not in members:
-                continue
-            try:
-                doc = loads_object(payload)
-            except AgentError:
-                continue
-            active = doc.get("active") or {}
-            err = doc.get("last_error") or {}
-            if active.get("sha256") == sha:
-                outcome[parsed[0]] = "active"
-            elif doc.get("phase") == "failed" and err.get("sha256") == sha:
-                outcome[parsed[0]] = f"failed: {err.get('code')}: {err.get('detail')}"
-            else:  # still on its way (its phase may read "active": that is the old bundle)
-                outcome[parsed[0]] = f"pending ({doc.get('phase')})"
-        done = [d for d, s in outcome.items() if s == "active" or s.startswith("failed")]
+        states = _docs(collect(conn, [topics.all_devices("state")], settle=0.2, max_wait=2.0), topics, DeviceState)
+        members = target_members(target, states)
+        reported = _docs(collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0), topics, Reported)
+        outcome = deployment_outcome(members, reported, sha)
+        done = [d for d, s in outcome.items() if is_done(s)]
         if members and len(done) == len(members):
             break
         progress(f"waiting: {len(done)}/{len(members) or '?'} devices done")
         time.sleep(0.5)
+    return dict(outcome)
+
+
+def is_done(state: str) -> bool:
+    return state == "active" or state.startswith("failed")
+
+
+def succeeded(outcome: dict[str, Any] | None) -> bool:
+    """A deploy that waited succeeded when someone answered and every device is active."""
+    return bool(outcome) and all(s == "active" for s in (outcome or {}).values())
+
+
+def deployment_outcome(members: set[str], reported: dict[str, Reported], sha: str) -> dict[str, str]:
+    """Per targeted device: active, failed (with the code), or pending (with its phase)."""
+    outcome: dict[str, str] = {}
+    for device in sorted(members):
+        doc = reported.get(device)
+        if doc is None:
+            continue
+        err = doc.last_error
+        if doc.active is not None and doc.active.sha256 == sha:
+            outcome[device] = "active"
+        elif doc.phase == "failed" and err is not None and err.sha256 == sha:
+            outcome[device] = f"failed: {err.code}: {err.detail}"
+        else:  # still on its way (its phase may read "active": that is the old bundle)
+            outcome[device] = f"pending ({doc.phase})"
     return outcome
 
 
-def _members(conn: Any, topics: Topics, target: Target) -> set[str]:
+def target_members(target: Target, states: dict[str, DeviceState]) -> set[str]:
+    """The devices a target names: one device, or every device whose birth lists the group."""
     if target.device:
         return {target.device}
-    found = set()
-    for topic, payload, _ in collect(conn, [topics.all_devices("state")], settle=0.2, max_wait=2.0):
+    return {d for d, state in states.items() if target.group in state.groups}
+
+
+_D = TypeVar("_D", DeviceState, Reported)
+
+
+def _docs(messages: list[tuple[str, bytes, bool]], topics: Topics, cls: type[_D]) -> dict[str, _D]:
+    out: dict[str, _D] = {}
+    for topic, payload, _ in messages:
         parsed = topics.parse_device_topic(topic)
-        try:
-            doc = loads_object(payload)
-        except AgentError:
+        if parsed is None or not payload:
             continue
-        if parsed and target.group in (doc.get("groups") or []):
-            found.add(parsed[0])
-    return found
+        try:
+            out[parsed[0]] = cls.decode(payload)
+        except ProtocolError:
+            continue  # a garbled document is no answer
+    return out

@@ -9,13 +9,17 @@ through their retained reports, so an unplugged device does not lose its rollbac
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.errors import AgentError
-from device_agent.protocol import Topics, loads_object
+from device_agent.errors import ProtocolError
+from device_agent.protocol import BundleRef, DesiredState, Reported, Topics, TransferInfo
+from device_agent.trust import read_envelope_unverified
 
 from .client import collect, connect, publish_all
+
+Item = tuple[str, bytes, bool]
 
 
 @dataclass
@@ -30,46 +34,67 @@ class GcReport:
         return dict(self.__dict__)
 
 
-def _json(payload: bytes) -> dict[str, Any] | None:
-    try:
-        return loads_object(payload)
-    except AgentError:
-        return None
-
-
-def _envelope_body(payload: bytes) -> dict[str, Any]:
-    """The JSON body of a signed envelope (desired state, transfer document), read but not
-    verified: gc only decides what to delete from our own broker."""
-    outer = _json(payload)
-    body = outer.get("body") if outer else None
-    doc = _json(body.encode("utf-8")) if isinstance(body, str) else None
-    return doc or {}
-
-
-def needed_versions(messages: list[tuple[str, bytes, bool]], topics: Topics) -> dict[tuple[str, int], str]:
+def needed_versions(messages: Iterable[Item], topics: Topics) -> dict[tuple[str, int], str]:
     """(name, version) -> why it is kept."""
     needed: dict[tuple[str, int], str] = {}
 
-    def keep(ref: Any, why: str) -> None:
-        if isinstance(ref, dict) and isinstance(ref.get("name"), str) and isinstance(ref.get("version"), int):
-            needed.setdefault((ref["name"], ref["version"]), why)
+    def keep(ref: BundleRef | None, why: str) -> None:
+        if ref is not None:
+            needed.setdefault((ref.name, ref.version), why)
 
     for topic, payload, _ in messages:
+        if not payload:
+            continue
         parsed = topics.parse_device_topic(topic)
-        if parsed is not None and parsed[1] == "reported":
-            doc = _json(payload) or {}
-            for role in ("active", "previous", "desired"):
-                keep(doc.get(role), f"{role} on {parsed[0]}")
-        elif topic.endswith("/desired"):
-            keep(
-                _envelope_body(payload).get("bundle"), f"desired by {topic[len(topics.prefix) + 1 : -len('/desired')]}"
-            )
+        try:
+            if parsed is not None and parsed[1] == "reported":
+                doc = Reported.decode(payload)
+                for role, ref in (("active", doc.active), ("previous", doc.previous), ("desired", doc.desired)):
+                    keep(ref, f"{role} on {parsed[0]}")
+            elif topic.endswith("/desired"):
+                desired = DesiredState.from_json(read_envelope_unverified(payload, "desired state"))
+                keep(desired.bundle.ref, f"desired by {desired.target}")
+        except ProtocolError:
+            continue  # an unreadable document protects nothing, and is not ours to delete
     return needed
+
+
+def plan_gc(messages: Iterable[Item], topics: Topics, dry_run: bool = False) -> tuple[GcReport, list[Item]]:
+    """What to delete, given every retained message under the fleet's prefix: the report and
+    the empty retained messages that clear the versions no one needs."""
+    messages = list(messages)
+    report = GcReport(dry_run=dry_run)
+    needed = needed_versions(messages, topics)
+    clear: list[Item] = []
+    for topic, payload, retained in messages:
+        where = topics.parse_manifest_topic(topic)
+        if not retained or not payload or where is None:
+            continue
+        name, version = where
+        try:
+            info: TransferInfo | None = TransferInfo.from_json(read_envelope_unverified(payload, "transfer document"))
+        except ProtocolError:
+            info = None  # a damaged transfer document: its chunks are unknown, the document still goes
+        entry = {
+            "name": name,
+            "version": version,
+            "size": info.size if info else None,
+            "chunks": len(info.chunks) if info else 0,
+        }
+        why = needed.get((name, version))
+        if why is not None:
+            report.kept.append({**entry, "why": why})
+            continue
+        report.removed.append(entry)
+        report.bytes_freed += info.size if info else 0
+        clear += [(topics.bundle_chunk(name, version, i), b"", True) for i in range(len(info.chunks) if info else 0)]
+        clear.append((topics.bundle_manifest(name, version), b"", True))
+    report.messages_cleared = len(clear)
+    return report, clear
 
 
 def collect_garbage(broker: str, prefix: str, dry_run: bool = False) -> GcReport:
     topics = Topics(prefix)
-    report = GcReport(dry_run=dry_run)
     with connect(broker, purpose="gc") as conn:
         messages = collect(
             conn,
@@ -81,25 +106,7 @@ def collect_garbage(broker: str, prefix: str, dry_run: bool = False) -> GcReport
             ],
             settle=0.4,
         )
-        needed = needed_versions(messages, topics)
-        clear: list[tuple[str, bytes, bool]] = []
-        for topic, payload, retained in messages:
-            parts = topic[len(prefix) + 1 :].split("/")
-            if not retained or not payload or len(parts) != 4 or parts[0] != "bundle" or parts[3] != "manifest":
-                continue
-            name, version = parts[1], int(parts[2]) if parts[2].isdigit() else -1
-            body = _envelope_body(payload)
-            chunks: list[Any] = body["chunks"] if isinstance(body.get("chunks"), list) else []
-            entry = {"name": name, "version": version, "size": body.get("size"), "chunks": len(chunks)}
-            why = needed.get((name, version))
-            if why is not None:
-                report.kept.append({**entry, "why": why})
-                continue
-            report.removed.append(entry)
-            report.bytes_freed += int(body.get("size") or 0)
-            clear += [(topics.bundle_chunk(name, version, i), b"", True) for i in range(len(chunks))]
-            clear.append((topics.bundle_manifest(name, version), b"", True))
-        report.messages_cleared = len(clear)
+        report, clear = plan_gc(messages, topics, dry_run)
         if clear and not dry_run:
             publish_all(conn, clear)
     return report

@@ -2,98 +2,126 @@
 
 Staleness is reported honestly: a device whose last birth said "online" but whose last
 heartbeat is older than three intervals is "stale", with its age — never a stale "healthy".
+Every document is read through :mod:`device_agent.protocol`; one that does not parse is
+reported as unreadable on its device, never allowed to hide the rest of the fleet.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_agent.errors import AgentError
-from device_agent.protocol import Topics, loads_object
+from device_agent.errors import ProtocolError
+from device_agent.protocol import DeviceState, Document, ErrorRecord, Heartbeat, Reported, Topics
 
 from .client import collect, connect
 
 STALE_AFTER = 3.0  # heartbeat intervals
+DEFAULT_INTERVAL = 5.0  # seconds, when no heartbeat says otherwise
+LEAVES: dict[str, type[Document]] = {"state": DeviceState, "reported": Reported, "hb": Heartbeat}
 
 
 @dataclass
 class DeviceStatus:
     device: str
-    state: dict[str, Any] = field(default_factory=dict)
-    reported: dict[str, Any] = field(default_factory=dict)
-    hb: dict[str, Any] = field(default_factory=dict)
+    state: DeviceState | None = None
+    reported: Reported | None = None
+    hb: Heartbeat | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)  # leaf -> why its document was refused
 
     def last_seen(self) -> float | None:
-        stamps = [d.get("ts") for d in (self.hb, self.reported, self.state)]
-        nums = [float(s) for s in stamps if isinstance(s, (int, float))]
-        return max(nums) if nums else None
+        stamps = [d.ts for d in (self.hb, self.reported, self.state) if d is not None and d.ts is not None]
+        return max(stamps) if stamps else None
 
     def connectivity(self, now: float) -> str:
         seen = self.last_seen()
-        interval = float(self.hb.get("interval") or 5.0)
+        interval = self.hb.interval if self.hb is not None else DEFAULT_INTERVAL
         fresh = seen is not None and now - seen <= STALE_AFTER * interval
-        if self.state.get("online") is False and not (fresh and self._will_is_stale()):
+        if self.state is not None and not self.state.online and not (fresh and self._will_is_stale()):
             return "offline"
-        if not self.state:
+        if self.state is None:
             return "unknown"
         return "online" if fresh else "stale"
 
     def _will_is_stale(self) -> bool:
         """A Will from an older connection (lower birth/death sequence) than the device's
         latest heartbeat came late: the device is back, whatever the retained state says."""
-        hb_seq, state_seq = self.hb.get("bdseq"), self.state.get("bdseq")
-        return isinstance(hb_seq, int) and isinstance(state_seq, int) and hb_seq > state_seq
+        return self.hb is not None and self.state is not None and self.hb.bdseq > self.state.bdseq
+
+    def last_failure(self) -> ErrorRecord | None:
+        """The failure to show: the deployment's while it is failed, else the most recent of
+        the deployment's and the latest bad row's or message's."""
+        rep = self.reported
+        if rep is None:
+            return None
+        if rep.phase == "failed" and rep.last_error is not None:
+            return rep.last_error
+        candidates = [e for e in (rep.last_error, rep.last_runtime_error) if e is not None]
+        return max(candidates, key=lambda e: e.ts) if candidates else None
 
     def to_dict(self, now: float) -> dict[str, Any]:
         seen = self.last_seen()
-        counters = dict(self.hb.get("counters") or self.reported.get("counters") or {})
-        failures = self.reported.get("failures") or {}
-        drift = self.reported.get("last_drift")
+        rep, hb, state = self.reported, self.hb, self.state
+        counters = dict(hb.stats.counters if hb is not None else rep.counters if rep is not None else {})
+        failures = dict(rep.failures) if rep is not None else {}
+        active = rep.active if rep is not None else state.active if state is not None else None
+        failure = self.last_failure()
+
+        def jsn(obj: Any) -> Any:
+            return None if obj is None else obj.to_json()
+
         return {
             "device": self.device,
             "status": self.connectivity(now),
             "last_seen_s": None if seen is None else round(max(0.0, now - seen), 1),
-            "groups": self.state.get("groups") or [],
-            "agent": self.state.get("agent"),
-            "phase": self.reported.get("phase"),
-            "active": self.reported.get("active") or self.state.get("active"),
-            "previous": self.reported.get("previous"),
-            "progress": self.reported.get("progress"),
+            "groups": list(state.groups) if state is not None else [],
+            "agent": state.agent if state is not None else None,
+            "phase": str(rep.phase) if rep is not None else None,
+            "active": jsn(active),
+            "previous": jsn(rep.previous if rep is not None else None),
+            "progress": jsn(rep.progress if rep is not None else None),
             "served": counters.get("served", 0),
             "rejected": counters.get("rejected", 0),
-            "errors": int(sum(v for v in failures.values() if isinstance(v, int))),
+            "errors": int(sum(failures.values())),
             "failures": failures,
-            "latency": self.hb.get("latency"),
-            "drift": drift,
-            "last_error": self.reported.get("last_error"),  # why the last deployment failed
-            "last_runtime_error": self.reported.get("last_runtime_error"),  # latest bad row or message
-            "outbox": self.hb.get("outbox"),
+            "latency": jsn(hb.stats.latency if hb is not None else None),
+            "drift": jsn(rep.last_drift if rep is not None else None),
+            "last_error": jsn(rep.last_error if rep is not None else None),  # why the last deployment failed
+            "last_runtime_error": jsn(rep.last_runtime_error if rep is not None else None),  # latest bad row/message
+            "last_failure": jsn(failure),  # the one to show a person
+            "outbox": jsn(hb.stats.outbox if hb is not None else None),
+            "unreadable": dict(self.unreadable),
         }
+
+
+def read_devices(messages: Iterable[tuple[str, bytes, bool]], topics: Topics) -> dict[str, DeviceStatus]:
+    """Each device's latest state, reported and heartbeat documents from retained messages."""
+    devices: dict[str, DeviceStatus] = {}
+    for topic, payload, _ in messages:
+        parsed = topics.parse_device_topic(topic)
+        if parsed is None or not payload or parsed[1] not in LEAVES:
+            continue
+        device, leaf = parsed
+        entry = devices.setdefault(device, DeviceStatus(device))
+        try:
+            doc = LEAVES[leaf].decode(payload)
+        except ProtocolError as exc:
+            entry.unreadable[leaf] = exc.detail  # a garbled retained message must not hide the rest
+            continue
+        entry.unreadable.pop(leaf, None)
+        setattr(entry, leaf, doc)
+    return devices
+
+
+def status_view(messages: Iterable[tuple[str, bytes, bool]], topics: Topics, now: float) -> list[dict[str, Any]]:
+    devices = read_devices(messages, topics)
+    return [devices[d].to_dict(now) for d in sorted(devices)]
 
 
 def fleet_status(broker: str, prefix: str, settle: float = 0.5) -> list[dict[str, Any]]:
     topics = Topics(prefix)
-    devices: dict[str, DeviceStatus] = {}
     with connect(broker, purpose="status") as conn:
-        messages = collect(
-            conn,
-            [topics.all_devices("state"), topics.all_devices("reported"), topics.all_devices("hb")],
-            settle=settle,
-        )
-    for topic, payload, _ in messages:
-        parsed = topics.parse_device_topic(topic)
-        if parsed is None or not payload:
-            continue
-        device, leaf = parsed
-        if leaf not in ("state", "reported", "hb"):
-            continue
-        try:
-            doc = loads_object(payload)
-        except AgentError:
-            continue  # a garbled retained message must not hide the rest of the fleet
-        entry = devices.setdefault(device, DeviceStatus(device))
-        setattr(entry, leaf, doc)
-    now = time.time()
-    return [devices[d].to_dict(now) for d in sorted(devices)]
+        messages = collect(conn, [topics.all_devices(leaf) for leaf in LEAVES], settle=settle)
+    return status_view(messages, topics, time.time())

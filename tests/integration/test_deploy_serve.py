@@ -19,7 +19,7 @@ from tests.support.watch import Watcher
 
 pytestmark = pytest.mark.broker
 P = "edgekit/v1"
-LIFECYCLE = {"bundle.activated", "bundle.trial"}
+LIFECYCLE = {"lifecycle.activated", "lifecycle.trial"}
 
 
 def _deploy(host: HostSetup, broker: Broker, bundle: Path, target: Target) -> None:
@@ -61,7 +61,7 @@ def test_group_deploy_activates_on_both_and_serves(host: HostSetup, broker: Brok
             assert out["prediction"] == 0 and out["confidence"] > 0.5
             assert a.ask(host.rows[-1])["prediction"] == 2
         wait_until(
-            lambda: "bundle.activated" in watcher.codes("a1") and "bundle.activated" in watcher.codes("a2"),
+            lambda: "lifecycle.activated" in watcher.codes("a1") and "lifecycle.activated" in watcher.codes("a2"),
             what="activation events",
         )
         status = wait_until(lambda: (s := _status(broker)) and s["a1"]["served"] >= 2 and s, what="served counted")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.protocol import Topics
-from device_agent.transfer import TransferInfo, split
+from device_agent.protocol import DeviceEvent, DriftMessage, Topics, TransferInfo
+from device_agent.transfer import split
 from device_agent.trust import TRANSFER_DOMAIN, seal
 from edgekit import keys, workspace
 from edgekit.fleet.client import connect, publish_all
@@ -189,15 +189,12 @@ def test_long_offline_period_loses_no_event_or_drift_window(host: HostSetup, bro
         time.sleep(2.0)  # the agent's worker accounts the rows while the broker is away
         broker.start()
         watcher = Watcher(broker.url, [T.events("o1"), T.drift("o1")])
-        wait_until(lambda: len(watcher.json("/o1/drift")) >= 9, timeout=30, what="every drift window")
+        wait_until(lambda: len(watcher.docs("/o1/drift", DriftMessage)) >= 9, timeout=30, what="every drift window")
         wait_until(lambda: watcher.codes("o1").count("row.wrong_shape") >= 10, timeout=30, what="every event")
-        drift = watcher.json("/o1/drift")
-        assert sum(d["window"]["n"] for d in drift) == 490 - (490 % 50)
-        for kind in ("/o1/drift", "/o1/events"):
-            unique: dict[str, dict] = {}
-            for m in watcher.json(kind):  # at-least-once: a receiver drops repeats by id
-                unique.setdefault(m["id"], m)
-            seqs = [m["seq"] for m in unique.values()]
+        drift = {m.id: m for m in watcher.docs("/o1/drift", DriftMessage)}  # at-least-once: drop repeats by id
+        assert sum(m.n or 0 for m in drift.values()) == 490 - (490 % 50)
+        events = {m.id: m for m in watcher.docs("/o1/events", DeviceEvent)}
+        for kind, seqs in (("drift", [m.seq for m in drift.values()]), ("events", [m.seq for m in events.values()])):
             assert seqs == sorted(seqs), f"{kind} arrived out of order"
         watcher.close()
     finally:

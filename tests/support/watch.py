@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from device_agent.protocol import DeviceEvent, Document
 from edgekit.fleet.client import parse_broker
+
+D = TypeVar("D", bound=Document)
 
 
 class Watcher:
@@ -33,13 +36,19 @@ class Watcher:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def json(self, suffix: str) -> list[dict[str, Any]]:
-        """Decoded payloads of every message whose topic ends with ``suffix``."""
+        """Plain JSON of every message whose topic ends with ``suffix`` (what any subscriber sees)."""
         with self._lock:
             items = [p for t, p, _ in self.messages if t.endswith(suffix) and p]
         return [json.loads(p) for p in items]
 
+    def docs(self, suffix: str, cls: type[D]) -> list[D]:
+        """Payloads of every message whose topic ends with ``suffix``, read as ``cls``."""
+        with self._lock:
+            items = [p for t, p, _ in self.messages if t.endswith(suffix) and p]
+        return [cls.decode(p) for p in items]
+
     def codes(self, device: str) -> list[str]:
-        return [e["code"] for e in self.json(f"/dev/{device}/events")]
+        return [e.code for e in self.docs(f"/dev/{device}/events", DeviceEvent)]
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)

@@ -47,8 +47,8 @@ from device_agent.bundle import (
     sha256_hex,
     verify,
 )
-from device_agent.protocol import dumps
-from device_agent.transfer import TransferInfo, split
+from device_agent.protocol import TransferInfo, dumps
+from device_agent.transfer import split
 from device_agent.trust import (
     DESIRED_DOMAIN,
     MANIFEST_DOMAIN,
@@ -353,6 +353,7 @@ def desired_payload(
 ) -> bytes:
     """A sealed desired-state document pointing at ``built``."""
     body = {
+        "format": 1,
         "seq": seq,
         "target": target,
         "bundle": {"name": built.name, "version": built.version, "sha256": built.sha256, "size": len(built.data)},

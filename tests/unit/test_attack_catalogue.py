@@ -13,9 +13,10 @@ import pytest
 from bundle_factory import default_files, make_bundle, verify_built
 from onnx import TensorProto, helper, numpy_helper
 
+from device_agent.actions import Install
 from device_agent.bundle import MODEL, FloorEntry
-from device_agent.core import Install, Message
 from device_agent.errors import HashMismatch, ModelLoadFailed, SizeMismatch
+from device_agent.events import Message
 from device_agent.runtime import LoadedModel
 from tests.unit.test_core import NOW, V1, V2, T, active_ref, codes, desire, of_type, on_v1, send_transfer_doc
 
@@ -118,5 +119,5 @@ def test_an_unsigned_desired_document_changes_nothing() -> None:
     body = {"seq": 9, "target": "device:dev1", "bundle": {"name": "demo", "version": 2, "sha256": V2.sha256, "size": 1}}
     out = core.handle(Message(T.desired_device("dev1"), json.dumps({"body": json.dumps(body)}).encode(), True), NOW)
     assert codes(out) == ["bundle.missing_signature"]
-    assert core.desired_seq == {} and core.goal is None
+    assert core.state.desired_seq == {} and core.goal is None
     _unchanged(core)

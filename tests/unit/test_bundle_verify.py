@@ -104,7 +104,7 @@ def test_valid_bundle_verifies_with_everything_the_device_needs() -> None:
     assert vb.manifest_bytes == built.manifest_bytes
     assert vb.files == built.files
     assert set(vb.files) == {MODEL, REFERENCE, HEALTH}
-    assert vb.ref == {"name": "demo", "version": 1, "sha256": vb.sha256}
+    assert vb.ref.to_json() == {"name": "demo", "version": 1, "sha256": vb.sha256}
     spec = vb.spec
     assert spec.task == "classification"
     assert [f.name for f in spec.features] == ["f0", "f1", "f2"]

@@ -23,7 +23,7 @@ from bundle_factory import (
 )
 
 from device_agent.bundle import VerifiedBundle
-from device_agent.core import DriftReady, Event, RowRejected, TrialDone
+from device_agent.config import EngineSettings
 from device_agent.engine import InferenceEngine
 from device_agent.errors import (
     BadValue,
@@ -36,7 +36,8 @@ from device_agent.errors import (
     RowError,
     WrongShape,
 )
-from device_agent.protocol import dumps
+from device_agent.events import DriftReady, Event, RowRejected, TrialDone
+from device_agent.protocol import BundleRef, dumps
 from device_agent.runtime import LoadedModel
 
 
@@ -202,12 +203,12 @@ def test_no_model_before_activate() -> None:
     with pytest.raises(NoModel):
         engine.serve([0.1, 0.2, 0.3])
     assert (engine.served, engine.rejected) == (0, 1)
-    assert rec.events == [RowRejected("row.no_model", rec.events[0].detail)]  # type: ignore[union-attr]
+    assert [type(e.error) for e in rec.of(RowRejected)] == [NoModel] and len(rec.events) == 1
 
 
 def test_serve_counts_served_and_rejected(model: LoadedModel) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=1000)
+    engine = InferenceEngine(rec, EngineSettings(drift_window_rows=1000))
     engine.activate(model)
     for row in sample_rows(5, seed=7).tolist():
         pred = engine.serve(row)
@@ -218,15 +219,15 @@ def test_serve_counts_served_and_rejected(model: LoadedModel) -> None:
         engine.serve([0.0])
     engine.reject(BadValue("input line is not valid JSON"))
     assert (engine.served, engine.rejected) == (5, 3)
-    assert [e.code for e in rec.of(RowRejected)] == ["row.not_finite", "row.wrong_shape", "row.bad_value"]
+    assert [e.error.code for e in rec.of(RowRejected)] == ["row.not_finite", "row.wrong_shape", "row.bad_value"]
     stats = engine.stats()
-    assert stats["counters"]["served"] == 5 and stats["counters"]["rejected"] == 3
-    assert stats["latency"] is not None and stats["latency"]["p50_us"] > 0
+    assert stats.counters["served"] == 5 and stats.counters["rejected"] == 3
+    assert stats.latency is not None and stats.latency.p50_us > 0
     assert rec.of(DriftReady) == []
 
 
 def test_low_confidence_rows_are_counted(model: LoadedModel) -> None:
-    engine = InferenceEngine(Recorder(), window_rows=1000)
+    engine = InferenceEngine(Recorder(), EngineSettings(drift_window_rows=1000))
     engine.activate(model)  # manifest policy: low_confidence 0.6
     rows = sample_rows(40, seed=8).tolist()
     confs = [engine.serve(r).confidence for r in rows]
@@ -236,7 +237,7 @@ def test_low_confidence_rows_are_counted(model: LoadedModel) -> None:
 
 def test_drift_window_is_reported_after_window_rows(model: LoadedModel) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=20, min_rows=5)
+    engine = InferenceEngine(rec, EngineSettings(drift_window_rows=20, drift_min_rows=5))
     engine.activate(model)
     rows = sample_rows(40, seed=9).tolist()
     labels = []
@@ -250,7 +251,7 @@ def test_drift_window_is_reported_after_window_rows(model: LoadedModel) -> None:
     engine.tick()
     ready = rec.of(DriftReady)
     assert len(ready) == 1
-    assert ready[0].bundle == {"name": "demo", "version": 1}
+    assert ready[0].bundle == BundleRef("demo", 1, model.bundle.sha256)
     report = ready[0].report
     assert report["n"] == 20
     assert report["prediction"]["counts"] == np.bincount(labels, minlength=len(CLASSES)).tolist()
@@ -266,7 +267,7 @@ def test_drift_window_is_reported_after_window_rows(model: LoadedModel) -> None:
 
 def test_drift_window_defaults_to_the_bundle_policy(model: LoadedModel) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, min_rows=5)
+    engine = InferenceEngine(rec, EngineSettings(drift_min_rows=5))
     engine.activate(model)
     rows = sample_rows(WINDOW, seed=10).tolist()
     for row in rows[:-1]:
@@ -280,17 +281,17 @@ def test_drift_window_defaults_to_the_bundle_policy(model: LoadedModel) -> None:
 
 def test_partial_window_is_reported_on_switch_and_close(model: LoadedModel, bundle: VerifiedBundle) -> None:
     rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=100, min_rows=30)
+    engine = InferenceEngine(rec, EngineSettings(drift_window_rows=100, drift_min_rows=30))
     engine.activate(model)
     for row in sample_rows(6, seed=11).tolist():
         engine.serve(row)
     v2 = LoadedModel(verify_built(make_bundle(version=2)))
     engine.activate(v2)  # the old model's partial window goes out first
     ready = rec.of(DriftReady)
-    assert [(d.bundle["version"], d.report["n"], d.report["verdict"]) for d in ready] == [(1, 6, "insufficient")]
+    assert [(d.bundle.version, d.report["n"], d.report["verdict"]) for d in ready] == [(1, 6, "insufficient")]
     engine.serve([0.0, 0.0, 0.0])
     engine.close()
-    assert [(d.bundle["version"], d.report["n"]) for d in rec.of(DriftReady)] == [(1, 6), (2, 1)]
+    assert [(d.bundle.version, d.report["n"]) for d in rec.of(DriftReady)] == [(1, 6), (2, 1)]
     engine.close()  # nothing new to report
     assert len(rec.of(DriftReady)) == 2
     assert engine.model is v2
@@ -304,10 +305,10 @@ def on_trial(
 ) -> tuple[Recorder, InferenceEngine, LoadedModel]:
     """An engine serving ``model`` with version 2 (built as ``cls``) on trial."""
     rec = Recorder()
-    engine = InferenceEngine(rec, window_rows=100)
+    engine = InferenceEngine(rec, EngineSettings(drift_window_rows=100, trial_rows=rows, trial_max_s=max_s))
     engine.activate(model)
     v2 = cls(verify_built(make_bundle(version=2)))
-    engine.start_trial(v2, rows=rows, max_s=max_s)
+    engine.start_trial(v2)
     return rec, engine, v2
 
 
@@ -337,7 +338,7 @@ def test_trial_failure_puts_the_old_model_back_at_once(model: LoadedModel) -> No
     with pytest.raises(InferenceFailed):
         engine.serve([-999.0, 0.0, 0.0])
     done = rec.of(TrialDone)
-    assert len(done) == 1 and not done[0].ok and done[0].code == "trial.failed"
+    assert len(done) == 1 and not done[0].ok and done[0].error.code == "trial.failed"
     assert engine.model is model
     assert engine.serve([0.1, 0.2, 0.3]).label in CLASSES
 
@@ -382,7 +383,7 @@ def test_row_errors_echo_the_row_id(model: LoadedModel) -> None:
 
     from device_agent.sources import serve_lines
 
-    engine = InferenceEngine(Recorder(), window_rows=100)
+    engine = InferenceEngine(Recorder(), EngineSettings(drift_window_rows=100))
     out = io.StringIO()
     serve_lines(engine, iter(['{"id": "r0", "values": {"f0": 1}}']), out)  # before any model
     engine.activate(model)

@@ -6,14 +6,17 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from device_agent.bundle import FloorEntry
-from device_agent.core import Persisted
+from device_agent.errors import StorageError
 from device_agent.outbox import Outbox
-from device_agent.slots import STATE, Slots, StorageError, atomic_write
+from device_agent.protocol import BundleRef
+from device_agent.slots import STATE, Slots, atomic_write
+from device_agent.state import Persisted
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -22,8 +25,8 @@ SHA_C = "c" * 64
 
 def sample_state() -> Persisted:
     return Persisted(
-        active={"name": "demo", "version": 2, "sha256": SHA_B},
-        previous={"name": "demo", "version": 1, "sha256": SHA_A},
+        active=BundleRef("demo", 2, SHA_B),
+        previous=BundleRef("demo", 1, SHA_A),
         floor={"demo": FloorEntry(2, SHA_B), "other": FloorEntry(7, SHA_C)},
         desired_seq={"device": 12, "group:g1": 3},
         bdseq=5,
@@ -54,9 +57,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 def test_save_replaces_the_previous_state(tmp_path: Path) -> None:
     slots = Slots(tmp_path)
     slots.save(sample_state())
-    newer = sample_state()
-    newer.bdseq = 6
-    newer.active = None
+    newer = replace(sample_state(), bdseq=6, active=None)
     slots.save(newer)
     assert slots.load() == newer
 
@@ -112,8 +113,7 @@ def test_save_failure_is_a_storage_error_and_keeps_the_old_state(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "replace", boom)
-    changed = sample_state()
-    changed.bdseq = 99
+    changed = replace(sample_state(), bdseq=99)
     with pytest.raises(StorageError):
         slots.save(changed)
     monkeypatch.undo()
@@ -282,7 +282,7 @@ def test_staged_transfer_survives_a_restart(tmp_path: Path) -> None:
     slots.stage_chunk(SHA, 0, b"zero")
     slots.stage_chunk(SHA, 8, b"two!")
     again = Slots(tmp_path)
-    envelope, part = again.load().staging[SHA]
+    envelope, part = again.load_staging()[SHA]
     assert envelope == b'{"body": "x"}'
     assert part == b"zero" + b"\0" * 4 + b"two!", "chunks sit at their offsets; the gap is still zeros"
     again.drop_staging(SHA)
