@@ -7,7 +7,7 @@ Run: ``.venv/bin/python bench/transfer.py`` (under a minute on 2 cores). It rewr
 
 How the comparison is built, and why:
 
-* **The bundle is real.** A logistic regression trained on wine by ``edgekit.runs.train_run``
+* **The bundle is real.** A logistic regression trained on wine by ``edgekit.pipeline.train_run``
   is padded with one unused initializer of random bytes (random so nothing along the way can
   compress it) until ``model.onnx`` is about 10 MiB, then bundled with
   ``edgekit.bundler.build_from_model``, which signs it and refuses it unless the device's own
@@ -85,7 +85,7 @@ from device_agent.slots import Slots
 from device_agent.state import Persisted
 from device_agent.transfer import split
 from device_agent.trust import Trust
-from edgekit import bundler, keys, runs, workspace
+from edgekit import bundler, keys, pipeline, workspace
 from edgekit.fleet.client import connect, parse_broker, publish_all
 from edgekit.fleet.deploy import DEFAULT_CHUNK, Target, chunk_size_for, deploy
 
@@ -471,7 +471,7 @@ def make_bundles(folder: Path, count: int, target_bytes: int) -> Bundles:
         writer.writerow([*(n.replace("/", "_") for n in data.feature_names), "label"])
         for x, y in zip(data.data, data.target, strict=True):
             writer.writerow([*x.tolist(), int(y)])
-    run = runs.train_run(ws, csv_path, "label", "logreg")
+    run = pipeline.train_run(ws, csv_path, "label", "logreg")
     base_bytes = run.shipped_model.read_bytes()
     base = onnx.load_model_from_string(base_bytes)
     # Everything in the bundle but the model (reference statistics, health samples, manifest,

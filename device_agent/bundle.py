@@ -39,6 +39,7 @@ from .errors import (
     VersionConflict,
     VersionRollback,
 )
+from .features import DATETIME, DATETIME_PARTS, FEATURE_TYPES, NUMERIC, Feature, model_inputs
 from .protocol import BundleRef, check_id, dumps, loads_object, loads_strict
 from .trust import MANIFEST_DOMAIN, ROLE_BUNDLE, Trust
 
@@ -54,18 +55,11 @@ _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # deterministic archives: same inputs, same
 
 
 @dataclass(frozen=True)
-class Feature:
-    name: str
-    type: str  # "numeric" | "categorical"
-    allow_missing: bool = False
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     """What the device needs to feed the model and read its answer (docs/contract-model-spec.md)."""
 
     task: str  # "classification" | "regression"
-    features: tuple[Feature, ...]
+    features: tuple[Feature, ...]  # what a row carries, in order
     layout: str  # "tensor": one [None, F] input; "columns": one [None, 1] input per feature
     input_names: tuple[str, ...]  # one name for "tensor", one per feature for "columns"
     input_dtype: str  # of the tensor layout and of numeric columns
@@ -77,6 +71,11 @@ class ModelSpec:
     def input_name(self) -> str:
         return self.input_names[0]
 
+    @property
+    def inputs(self) -> tuple[Feature, ...]:
+        """What the model takes, in order: the features, date/time ones as their parts."""
+        return model_inputs(self.features)
+
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelSpec:
         model = manifest.get("model")
@@ -84,7 +83,13 @@ class ModelSpec:
             raise ManifestInvalid("manifest has no 'model' object")
         try:
             feats = tuple(
-                Feature(str(f["name"]), str(f["type"]), bool(f.get("allow_missing", False))) for f in model["features"]
+                Feature(
+                    str(f["name"]),
+                    str(f["type"]),
+                    bool(f.get("allow_missing", False)),
+                    tuple(str(p) for p in f.get("parts") or ()),
+                )
+                for f in model["features"]
             )
             inp = model["input"]
             outs = model["outputs"]
@@ -106,15 +111,22 @@ class ModelSpec:
             raise ManifestInvalid(f"unknown task {spec.task!r}")
         if not spec.features:
             raise ManifestInvalid("manifest 'model' lists no features")
-        unknown = {f.type for f in spec.features} - {"numeric", "categorical"}
+        unknown = {f.type for f in spec.features} - set(FEATURE_TYPES)
         if unknown:
             raise Incompatible(f"unsupported feature type(s) {sorted(unknown)}")
+        for f in spec.features:
+            if f.type != DATETIME and f.parts:
+                raise ManifestInvalid(f"feature {f.name!r} is {f.type}: only a datetime feature has parts")
+            if f.type == DATETIME and (not f.parts or len(set(f.parts)) != len(f.parts)):
+                raise ManifestInvalid(f"datetime feature {f.name!r} needs a list of distinct parts")
+            if set(f.parts) - set(DATETIME_PARTS):
+                raise Incompatible(f"unsupported date/time part(s) {sorted(set(f.parts) - set(DATETIME_PARTS))}")
         if spec.layout not in ("tensor", "columns"):
             raise Incompatible(f"unsupported input layout {spec.layout!r}")
-        if spec.layout == "tensor" and any(f.type != "numeric" for f in spec.features):
+        if spec.layout == "tensor" and any(f.type != NUMERIC for f in spec.inputs):
             raise ManifestInvalid("categorical features need the 'columns' input layout")
-        if spec.layout == "columns" and len(spec.input_names) != len(spec.features):
-            raise ManifestInvalid("'columns' layout needs one input name per feature")
+        if spec.layout == "columns" and len(spec.input_names) != len(spec.inputs):
+            raise ManifestInvalid("'columns' layout needs one input name per model input")
         if spec.input_dtype not in ("float32", "float64"):
             raise Incompatible(f"unsupported input dtype {spec.input_dtype!r}")
         if spec.task == "classification" and (not spec.classes or spec.proba_output is None):

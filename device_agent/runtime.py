@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import HEALTH, MODEL, Feature, ModelSpec, VerifiedBundle
+from .bundle import HEALTH, MODEL, ModelSpec, VerifiedBundle
 from .errors import (
     BadValue,
     HealthCheckFailed,
@@ -32,6 +32,7 @@ from .errors import (
     RowError,
     WrongShape,
 )
+from .features import DATETIME, Expander, Feature
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _OVERFLOW = "the model's output is not finite: an input value is probably outside the model's float range"
@@ -73,14 +74,24 @@ def _bad_value(feature: Feature, value: Any) -> RowError | None:
     return None
 
 
+def _same(row: Sequence[Any]) -> Sequence[Any]:
+    return row
+
+
 class LoadedModel:
-    """A ready-to-serve model: the session, its schema and where its answer lives."""
+    """A ready-to-serve model: the session, its schema and where its answer lives.
+
+    A row carries the manifest's features; the model takes its inputs (the same, except that a
+    date/time feature becomes its parts, :mod:`device_agent.features`). :meth:`model_row` turns
+    one into the other, :meth:`predict_inputs` serves the result, :meth:`predict_row` does both.
+    """
 
     def __init__(self, bundle: VerifiedBundle, threads: int = 1) -> None:
         self.bundle = bundle
         self.spec: ModelSpec = bundle.spec
-        self.features = self.spec.features
+        self.features = self.spec.inputs  # what the model takes, validated and fed per value
         self.n_features = len(self.features)
+        self.model_row = Expander(self.spec.features) if any(f.type == DATETIME for f in self.spec.features) else _same
         self._dtype = _DTYPES[self.spec.input_dtype]
         self._classes = list(self.spec.classes)
         self._is_classifier = self.spec.task == "classification"
@@ -173,6 +184,11 @@ class LoadedModel:
         return result
 
     def predict_row(self, row: Sequence[Any]) -> Prediction:
+        """Serve a row of features (date/time values as text)."""
+        return self.predict_inputs(self.model_row(row))
+
+    def predict_inputs(self, row: Sequence[Any]) -> Prediction:
+        """Serve a row of model inputs (:meth:`model_row` of a row of features)."""
         out = self._run(row)
         if self._is_classifier:
             probs = out[0]

@@ -326,10 +326,10 @@ def test_trial_passes_after_its_rows(model: LoadedModel) -> None:
 class FailsOnMarkerRow(LoadedModel):
     """A real model whose inference fails for one kind of row, as a broken graph would."""
 
-    def predict_row(self, row: Any) -> Any:
+    def predict_inputs(self, row: Any) -> Any:
         if row and row[0] == -999.0:
             raise InferenceFailed("inference failed: simulated runtime error")
-        return super().predict_row(row)
+        return super().predict_inputs(row)
 
 
 def test_trial_failure_puts_the_old_model_back_at_once(model: LoadedModel) -> None:
