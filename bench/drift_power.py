@@ -30,8 +30,8 @@ device), and ``merge_windows`` → ``assess`` (the host, over merged windows).
    per window for digits' 64 features, at the shipped window and at other sizes.
 
 Every rate is the median over seeds (each seed is its own set of splits or references);
-``alpha`` is the default 0.01. Rerun: ``.venv/bin/python bench/drift_power.py`` (about ten
-minutes on 2 cores); it rewrites only its own section of BENCHMARKS.md (``drift-power``).
+``alpha`` is the default 0.01. Rerun: ``.venv/bin/python bench/drift_power.py`` (15-30
+minutes on 2 shared cores); it rewrites only its own section of BENCHMARKS.md (``drift-power``).
 """
 
 from __future__ import annotations
