@@ -14,6 +14,7 @@ calls with its lock.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -45,12 +46,12 @@ class Prediction(NamedTuple):
     probabilities: np.ndarray | None
 
 
-def _session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
+def _session(model: bytes | str, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _bad_value(feature: Feature, value: Any) -> RowError | None:
@@ -86,7 +87,13 @@ class LoadedModel:
     one into the other, :meth:`predict_inputs` serves the result, :meth:`predict_row` does both.
     """
 
-    def __init__(self, bundle: VerifiedBundle, threads: int = 1) -> None:
+    def __init__(
+        self, bundle: VerifiedBundle, threads: int = 1, model_path: str | os.PathLike[str] | None = None
+    ) -> None:
+        """``model_path``: a file holding the bundle's verified model.onnx, for a bundle verified
+        without it (``keep_model=False``). onnxruntime reads a file into its graph directly;
+        handed bytes, its Python binding copies them once more and keeps them for the session's
+        life."""
         self.bundle = bundle
         self.spec: ModelSpec = bundle.spec
         self.features = self.spec.inputs  # what the model takes, validated and fed per value
@@ -96,8 +103,13 @@ class LoadedModel:
         self._classes = list(self.spec.classes)
         self._is_classifier = self.spec.task == "classification"
         self._tensor = self.spec.layout == "tensor"
+        source: bytes | str | None = os.fspath(model_path) if model_path is not None else bundle.files.get(MODEL)
+        if source is None:
+            raise ModelLoadFailed(
+                f"bundle {bundle.name} v{bundle.version} was verified without its model; no file given"
+            )
         try:
-            self.session = _session(bundle.files[MODEL], threads)
+            self.session = _session(source, threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadFailed(f"model of {bundle.name} v{bundle.version} does not load: {exc}") from None
         names = {o.name for o in self.session.get_outputs()}
