@@ -29,6 +29,11 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("transfer", "bench/transfer.py", "a 10 MiB bundle to 20 agent processes against raw mosquitto delivery"),
     ("quantization", "bench/quantization.py", "what each quantization strategy does per model family"),
     ("auto-vs-default", "bench/auto_vs_default.py", "`--model auto` against the default model"),
+    (
+        "drift-power",
+        "bench/drift_power.py",
+        "drift verdicts: false alarms on every bundled data set, detection power and delay by window size and shift",
+    ),
 )
 
 
