@@ -22,6 +22,7 @@ from ..errors import EdgekitError
 USAGE = 2
 VERIFY_FAILED = 7
 HOST_ONLY = frozenset({"sklearn", "skl2onnx", "onnx", "pyarrow"})
+SERVE_ONLY = frozenset({"psycopg", "prometheus_client"})
 
 
 class EdgekitGroup(click.Group):
@@ -38,10 +39,13 @@ class EdgekitGroup(click.Group):
             click.echo(f"error: {exc.code}: {exc.detail}", err=True)
             sys.exit(VERIFY_FAILED)
         except ImportError as exc:
-            if (exc.name or "").split(".")[0] not in HOST_ONLY:
+            top = (exc.name or "").split(".")[0]
+            if top not in HOST_ONLY | SERVE_ONLY:
                 raise
+            extra = "serve" if top in SERVE_ONLY else "host"
             click.echo(
-                f"error: this command needs {exc.name} (install the host extra: pip install 'edgekit[host]')", err=True
+                f"error: this command needs {exc.name} (install the {extra} extra: pip install 'edgekit[{extra}]')",
+                err=True,
             )
             sys.exit(1)
 
@@ -56,9 +60,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import bundles, delivery, fleet, keys, registry, runs, workspace
+    from . import bundles, delivery, fleet, keys, registry, runs, serve, workspace
 
-    for module in (workspace, keys, runs, bundles, registry, fleet, delivery):
+    for module in (workspace, keys, runs, bundles, registry, fleet, delivery, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 
