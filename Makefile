@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench mosquitto clean
+.PHONY: demo test lint bench mosquitto postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 mosquitto:
 	@bash scripts/ensure-mosquitto.sh
 
+postgres:
+	@bash scripts/ensure-postgres.sh
+
 demo: $(STAMP) mosquitto
 	$(PY) examples/demo.py
 
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto postgres
 	$(PY) -m pytest
 
 lint: $(STAMP)

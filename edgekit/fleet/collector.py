@@ -96,7 +96,7 @@ class ServeSettings:
     flush_timeout_s: float = 10.0  # on stop: the longest spent storing what was received
 
 
-@dataclass
+@dataclass(slots=True)
 class _Incoming:
     topic: str
     payload: bytes
@@ -151,6 +151,7 @@ class Collector:
         try:
             self._client.connect(host, port, keepalive=30, clean_start=False, properties=props)
         except OSError as exc:
+            self.store.close()
             raise FleetError(
                 f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}",
                 "start the broker or pass --broker",
@@ -158,6 +159,7 @@ class Collector:
         self._client.loop_start()
         if not self._connected.wait(connect_timeout):
             self._client.loop_stop()
+            self.store.close()
             raise FleetError(f"the broker at {host}:{port} did not accept the connection in {connect_timeout:.0f} s")
         self._writer.start()
 

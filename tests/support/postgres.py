@@ -34,7 +34,10 @@ def _version(path: str) -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """``durable=False`` (tests) turns fsync off; benchmarks keep PostgreSQL's defaults."""
+
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
         if initdb is None or pg_ctl is None:
             raise RuntimeError("PostgreSQL server programs are missing: apt-get install -y postgresql (make test does)")
@@ -56,7 +59,9 @@ class PostgresServer:
 
     def start(self) -> None:
         self._run([self.initdb, "-D", str(self.data), "--auth=trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-        options = f"-k {self.dir} -p {self.port} -c listen_addresses='' -c fsync=off -c full_page_writes=off"
+        options = f"-k {self.dir} -p {self.port} -c listen_addresses=''"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         self._run([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.dir / "server.log"), "-w", "start"])
         self.started = True
 
