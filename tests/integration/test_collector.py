@@ -212,7 +212,8 @@ def test_two_collectors_share_the_load_into_one_postgresql(
             for p in ports
         ]
         assert sum(shares) == total and min(shares) > total * 0.2  # the broker split the load
-        wait_until(lambda: _metric(ports[0], "edgekit_devices", 'status="online"') == devices, what="fleet view")
+        for p in ports:  # each collector refreshes its fleet view from the store every few seconds
+            wait_until(lambda p=p: _metric(p, "edgekit_devices", 'status="online"') == devices, what="fleet view")
         assert _metric(ports[1], "edgekit_device_served_total", 'device="d3"') == 5
         assert _metric(ports[1], "edgekit_device_disk_free_bytes", 'device="d3"') == 10**9
         assert _metric(ports[0], "edgekit_device_latency_seconds", 'device="d3",quantile="0.99"') == 30e-6
