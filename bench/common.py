@@ -29,7 +29,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("transfer", "bench/transfer.py", "a 10 MiB bundle to 20 agent processes against raw mosquitto delivery"),
     ("quantization", "bench/quantization.py", "what each quantization strategy does per model family"),
     ("auto-vs-default", "bench/auto_vs_default.py", "`--model auto` against the default model"),
-    ("collector", "bench/collector.py", "`edgekit serve` ingestion against a bare paho subscriber, SQLite and PostgreSQL"),
+    ("collector", "bench/collector.py", "`edgekit serve` ingestion vs a bare paho subscriber (SQLite, PostgreSQL)"),
 )
 
 
