@@ -92,6 +92,9 @@ def serve_cmd(
                 "run in a workspace (edgekit init) or pass --store and --broker",
             ) from None
     section: dict[str, Any] = ws.config.get("serve", {}) if ws is not None else {}
+    for key in ("session_expiry_s", "metrics_port"):
+        if key in section and (isinstance(section[key], bool) or not isinstance(section[key], int)):
+            raise WorkspaceError(f"[serve] {key} in edgekit.toml must be an integer, got {section[key]!r}")
     url = store_url or section.get("store") or f"sqlite:///{Path(ws.state if ws else '.') / DEFAULT_FILE}"
     settings = ServeSettings(
         **{k: section[k] for k in ("session_expiry_s", "share_group") if k in section},

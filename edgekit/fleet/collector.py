@@ -87,7 +87,8 @@ class ServeSettings:
     receive_maximum: int = 2_000  # unacknowledged QoS 1 messages the broker may send us at once
     batch_max: int = 1_000  # messages per store transaction
     batch_wait_s: float = 0.05  # the longest a message waits for its batch to fill
-    scan_interval_s: float = 2.0  # gap scans and fleet refresh
+    scan_interval_s: float = 2.0  # gap scans
+    refresh_s: float = 5.0  # the fleet view (devices by status, per-device metrics) read from the store
     gap_grace_s: float = 3.0  # a gap must persist this long before a resend is asked for
     resend_backoff_max_s: float = 60.0  # asking again: doubling from gap_grace_s up to this
     resend_max_messages: int = 10_000  # per command; the agent's own limit (core.resend_max_messages)
@@ -133,6 +134,7 @@ class Collector:
         self._asked: dict[tuple[str, str, int, int], _Asked] = {}
         self._devices: dict[str, DeviceStatus] = {}
         self._next_scan = 0.0
+        self._next_refresh = 0.0
         self._writer = threading.Thread(target=self._run, name="edgekit-serve-writer", daemon=True)
         self._client = self._make_client()
         self._snapshot_mid: int | None = None
@@ -334,8 +336,10 @@ class Collector:
 
     def _maintain(self) -> None:
         now = time.time()
-        self._devices = self.store.latest()
-        self.metrics.fleet.update(self._devices, now)
+        if time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + self.settings.refresh_s
+            self._devices = self.store.latest()
+            self.metrics.fleet.update(self._devices, now)
         if not self.store.try_lead():
             return
         gaps = self.store.scan_gaps(self.settings.scan_window)
@@ -343,8 +347,9 @@ class Collector:
         self._ask(gaps, now)
 
     def _ask(self, gaps: list[Gap], now: float) -> None:
-        """Ask each online device for its gaps that persisted past the grace period, again
-        with a doubling delay while they stay open."""
+        """Ask each device not known to be offline for its gaps that persisted past the grace
+        period, again with a doubling delay while they stay open (a command to an offline
+        device is lost: it subscribes with a clean session)."""
         s = self.settings
         current = {(g.device, g.boot_id, g.first, g.last) for g in gaps}
         for key in list(self._asked):
@@ -355,7 +360,7 @@ class Collector:
             key = (g.device, g.boot_id, g.first, g.last)
             asked = self._asked.setdefault(key, _Asked(0, now + s.gap_grace_s))
             status = self._devices.get(g.device)
-            if now >= asked.due and status is not None and status.connectivity(now) == "online":
+            if now >= asked.due and status is not None and status.connectivity(now) != "offline":
                 due.setdefault((g.device, g.boot_id), []).append((g.first, g.last))
         for (device, boot_id), ranges in sorted(due.items())[: s.resend_per_scan]:
             chosen = _bounded(ranges, s.resend_max_messages)

@@ -39,7 +39,13 @@ P = "edgekit/v1"
 T = Topics(P)
 QUEUE = 30  # the test broker's max_queued_messages: small, so the overflow is certain and fast
 FAST = ServeSettings(
-    name="t1", prefix=P, scan_interval_s=0.3, gap_grace_s=0.5, resend_backoff_max_s=2.0, batch_wait_s=0.02
+    name="t1",
+    prefix=P,
+    scan_interval_s=0.3,
+    refresh_s=0.3,
+    gap_grace_s=0.5,
+    resend_backoff_max_s=2.0,
+    batch_wait_s=0.02,
 )
 
 

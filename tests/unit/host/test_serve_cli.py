@@ -41,3 +41,21 @@ def test_json_log_lines_are_json() -> None:
     record = logging.LogRecord("edgekit.serve", logging.WARNING, __file__, 1, "asked %s", ("d1",), None)
     doc = json.loads(JsonFormatter().format(record))
     assert (doc["level"], doc["logger"], doc["message"]) == ("warning", "edgekit.serve", "asked d1")
+
+
+def test_the_workspace_names_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit import workspace
+
+    ws = workspace.init(tmp_path / "ws", broker="mqtt://127.0.0.1:1")
+    db = tmp_path / "elsewhere" / "telemetry.db"
+    cfg = ws.root / "edgekit.toml"
+    cfg.write_text(cfg.read_text().replace("[serve]", f'[serve]\nstore = "sqlite:///{db}"'))
+    monkeypatch.chdir(ws.root)
+    monkeypatch.delenv("EDGEKIT_WORKSPACE", raising=False)
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 6 and "cannot reach the MQTT broker at 127.0.0.1:1" in result.output
+    assert db.is_file()  # the store was opened (and its schema made) before the broker was tried
+
+    cfg.write_text(cfg.read_text().replace("[serve]", '[serve]\nmetrics_port = "high"'))
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 2 and "metrics_port in edgekit.toml must be an integer" in result.output
