@@ -255,13 +255,14 @@ def report(
 ) -> str:
     bare_med = statistics.median(results["bare"])
 
-    def row(label: str, key: str, per_process: int = 1) -> str:
+    def row(label: str, key: str, processes: int = 1) -> str:
         rates = results[key]
         med = statistics.median(rates)
-        per = med / per_process
+        per = med / processes / bare_med
+        verdict = "—" if key == "bare" or processes > 1 else ("yes" if per >= TARGET else "no")
         return (
-            f"| {label} | {med:,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) | {per:,.0f} | "
-            f"{per / bare_med:.2f}× | {'yes' if per / bare_med >= TARGET or key == 'bare' else 'no'} |"
+            f"| {label} | {med:,.0f} ({min(rates):,.0f}–{max(rates):,.0f}) | {processes} | "
+            f"{med / bare_med:.2f}× | {per:.2f}× | {verdict} |"
         )
 
     n = args.devices * args.per_device
@@ -280,16 +281,20 @@ def report(
             "PostgreSQL 15 (fsync on), SQLite WAL + synchronous=FULL.",
             f"- Date: {now_utc()}. {args.rounds} rounds, consumers interleaved; median (range) in messages/s.",
             "",
-            "| consumer | msgs/s | per process | per process / bare | ≥ 0.7× bare |",
-            "|---|---|---|---|---|",
+            "| consumer | msgs/s, all processes | processes | total / bare | per process / bare "
+            "| one process ≥ 0.7× bare |",
+            "|---|---|---|---|---|---|",
             row("bare paho subscriber (counts only)", "bare"),
             row("`edgekit serve`, SQLite", "sqlite"),
             row("`edgekit serve`, PostgreSQL", "postgresql"),
             row("2 × `edgekit serve` sharing one PostgreSQL (`$share`)", "shared", 2),
             "",
             "Two collectors in one share group split the broker's deliveries between two processes; on this "
-            "2-core machine they also share the cores with mosquitto, PostgreSQL and each other, so the total "
-            "shows that sharing works and costs nothing in correctness, not how it scales on more cores.",
+            "2-core machine they share the two cores with mosquitto, PostgreSQL and each other (and with whatever "
+            "else runs here), so their total shows that sharing works, not how it scales where each collector has "
+            "cores of its own. Per message, `serve` parses the document strictly through `device_agent.protocol` "
+            "(duplicate keys refused: a Python hook per JSON object, most of the cost for a drift window of 13 "
+            "features), writes it, and acknowledges it after the commit; the bare subscriber does none of that.",
         ]
     )
 
@@ -298,7 +303,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--per-device", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=BENCHMARKS)
     return parser.parse_args(argv)
 

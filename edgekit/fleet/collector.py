@@ -88,6 +88,7 @@ class ServeSettings:
     batch_max: int = 1_000  # messages per store transaction
     batch_wait_s: float = 0.05  # the longest a message waits for its batch to fill
     scan_interval_s: float = 2.0  # gap scans
+    busy_scan_s: float = 30.0  # while a backlog drains, gap scans wait up to this much longer
     refresh_s: float = 5.0  # the fleet view (devices by status, per-device metrics) read from the store
     gap_grace_s: float = 3.0  # a gap must persist this long before a resend is asked for
     resend_backoff_max_s: float = 60.0  # asking again: doubling from gap_grace_s up to this
@@ -237,7 +238,11 @@ class Collector:
                 self._ingest(batch)
             elif self._stopping.is_set():
                 return
-            if time.monotonic() >= self._next_scan:
+            # A gap seen while a backlog drains is mostly not a gap yet: scan when the queue
+            # is drained, or at the latest every busy_scan_s.
+            busy = len(batch) >= self.settings.batch_max or not self._inbox.empty()
+            due = self._next_scan + (self.settings.busy_scan_s if busy else 0.0)
+            if time.monotonic() >= due:
                 self._next_scan = time.monotonic() + self.settings.scan_interval_s
                 try:
                     self._maintain()
@@ -299,9 +304,10 @@ class Collector:
         for leaf, n in result.duplicates.items():
             if n:
                 self.metrics.duplicates.labels(leaf).inc(n)
+        lag = {leaf: self.metrics.lag.labels(leaf) for leaf in ("events", "drift")}
         for item in items:
             if isinstance(item.doc, (DeviceEvent, DriftMessage)):
-                self.metrics.lag.labels(item.leaf).observe(max(0.0, now - item.doc.ts))
+                lag[item.leaf].observe(max(0.0, now - item.doc.ts))
             elif isinstance(item.doc, ResendReply):
                 reply = item.doc
                 for outcome, ranges in (("requeued", reply.requeued), ("queued", reply.queued)):

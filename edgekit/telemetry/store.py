@@ -257,21 +257,22 @@ class TelemetryStore:
         """The open gaps of every boot whose sequence is not yet complete, looking at most
         ``window`` stored numbers above each boot's ``contiguous`` mark, which moves up."""
         g = self.GREATEST
-        with self.transaction():
+        gaps: list[Gap] = []
+        marks: list[Row] = []
+        with self.transaction():  # one transaction (one commit) per scan, whatever the fleet's size
             streams = self.query(
                 f"SELECT device, boot_id, contiguous, {g}(max_seq, announced_seq) FROM streams "
                 f"WHERE contiguous < {g}(max_seq, announced_seq) ORDER BY device, boot_id"
             )
-        gaps: list[Gap] = []
-        for device, boot_id, contiguous, high in streams:
-            missing, reach = self._missing(device, boot_id, int(contiguous), int(high), window)
-            if reach > int(contiguous):
-                with self.transaction():
-                    self.execute(
-                        "UPDATE streams SET contiguous = ? WHERE device = ? AND boot_id = ? AND contiguous < ?",
-                        (reach, device, boot_id, reach),
-                    )
-            gaps += [Gap(device, boot_id, a, b) for a, b in missing]
+            for device, boot_id, contiguous, high in streams:
+                missing, reach = self._missing(device, boot_id, int(contiguous), int(high), window)
+                if reach > int(contiguous):
+                    marks.append((reach, device, boot_id, reach))
+                gaps += [Gap(device, boot_id, a, b) for a, b in missing]
+            if marks:
+                self.executemany(
+                    "UPDATE streams SET contiguous = ? WHERE device = ? AND boot_id = ? AND contiguous < ?", marks
+                )
         return gaps
 
     def _missing(
