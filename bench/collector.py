@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="ek-bench-collector-"))
-    broker = Broker(max_queued_messages=10_000_000, extra="max_inflight_messages 0")
+    broker = Broker(max_queued_messages=10_000_000)
     broker.start()
     pg = PostgresServer(durable=True)
     pg.start()
