@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -279,3 +280,33 @@ def test_mosquitto_queues_for_a_stopped_share_group_member_and_keeps_assigning_i
     wait_until(lambda: len(got_a) + len(got_b) == 40, timeout=5, what="b's share on its return")
     _leave(a)
     _leave(b)
+
+
+def test_a_message_is_acknowledged_only_once_stored(broker: Broker, tmp_path: Path) -> None:
+    """The database goes away: the collector keeps what it received unacknowledged, and
+    when it stops, the broker still holds it for the next start."""
+    pg = PostgresServer()
+    pg.start()
+    try:
+        url = pg.create_database()
+        settings = replace(FAST, name="ack", flush_timeout_s=4.0)
+        collector = Collector(lambda: open_store(url), broker.url, settings)
+        collector.start()
+        pg.pause()
+        with connect(broker.url) as conn:
+            publish_all(conn, [(T.events("a1"), fleetdocs.event("a1", "b", s).encode(), False) for s in range(1, 51)])
+        wait_until(lambda: collector.metrics.store_errors._value.get() >= 1, what="a failed write")
+        collector.stop()  # nothing could be stored, so nothing was acknowledged
+        pg.resume()
+        collector = Collector(lambda: open_store(url), broker.url, settings)
+        collector.start()
+        try:
+            store = open_store(url)
+            wait_until(lambda: len(store.sequences()) == 50, what="the 50 events, delivered again by the broker")
+            assert store.sequences() == [("a1", "b", s) for s in range(1, 51)]
+            assert collector.metrics.resend_requests._value.get() == 0  # the broker kept them: no resend needed
+            store.close()
+        finally:
+            collector.stop()
+    finally:
+        pg.stop()

@@ -59,6 +59,14 @@ class PostgresServer:
 
     def start(self) -> None:
         self._run([self.initdb, "-D", str(self.data), "--auth=trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
+        self.resume()
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: the database is away until :meth:`resume`."""
+        self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"], timeout=30)
+        self.started = False
+
+    def resume(self) -> None:
         options = f"-k {self.dir} -p {self.port} -c listen_addresses=''"
         if not self.durable:
             options += " -c fsync=off -c full_page_writes=off"
