@@ -58,7 +58,7 @@ class StoreError(WorkspaceError):
     """The telemetry store cannot be opened, or was written by a newer edgekit."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Received:
     """One message as the collector decoded it: its leaf (``events``, ``drift``, ``hb``,
     ``reported``, ``state``, ``resent``), device, typed document, raw text and arrival time."""
