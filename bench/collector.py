@@ -294,7 +294,7 @@ def report(
             "cores of its own. Per message, `serve` parses the document strictly through `device_agent.protocol` "
             "(about 26 µs of its ~46 µs of extra work, measured single-threaded on this mix: mostly the JSON of "
             "the drift windows), writes it, and acknowledges it after the commit; the bare subscriber does none "
-            "of that, and both share one interpreter lock with paho's network thread.",
+            "of that, and serve's writer thread shares one interpreter lock with paho's network thread.",
         ]
     )
 
