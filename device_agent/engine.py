@@ -1,7 +1,7 @@
 """Serving rows in real time: validation, inference, counters, latency — and drift, later.
 
 ``serve`` runs on the input thread and does only what a row needs: validate, infer,
-count, and append the raw row to a pending list (a few nanoseconds). Drift accounting —
+count, and append the row's model inputs to a pending list (a few nanoseconds). Drift accounting —
 histograms, Welford sums, window reports — runs on the worker thread in ``tick``, which
 takes the pending rows in one swap under the lock. So drift never sits on a row's
 latency, and windows hold exactly the configured number of rows, which is what the
@@ -186,7 +186,8 @@ class InferenceEngine:
                 raise err
             t0 = time.perf_counter_ns()
             try:
-                pred = model.predict_row(row)
+                inputs = model.model_row(row)  # date/time values become their parts, as in training
+                pred = model.predict_inputs(inputs)
             except RowError as exc:
                 self.rejected += 1
                 self._notify(RowRejected(exc))
@@ -200,7 +201,7 @@ class InferenceEngine:
             self._lat_n += 1
             self.served += 1
             if len(self._rows) < self.settings.max_pending_rows:
-                self._rows.append(row)
+                self._rows.append(inputs)  # drift is accounted on the model's inputs, like the reference
                 self._labels.append(pred.class_index)
                 self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
             else:

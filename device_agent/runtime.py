@@ -14,13 +14,14 @@ calls with its lock.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import HEALTH, MODEL, Feature, ModelSpec, VerifiedBundle
+from .bundle import HEALTH, MODEL, ModelSpec, VerifiedBundle
 from .errors import (
     BadValue,
     HealthCheckFailed,
@@ -32,6 +33,7 @@ from .errors import (
     RowError,
     WrongShape,
 )
+from .features import DATETIME, Expander, Feature
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _OVERFLOW = "the model's output is not finite: an input value is probably outside the model's float range"
@@ -44,12 +46,12 @@ class Prediction(NamedTuple):
     probabilities: np.ndarray | None
 
 
-def _session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
+def _session(model: bytes | str, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _bad_value(feature: Feature, value: Any) -> RowError | None:
@@ -73,20 +75,41 @@ def _bad_value(feature: Feature, value: Any) -> RowError | None:
     return None
 
 
-class LoadedModel:
-    """A ready-to-serve model: the session, its schema and where its answer lives."""
+def _same(row: Sequence[Any]) -> Sequence[Any]:
+    return row
 
-    def __init__(self, bundle: VerifiedBundle, threads: int = 1) -> None:
+
+class LoadedModel:
+    """A ready-to-serve model: the session, its schema and where its answer lives.
+
+    A row carries the manifest's features; the model takes its inputs (the same, except that a
+    date/time feature becomes its parts, :mod:`device_agent.features`). :meth:`model_row` turns
+    one into the other, :meth:`predict_inputs` serves the result, :meth:`predict_row` does both.
+    """
+
+    def __init__(
+        self, bundle: VerifiedBundle, threads: int = 1, model_path: str | os.PathLike[str] | None = None
+    ) -> None:
+        """``model_path``: a file holding the bundle's verified model.onnx, for a bundle verified
+        without it (``keep_model=False``). onnxruntime reads a file into its graph directly;
+        handed bytes, its Python binding copies them once more and keeps them for the session's
+        life."""
         self.bundle = bundle
         self.spec: ModelSpec = bundle.spec
-        self.features = self.spec.features
+        self.features = self.spec.inputs  # what the model takes, validated and fed per value
         self.n_features = len(self.features)
+        self.model_row = Expander(self.spec.features) if any(f.type == DATETIME for f in self.spec.features) else _same
         self._dtype = _DTYPES[self.spec.input_dtype]
         self._classes = list(self.spec.classes)
         self._is_classifier = self.spec.task == "classification"
         self._tensor = self.spec.layout == "tensor"
+        source: bytes | str | None = os.fspath(model_path) if model_path is not None else bundle.files.get(MODEL)
+        if source is None:
+            raise ModelLoadFailed(
+                f"bundle {bundle.name} v{bundle.version} was verified without its model; no file given"
+            )
         try:
-            self.session = _session(bundle.files[MODEL], threads)
+            self.session = _session(source, threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadFailed(f"model of {bundle.name} v{bundle.version} does not load: {exc}") from None
         names = {o.name for o in self.session.get_outputs()}
@@ -173,6 +196,11 @@ class LoadedModel:
         return result
 
     def predict_row(self, row: Sequence[Any]) -> Prediction:
+        """Serve a row of features (date/time values as text)."""
+        return self.predict_inputs(self.model_row(row))
+
+    def predict_inputs(self, row: Sequence[Any]) -> Prediction:
+        """Serve a row of model inputs (:meth:`model_row` of a row of features)."""
         out = self._run(row)
         if self._is_classifier:
             probs = out[0]

@@ -39,7 +39,8 @@ from device_agent.protocol import (
 
 from ..errors import WorkspaceError
 from ..fleet.status import DeviceStatus, read_devices
-from . import schema
+from .schema import VERSION as SCHEMA_VERSION
+from .schema import statements
 
 D = TypeVar("D", bound=Document)
 Row = tuple[Any, ...]
@@ -144,19 +145,19 @@ class TelemetryStore:
     def migrate(self) -> None:
         with self.transaction():
             self._lock_schema()
-            for sql in schema.statements(self.INT, self.REAL):
+            for sql in statements(self.INT, self.REAL):
                 self.execute(sql)
             rows = self.query("SELECT value FROM telemetry_meta WHERE key = 'schema_version'")
             found = int(rows[0][0]) if rows else 0
-            if found > schema.VERSION:
+            if found > SCHEMA_VERSION:
                 raise StoreError(
                     f"the telemetry store at {self.url} has schema version {found}, newer than this edgekit's "
-                    f"{schema.VERSION}",
+                    f"{SCHEMA_VERSION}",
                     "upgrade edgekit",
                 )
             if not rows:
                 self.execute(
-                    "INSERT INTO telemetry_meta (key, value) VALUES ('schema_version', ?)", (str(schema.VERSION),)
+                    "INSERT INTO telemetry_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
 
     # ── writing ─────────────────────────────────────────────────────────────────────
