@@ -34,6 +34,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "bench/drift_power.py",
         "drift verdicts: false alarms on every bundled data set, detection power and delay by window size and shift",
     ),
+    ("collector", "bench/collector.py", "`edgekit serve` ingestion vs a bare paho subscriber (SQLite, PostgreSQL)"),
 )
 
 
