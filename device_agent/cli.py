@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Any
 
 import click
@@ -123,6 +124,10 @@ def load_config(config_path: str | None, flags: dict[str, Any]) -> AgentConfig:
 def run(config: AgentConfig) -> None:
     from .sources import serve_csv, serve_stdin
     from .worker import Agent
+
+    # A value beyond float32 (1e300) is answered as row.out_of_range; numpy's own overflow
+    # warning (from whichever thread serves the row) would only add noise to the device's log.
+    warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
 
     try:
         agent = Agent(config)
