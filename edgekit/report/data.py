@@ -228,7 +228,7 @@ def _feature_histogram(
         except (ValueError, KeyError):
             pass
     return Histogram(
-        f"{name} on {device}: reference vs the last {len(stored)} windows",
+        f"{name} on {device}, {len(stored)} windows",
         labels,
         _props(counts),
         reference,

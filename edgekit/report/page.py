@@ -104,7 +104,7 @@ class Page:
         fig.add_trace(go.Bar(x=h.labels, y=h.live, name=f"live ({h.rows} rows)", marker_color="#2e86c1"))
         title = h.title
         if h.psi is not None and h.limit is not None:
-            title += f" · PSI {h.psi:.3f} (limit {h.limit:.3f})"
+            title += f"<br><sub>PSI {h.psi:.3f}, limit {h.limit:.3f} for {h.rows} rows</sub>"
         fig.update_layout(title=title, barmode="group", yaxis_title="share", height=330, yaxis_tickformat=".0%")
         attrs = {"device": h.device or "", "feature": h.feature or ""}
         return self.chart(fig, kind, **attrs)
