@@ -44,7 +44,7 @@ def test_alerts_most_urgent_first_and_filtered(story: Cli) -> None:
     doc = run(story, "fleet", "alerts")
     keys = [a["key"] for a in doc["alerts"]]
     assert {"drift:edge-2:alcohol", "offline:edge-3", "disk:edge-1"} <= set(keys)
-    assert [a["severity"] for a in doc["alerts"]][0] == "critical"
+    assert doc["alerts"][0]["severity"] == "critical"
     only = run(story, "fleet", "alerts", "--device", "edge-2", "--feature", "alcohol")
     assert [a["key"] for a in only["alerts"]] == ["drift:edge-2:alcohol"]
     assert run(story, "fleet", "alerts", "--group", "plant")["alerts"]  # members of the group
