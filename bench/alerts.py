@@ -29,14 +29,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import log, machine, now_utc, versions, write_section  # noqa: E402
-from device_agent.drift import DriftWindow, Reference  # noqa: E402
-from device_agent.protocol import BundleRef  # noqa: E402
-from edgekit.alerts.config import AlertConfig  # noqa: E402
-from edgekit.alerts.engine import FIRED, AlertBook  # noqa: E402
-from edgekit.alerts.facts import BundleInfo, DeviceFacts, FleetFacts, Window  # noqa: E402
-from edgekit.alerts.rules import evaluate  # noqa: E402
-from edgekit.reference import build_reference  # noqa: E402
+from bench.common import log, machine, now_utc, versions, write_section
+from device_agent.drift import DriftWindow, Reference
+from device_agent.protocol import BundleRef
+from edgekit.alerts.config import AlertConfig
+from edgekit.alerts.engine import FIRED, AlertBook
+from edgekit.alerts.facts import BundleInfo, DeviceFacts, FleetFacts, Window
+from edgekit.alerts.rules import evaluate
+from edgekit.reference import build_reference
 
 F = 5
 NAMES = [f"x{i}" for i in range(F)]
