@@ -180,40 +180,76 @@ class InferenceEngine:
         with self._lock:
             model = self.model
             if model is None:
-                self.rejected += 1
-                err: RowError = NoModel("no model is active yet; the row was not served")
-                self._notify(RowRejected(err))
-                raise err
+                raise self._no_model_locked()
             t0 = time.perf_counter_ns()
             try:
                 pred = model.predict_row(row)
             except RowError as exc:
-                self.rejected += 1
-                self._notify(RowRejected(exc))
-                trial = self._trial
-                if trial is not None and not trial.decided and isinstance(exc, InferenceFailed):
-                    trial.decided = True
-                    self._notify(TrialDone(trial.sha256, TrialFailed(f"on live row {trial.ok + 1}: {exc.detail}")))
-                    self._revert_locked(trial)
+                self._failed_locked(exc)
                 raise
             self._latency[self._lat_n % len(self._latency)] = time.perf_counter_ns() - t0
             self._lat_n += 1
-            self.served += 1
-            if len(self._rows) < self.settings.max_pending_rows:
-                self._rows.append(row)
-                self._labels.append(pred.class_index)
-                self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
-            else:
-                self.unaccounted += 1
-            if pred.confidence < self._low_conf_threshold:
-                self.low_confidence += 1
-            trial = self._trial
-            if trial is not None and not trial.decided:
-                trial.ok += 1
-                if trial.ok >= trial.rows:
-                    trial.decided = True
-                    self._notify(TrialDone(trial.sha256))
+            self._served_locked(row, pred)
             return pred
+
+    def serve_many(self, rows: Sequence[Sequence[Any]]) -> tuple[LoadedModel | None, list[Prediction | RowError]]:
+        """Serve a batch through one onnxruntime call; return the model that answered and one
+        answer per row. Every row is counted, timed, accounted for drift and for a trial exactly
+        as :meth:`serve` counts one; its latency is the batch's time shared out (time / rows).
+        Should a row fail a model on trial, the rows after it were still answered by that model:
+        they are counted, but kept out of the restored model's drift window."""
+        with self._lock:
+            model = self.model
+            if model is None:
+                return None, [self._no_model_locked() for _ in rows]
+            t0 = time.perf_counter_ns()
+            results = model.predict_rows(rows)
+            per_row = (time.perf_counter_ns() - t0) / max(1, len(rows))
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, RowError):
+                    self._failed_locked(result)
+                    continue
+                self._latency[self._lat_n % len(self._latency)] = per_row
+                self._lat_n += 1
+                if self.model is model:
+                    self._served_locked(row, result)
+                else:
+                    self.served += 1
+            return model, results
+
+    def _no_model_locked(self) -> RowError:
+        self.rejected += 1
+        err: RowError = NoModel("no model is active yet; the row was not served")
+        self._notify(RowRejected(err))
+        return err
+
+    def _failed_locked(self, exc: RowError) -> None:
+        """A row the model did not answer: counted, reported, and held against a model on trial
+        when the model itself failed."""
+        self.rejected += 1
+        self._notify(RowRejected(exc))
+        trial = self._trial
+        if trial is not None and not trial.decided and isinstance(exc, InferenceFailed):
+            trial.decided = True
+            self._notify(TrialDone(trial.sha256, TrialFailed(f"on live row {trial.ok + 1}: {exc.detail}")))
+            self._revert_locked(trial)
+
+    def _served_locked(self, row: Sequence[Any], pred: Prediction) -> None:
+        self.served += 1
+        if len(self._rows) < self.settings.max_pending_rows:
+            self._rows.append(row)
+            self._labels.append(pred.class_index)
+            self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
+        else:
+            self.unaccounted += 1
+        if pred.confidence < self._low_conf_threshold:
+            self.low_confidence += 1
+        trial = self._trial
+        if trial is not None and not trial.decided:
+            trial.ok += 1
+            if trial.ok >= trial.rows:
+                trial.decided = True
+                self._notify(TrialDone(trial.sha256))
 
     # ── drift accounting (worker thread) ────────────────────────────────────────────
 

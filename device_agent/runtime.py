@@ -7,6 +7,10 @@ Python wrapper's per-call validation and asks only for the output we use. Slow, 
 diagnostics happen only after a row has failed the cheap checks. Models with categorical
 features (the "columns" layout of docs/contract-model-spec.md) take a per-column feed.
 
+Many rows at once (:meth:`LoadedModel.predict_rows`, the local API's batches) go through one
+``session.run`` on a matrix; each row is still validated on its own and gets its own answer
+or error, exactly as it would one at a time.
+
 A ``LoadedModel`` is not thread-safe (its input buffer is shared); the engine serialises
 calls with its lock.
 """
@@ -42,6 +46,9 @@ class Prediction(NamedTuple):
     class_index: int  # -1 for regression
     confidence: float  # max probability; NaN for regression
     probabilities: np.ndarray | None
+
+
+_PENDING = Prediction(None, -1, math.nan, None)  # a batch row's place until the batch has run
 
 
 def _session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
@@ -100,6 +107,8 @@ class LoadedModel:
             )
         self._output = wanted
         self._any_missing = any(f.allow_missing for f in self.features)
+        # A graph whose batch dimension is fixed (say to 1) cannot take a matrix of rows.
+        self._batchable = all(not isinstance(i.shape[0], int) for i in self.session.get_inputs() if i.shape)
         if self._tensor:
             # One pre-bound input buffer: a row is copied in and run without re-validation.
             self._buf = np.zeros((1, self.n_features), dtype=self._dtype)
@@ -117,6 +126,15 @@ class LoadedModel:
 
     def _load(self, row: Sequence[Any]) -> None:
         """Validate a row for the tensor layout and copy it into the bound input buffer."""
+        values = self._ready(row)
+        try:
+            self._buf[0] = values
+        except (TypeError, ValueError, OverflowError):
+            self._check_slow(row)
+            raise BadValue("row values must be plain numbers") from None
+
+    def _ready(self, row: Sequence[Any]) -> Sequence[Any]:
+        """Validate a row for the tensor layout; the values to feed (a missing value as NaN)."""
         if not isinstance(row, (list, tuple)):
             raise WrongShape(f"a row must be a list of {self.n_features} values")
         if len(row) != self.n_features:
@@ -124,7 +142,7 @@ class LoadedModel:
         total: Any
         try:
             total = sum(row)  # a string, None or a nested list fails here, before numpy can coerce it
-        except TypeError:
+        except (TypeError, OverflowError):  # OverflowError: an integer beyond any float, plus a float
             self._check_slow(row)
             total = 0.0  # only missing values (allowed) made the sum fail
         try:
@@ -133,11 +151,7 @@ class LoadedModel:
             finite = False
         if not finite:
             self._check_slow(row)  # raises for NaN/inf/overflow where not allowed
-        try:
-            self._buf[0] = [math.nan if v is None else v for v in row] if self._any_missing else row
-        except (TypeError, ValueError, OverflowError):
-            self._check_slow(row)
-            raise BadValue("row values must be plain numbers") from None
+        return [math.nan if v is None else v for v in row] if self._any_missing else row
 
     def _feed(self, row: Sequence[Any]) -> dict[str, np.ndarray]:
         """Validate a row for the columns layout and build one [1, 1] array per input."""
@@ -175,17 +189,111 @@ class LoadedModel:
     def predict_row(self, row: Sequence[Any]) -> Prediction:
         out = self._run(row)
         if self._is_classifier:
-            probs = out[0]
-            listed = probs.tolist()
-            confidence = max(listed)
-            if not math.isfinite(confidence):
-                raise OutputNotFinite(_OVERFLOW)
-            idx = listed.index(confidence)
-            return Prediction(self._classes[idx], idx, confidence, probs)
-        value = float(out.reshape(-1)[0])
+            return self._classified(out[0])
+        return self._regressed(float(out.reshape(-1)[0]))
+
+    def _classified(self, probs: np.ndarray) -> Prediction:
+        listed = probs.tolist()
+        confidence = max(listed)
+        if not math.isfinite(confidence):
+            raise OutputNotFinite(_OVERFLOW)
+        idx = listed.index(confidence)
+        return Prediction(self._classes[idx], idx, confidence, probs)
+
+    @staticmethod
+    def _regressed(value: float) -> Prediction:
         if not math.isfinite(value):
             raise OutputNotFinite(_OVERFLOW)
         return Prediction(value, -1, math.nan, None)
+
+    # ── many rows at once ───────────────────────────────────────────────────────────
+
+    def predict_rows(self, rows: Sequence[Any]) -> list[Prediction | RowError]:
+        """Answer every row, in order, through one onnxruntime call: a row that fails its checks
+        gets its own error and the others are served. Should the call itself fail, each row is
+        run alone, so only a row that makes the model fail is answered with InferenceFailed (the
+        error a trial counts against the model), exactly as if the rows had come one by one."""
+        if not self._batchable:
+            return [self._one(row) for row in rows]
+        results: list[Prediction | RowError] = []
+        ready: list[Sequence[Any]] = []
+        at: list[int] = []
+        for i, row in enumerate(rows):
+            try:
+                ready.append(self._ready(row) if self._tensor else self._checked(row))
+            except RowError as exc:
+                results.append(exc)
+            else:
+                results.append(_PENDING)
+                at.append(i)
+        if not at:
+            return results
+        try:
+            out = self._run_batch(ready)
+        except InferenceFailed:
+            for i in at:
+                results[i] = self._one(rows[i])
+            return results
+        for i, answer in zip(at, self._answers(out, len(at)), strict=True):
+            results[i] = answer
+        return results
+
+    def _one(self, row: Sequence[Any]) -> Prediction | RowError:
+        try:
+            return self.predict_row(row)
+        except RowError as exc:
+            return exc
+
+    def _checked(self, row: Sequence[Any]) -> Sequence[Any]:
+        if not isinstance(row, (list, tuple)):
+            raise WrongShape(f"a row must be a list of {self.n_features} values")
+        if len(row) != self.n_features:
+            raise WrongShape(f"row has {len(row)} values, the model expects {self.n_features}")
+        self._check_slow(row)
+        return row
+
+    def _run_batch(self, ready: list[Sequence[Any]]) -> np.ndarray:
+        if self._tensor:
+            try:
+                x = np.array(ready, dtype=self._dtype)
+            except (TypeError, ValueError, OverflowError):
+                raise InferenceFailed("rows could not be put in one matrix; serving them one by one") from None
+            feed = {self.spec.input_name: x}
+        else:
+            feed = {}
+            for j, (name, feature) in enumerate(zip(self.spec.input_names, self.features, strict=True)):
+                if feature.type == "categorical":
+                    feed[name] = np.array([["" if r[j] is None else r[j]] for r in ready], dtype=object)
+                else:
+                    feed[name] = np.array([[math.nan if r[j] is None else r[j]] for r in ready], dtype=np.float32)
+        try:
+            result: np.ndarray = self.session.run([self._output], feed)[0]
+        except Exception as exc:  # onnxruntime's errors carry no useful type
+            raise InferenceFailed(f"inference failed: {exc}") from None
+        return result
+
+    def _answers(self, out: np.ndarray, n: int) -> list[Prediction | RowError]:
+        if self._is_classifier:
+            probs = out.reshape(n, -1)
+            if bool(np.isfinite(probs).all()):
+                index = probs.argmax(axis=1).tolist()
+                confidence = probs.max(axis=1).tolist()
+                classes = self._classes
+                return [
+                    Prediction(classes[j], j, c, probs[k])
+                    for k, (j, c) in enumerate(zip(index, confidence, strict=True))
+                ]
+            rows: list[Prediction | RowError] = []
+            for k in range(n):  # a rare overflow: each row exactly as predict_row decides it
+                try:
+                    rows.append(self._classified(probs[k]))
+                except RowError as exc:
+                    rows.append(exc)
+            return rows
+        answers: list[Prediction | RowError] = []
+        for value in out.reshape(n, -1)[:, 0].tolist():
+            answers.append(self._regressed(value) if math.isfinite(value) else OutputNotFinite(_OVERFLOW))
+        return answers
 
     # ── health ──────────────────────────────────────────────────────────────────────
 
