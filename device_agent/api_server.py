@@ -180,15 +180,23 @@ class LocalApi:
                 raise ListenFailed(f"another process already serves on {path}")
             finally:
                 probe.close()
+        # Made under a temporary name and renamed into place once it listens, with its mode:
+        # an application that sees the path can connect, and never with looser permissions.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        temporary = local_api.staging_path(path)
         try:
-            sock.bind(path)
-            os.chmod(path, self.socket_mode)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            sock.bind(temporary)
+            os.chmod(temporary, self.socket_mode)
+            sock.listen(socket.SOMAXCONN)
+            os.rename(temporary, path)
         except OSError as exc:
             sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             reason = exc.strerror or str(exc)
             raise ListenFailed(f"cannot listen on {path}: {reason}") from None
-        sock.listen(socket.SOMAXCONN)
         self._socket_ino = os.stat(path).st_ino
         return sock
 

@@ -24,6 +24,7 @@ import click
 from . import __version__, logs
 from .config import AgentConfig, default_of
 from .errors import AgentError, ConfigError
+from .local_api import staging_path
 from .protocol import check_id
 
 # flag (click parameter name) -> dotted setting in AgentConfig
@@ -157,7 +158,8 @@ def check_api(config: AgentConfig) -> None:
     """The local API's settings, checked before anything starts."""
     config.socket_mode  # noqa: B018 - raises ConfigError for a mode that is not octal
     path = config.socket_path
-    if path and len(os.fsencode(path)) > 107:
+    longest = max(len(os.fsencode(path)), len(os.fsencode(staging_path(path)))) if path else 0
+    if longest > 107:
         raise ConfigError(
             f"api.socket {path!r} is {len(os.fsencode(path))} bytes long; a Unix socket path can have at most 107: "
             "set a shorter api.socket (an absolute path such as /run/edgekit-agent/agent.sock)"
@@ -236,6 +238,10 @@ def health(
             config = AgentConfig.load(config_path)
         except ConfigError as exc:
             raise click.UsageError(exc.detail) from None
+        if config.api.socket and not os.path.isabs(config.api.socket) and not config.state_dir:
+            raise click.UsageError(
+                f"{config_path} sets no state_dir, so its api.socket {config.api.socket!r} is nowhere"
+            )
         socket_path = config.socket_path or None
         if socket_path is None and config.api.tcp_port:
             tcp_port = config.api.tcp_port

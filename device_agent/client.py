@@ -21,6 +21,7 @@ lock makes sharing one between threads safe); for calls in parallel, give each t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -108,7 +109,9 @@ class AgentClient:
             self._connect()
         assert self._sock is not None
         try:
-            self._sock.sendall(request)
+            # Should the agent have closed first, it may have said why (client.busy): read that.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._sock.sendall(request)
             line = self._file.readline()
         except TimeoutError:
             self._disconnect()

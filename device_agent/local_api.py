@@ -28,6 +28,7 @@ it, and a client never needs numpy.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -77,6 +78,11 @@ def parse(obj: Any, max_batch_rows: int) -> Request:
             raise RequestTooLarge(f"the batch has {len(rows)} rows; this agent takes at most {max_batch_rows}")
         return BatchRequest(rid, rows)
     return RowRequest(obj)
+
+
+def staging_path(socket_path: str) -> str:
+    """Where the agent makes its socket before renaming it into place (the same directory)."""
+    return os.path.join(os.path.dirname(socket_path), f".{os.getpid()}.s")
 
 
 def request_id(obj: Any) -> Any:

@@ -18,11 +18,13 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from .config import AgentConfig
 
 _HOMES = ("/home", "/root", "/run/user")
+_TMPS = ("/tmp", "/var/tmp")
 
 
 def notify(message: str) -> bool:
@@ -109,10 +111,14 @@ def unit_text(config: AgentConfig, config_path: str, executable: str, version: i
             lines += [f"RuntimeDirectory={os.path.relpath(folder, '/run')}", "RuntimeDirectoryMode=0750"]
         elif not _under(folder, state):
             lines.append(f"ReadWritePaths={folder}")
-    in_home = any(_under(p, h) for p in (executable, config_path, state, config.trust or "/") for h in _HOMES)
+    needed = (executable, config_path, state, config.trust or "/")
+    in_home = any(_under(p, h) for p in needed for h in _HOMES)
+    lines.append(f"ProtectHome={'read-only' if in_home else 'yes'}")
+    if any(_under(p, t) for p in needed for t in _TMPS):
+        lines.append("# PrivateTmp is off: the agent's files are under /tmp (move them to have it on).")
+    else:
+        lines.append("PrivateTmp=yes")
     lines += [
-        f"ProtectHome={'read-only' if in_home else 'yes'}",
-        "PrivateTmp=yes",
         "PrivateDevices=yes",
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=",
@@ -147,8 +153,13 @@ def unit_text(config: AgentConfig, config_path: str, executable: str, version: i
 
 
 def agent_executable() -> str:
-    """The absolute path of the installed ``edgekit-agent`` (what ExecStart runs)."""
+    """The absolute path of the ``edgekit-agent`` being run (or the one installed beside this
+    Python, or on PATH): what ExecStart runs."""
+    candidates = [Path(sys.argv[0]) if Path(sys.argv[0]).name == "edgekit-agent" else None]
+    candidates.append(Path(sys.executable).parent / "edgekit-agent")
     found = shutil.which("edgekit-agent")
-    if found:
-        return str(Path(found).absolute())
-    raise FileNotFoundError("edgekit-agent is not on PATH; pass --exec with its absolute path")
+    candidates.append(Path(found) if found else None)
+    for path in candidates:
+        if path is not None and path.is_file() and os.access(path, os.X_OK):
+            return str(path.absolute())
+    raise FileNotFoundError("cannot find the edgekit-agent program; pass --exec with its absolute path")

@@ -157,7 +157,9 @@ def test_connections_beyond_the_limit_are_told_and_closed(tmp_path: Path, model:
             AgentClient(server.path).predict(ROWS[0])
         assert info.value.error == "client.busy"
         held[0].close()
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while server.api.clients > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         late = AgentClient(server.path)
         assert "prediction" in late.predict(ROWS[0])
         late.close()
