@@ -9,11 +9,9 @@ asserted: bench/small_device.py measures them (BENCHMARKS.md, docs/small-devices
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,50 +24,17 @@ from tests.support.agent import AgentProcess, wait_until
 from tests.support.broker import Broker
 from tests.support.deploy import active_version, deploy, status
 from tests.support.limits import cpu_seconds, proc_status, small_device
+from tests.support.models import Shipped, sensors_rf
 
 pytestmark = pytest.mark.broker
 
 MIB = 1 << 20
 
 
-@dataclass
-class SmallModel:
-    root: Path
-    trust: Path
-    bundles: list[Path]
-    rows: list[list[float]]
-    model_bytes: int
-
-
-def build_small_model(root: Path, trees: int = 35) -> SmallModel:
-    """A random forest on 3,000 rows of 16 sensor readings: about 1 MiB of ONNX."""
-    from sklearn.datasets import make_classification
-
-    from edgekit import bundler, keys, runs, workspace
-
-    ws = workspace.init(root)
-    keys.generate(ws, "release")
-    trust = root / "trust.json"
-    trust.write_bytes(keys.trust_file(ws).to_json())
-    x, y = make_classification(n_samples=3000, n_features=16, n_informative=8, n_classes=3, random_state=0)
-    path = root / "sensors.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow([*(f"s{i}" for i in range(16)), "label"])
-        for row, label in zip(np.round(x, 5).tolist(), y.tolist(), strict=True):
-            w.writerow([*row, label])
-    params = {"n_estimators": trees, "max_features": "sqrt", "min_samples_leaf": 1}
-    run = runs.train_run(ws, path, "label", "rf", params=params)
-    bundles = [bundler.build(ws, run.id, "sensors", "release", root).path for _ in range(2)]
-    with zipfile.ZipFile(bundles[0]) as z:
-        size = z.getinfo("model.onnx").file_size
-    return SmallModel(root, trust, bundles, np.round(x[:400], 5).tolist(), size)
-
-
 @pytest.fixture(scope="module")
-def small_model(tmp_path_factory: pytest.TempPathFactory) -> SmallModel:
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Shipped:
     pytest.importorskip("sklearn")
-    return build_small_model(tmp_path_factory.mktemp("small"))
+    return sensors_rf(tmp_path_factory.mktemp("small"))
 
 
 def expected_labels(bundle: Path, rows: list[list[float]]) -> list[int]:
@@ -81,7 +46,7 @@ def expected_labels(bundle: Path, rows: list[list[float]]) -> list[int]:
 
 
 def test_a_128_mib_one_cpu_device_downloads_verifies_trials_and_serves(
-    small_model: SmallModel, broker: Broker, tmp_path: Path
+    small_model: Shipped, broker: Broker, tmp_path: Path
 ) -> None:
     assert 0.75 * MIB <= small_model.model_bytes <= 1.5 * MIB
     cage = small_device(128 * MIB, 512 * MIB)
@@ -115,10 +80,10 @@ def test_a_128_mib_one_cpu_device_downloads_verifies_trials_and_serves(
                     timeout=120,
                     what=f"v{version} on trial",
                 )
-                answers = app.predict_many(small_model.rows)  # live rows pass the trial
+                answers = app.predict_many(small_model.rows[:400])  # live rows pass the trial
                 wait_until(lambda v=version: active_version(broker.url, "tiny") == v, timeout=60, what=f"v{version}")
                 print(f"v{version}: desired → active in {time.monotonic() - t0:.2f} s")
-                assert [a["prediction"] for a in answers] == expected_labels(bundle, small_model.rows)
+                assert [a["prediction"] for a in answers] == expected_labels(bundle, small_model.rows[:400])
             one = app.predict(small_model.rows[0])
             assert one["bundle"] == "sensors@2"
             doc = app.health()
