@@ -29,8 +29,16 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("transfer", "bench/transfer.py", "a 10 MiB bundle to 20 agent processes against raw mosquitto delivery"),
     ("quantization", "bench/quantization.py", "what each quantization strategy does per model family"),
     ("auto-vs-default", "bench/auto_vs_default.py", "`--model auto` against the default model"),
-    ("local-api", "bench/local_api.py", "applications calling the agent's socket: single rows, batches, concurrent clients, against bare onnxruntime"),
-    ("small-device", "bench/small_device.py", "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times"),
+    (
+        "local-api",
+        "bench/local_api.py",
+        "applications calling the agent's socket: single rows, batches, concurrent clients, against bare onnxruntime",
+    ),
+    (
+        "small-device",
+        "bench/small_device.py",
+        "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",
+    ),
 )
 
 

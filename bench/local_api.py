@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing as mp
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,13 +56,13 @@ from common import BENCHMARKS, REPO, log, machine, now_utc, versions, write_sect
 if str(REPO) not in sys.path:  # tests/support is part of the checkout, not of the installed packages
     sys.path.insert(0, str(REPO))
 
-from device_agent import local_api  # noqa: E402
-from device_agent.client import AgentClient  # noqa: E402
-from edgekit.fleet.deploy import Target  # noqa: E402
-from tests.support.agent import AgentProcess, wait_until  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.deploy import active_version, deploy  # noqa: E402
-from tests.support.models import Shipped, sensors_rf, wine  # noqa: E402
+from device_agent import local_api
+from device_agent.client import AgentClient
+from edgekit.fleet.deploy import Target
+from tests.support.agent import AgentProcess, wait_until
+from tests.support.broker import Broker
+from tests.support.deploy import active_version, deploy
+from tests.support.models import Shipped, sensors_rf, wine
 
 SECTION = "local-api"
 SINGLE_TARGET_US = 50.0
@@ -145,6 +146,7 @@ def measure_batch(case: Case, app: AgentClient, repeats: int) -> tuple[dict[str,
     session, name, out = case.session, case.input, [case.output]
     paths: dict[str, Callable[[], Any]] = {
         "socket": lambda: app.predict_many(rows),
+        "tensor": lambda: app.predict_array(prepared),
         "bare": lambda: session.run(out, {name: prepared}),
         "bare_array": lambda: session.run(out, {name: np.array(rows, dtype=np.float32)}),
     }
@@ -158,42 +160,57 @@ def measure_batch(case: Case, app: AgentClient, repeats: int) -> tuple[dict[str,
         order = order[1:] + order[:1]
         for p in order:
             samples[p].append(timed(paths[p]))
-        json_us.append(timed(lambda: local_api.batch_request(rows)) + timed(lambda: __import__("json").loads(answer)))
+        json_us.append(timed(lambda: local_api.batch_request(rows)) + timed(lambda: json.loads(answer)))
     return samples, statistics.median(json_us)
 
 
-def _client_process(sock: str, rows: list[list[float]], batch: int, start_at: float, stop_at: float, out: Any) -> None:
-    count = 0
-    with AgentClient(sock, timeout=60) as app:
-        app.health()
-        while time.time() < start_at:
-            time.sleep(0.001)
-        i = 0
-        while time.time() < stop_at:
-            if batch == 1:
-                app.predict(rows[i % len(rows)])
-                count += 1
-            else:
-                chunk = [rows[(i + j) % len(rows)] for j in range(batch)]
-                count += len(app.predict_many(chunk))
-            i += 1
-    out.put(count)
+CLIENT = """
+import json, sys, time
+from device_agent.client import AgentClient
+sock, batch, rows = sys.argv[1], int(sys.argv[2]), json.load(open(sys.argv[3]))
+count, i = 0, 0
+with AgentClient(sock, timeout=120) as app:
+    app.health()
+    print("ready", flush=True)
+    start_at, stop_at = map(float, sys.stdin.readline().split())
+    while time.time() < start_at:
+        pass
+    while time.time() < stop_at:
+        if batch == 1:
+            app.predict(rows[i % len(rows)])
+            count += 1
+        else:
+            count += len(app.predict_many([rows[(i + j) % len(rows)] for j in range(batch)]))
+        i += 1
+print(count, flush=True)
+"""
 
 
-def measure_concurrent(case: Case, sock: str, clients: int, batch: int, seconds: float) -> float:
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    start_at = time.time() + 2.0 + 0.15 * clients  # every client connected before the clock starts
-    stop_at = start_at + seconds
+def measure_concurrent(case: Case, sock: str, clients: int, batch: int, seconds: float, folder: Path) -> float:
+    """``clients`` separate processes, each connected and ready before a common start time."""
+    rows_file = folder / "rows.json"
+    rows_file.write_text(json.dumps(case.rows))
+    args = [sys.executable, "-c", CLIENT, sock, str(batch), str(rows_file)]
     procs = [
-        ctx.Process(target=_client_process, args=(sock, case.rows, batch, start_at, stop_at, results))
+        subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
         for _ in range(clients)
     ]
-    for p in procs:
-        p.start()
-    total = sum(results.get(timeout=seconds + 60) for _ in procs)
-    for p in procs:
-        p.join(30)
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        start_at = time.time() + 0.3
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(f"{start_at} {start_at + seconds}\n")
+            p.stdin.flush()
+        total = 0
+        for p in procs:
+            assert p.stdout is not None
+            total += int(p.stdout.readline())
+    finally:
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.wait(60)
     return total / seconds
 
 
@@ -222,7 +239,9 @@ def evaluate(case: Case, broker: Broker, folder: Path, args: argparse.Namespace)
     sock = str(state / "agent.sock")
     result = Result(case.label, case.shipped.model_bytes / 1024, case.shipped.n_features)
     try:
-        deploy(case.shipped.root, broker.url, case.shipped.bundles[0], case.shipped.name, Target(device=case.shipped.name))
+        deploy(
+            case.shipped.root, broker.url, case.shipped.bundles[0], case.shipped.name, Target(device=case.shipped.name)
+        )
         wait_until(lambda: active_version(broker.url, case.shipped.name) == 1, timeout=120, what="active")
         with AgentClient(sock) as app:
             log(f"{case.label}: single rows")
@@ -235,7 +254,7 @@ def evaluate(case: Case, broker: Broker, folder: Path, args: argparse.Namespace)
             for clients in (1, 4, 16):
                 log(f"{case.label}: {clients} client(s), batch {batch}")
                 result.concurrent[("batch" if batch > 1 else "single", clients)] = measure_concurrent(
-                    case, sock, clients, batch, args.seconds
+                    case, sock, clients, batch, args.seconds, folder
                 )
     finally:
         agent.stop()
@@ -243,6 +262,10 @@ def evaluate(case: Case, broker: Broker, folder: Path, args: argparse.Namespace)
 
 
 # ── the report ─────────────────────────────────────────────────────────────────────────
+
+
+def ms_rate(us: float) -> str:
+    return f"{us / 1000:.2f} ({fmt(BATCH_ROWS / us * 1e6)})"
 
 
 def fmt(v: float) -> str:
@@ -258,7 +281,7 @@ def render(results: list[Result], args: argparse.Namespace, load: tuple[Sequence
         "calling process, on the same model bytes with the agent's session options, measured in the same run. "
         "How and why: docstring of `bench/local_api.py`.",
         "",
-        f"- Rerun: `.venv/bin/python bench/local_api.py` (rewrites only this section).",
+        "- Rerun: `.venv/bin/python bench/local_api.py` (rewrites only this section).",
         f"- Machine: {machine(*load)}.",
         f"- Versions: {versions(['numpy', 'onnxruntime', 'paho-mqtt'])}.",
         f"- Date: {now_utc()}.",
@@ -285,17 +308,18 @@ def render(results: list[Result], args: argparse.Namespace, load: tuple[Sequence
         "",
         f"### A batch of {BATCH_ROWS:,} rows in one request",
         "",
-        "| model | socket ms (rows/s) | (b) bare ms (rows/s) | (c) bare + array ms (rows/s) | socket ÷ (b) rows/s | "
-        f"target ≥ {BATCH_TARGET}× | client's JSON ms |",
-        "|---|---|---|---|---|---|---|",
+        "JSON: `predict_many(rows)`, rows and answers as JSON text. Tensor: `predict_array(matrix)`, the rows as "
+        "raw float32 bytes after a JSON header line, answers as columns.",
+        "",
+        "| model | JSON ms (rows/s) | tensor ms (rows/s) | (b) bare ms (rows/s) | (c) bare + array ms (rows/s) | "
+        f"JSON ÷ (b) | tensor ÷ (b) | target ≥ {BATCH_TARGET}× | client's JSON ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        s, b, c = (statistics.median(r.batch[p]) for p in ("socket", "bare", "bare_array"))
-        ratio = b / s
+        s, t, b, c = (statistics.median(r.batch[p]) for p in ("socket", "tensor", "bare", "bare_array"))
         lines.append(
-            f"| {r.label} | {s / 1000:.2f} ({fmt(BATCH_ROWS / s * 1e6)}) | {b / 1000:.2f} ({fmt(BATCH_ROWS / b * 1e6)}) "
-            f"| {c / 1000:.2f} ({fmt(BATCH_ROWS / c * 1e6)}) | {ratio:.2f}× | "
-            f"{'met' if ratio >= BATCH_TARGET else 'missed'} | {r.client_json_us / 1000:.2f} |"
+            f"| {r.label} | {ms_rate(s)} | {ms_rate(t)} | {ms_rate(b)} | {ms_rate(c)} | {b / s:.2f}× | {b / t:.2f}× | "
+            f"{'met' if b / t >= BATCH_TARGET else 'missed'} (tensor) | {r.client_json_us / 1000:.2f} |"
         )
     lines += [
         "",
@@ -317,14 +341,17 @@ def verdict(results: list[Result]) -> list[str]:
     out = ["### What the figures say", ""]
     for r in results:
         gap = pct(r.single["socket"], 50) - pct(r.single["bare"], 50)
-        ratio = statistics.median(r.batch["bare"]) / statistics.median(r.batch["socket"])
+        bare = statistics.median(r.batch["bare"])
+        json_ratio = bare / statistics.median(r.batch["socket"])
+        tensor_ratio = bare / statistics.median(r.batch["tensor"])
         json_share = r.client_json_us / statistics.median(r.batch["socket"])
         out.append(
             f"- **{r.label}** ({r.model_kib:,.0f} KiB model, {r.n_features} features): a row over the socket costs "
             f"{gap:.0f} µs more than bare onnxruntime ({'within' if gap <= SINGLE_TARGET_US else 'beyond'} the "
-            f"{SINGLE_TARGET_US:.0f} µs target); a batch of {BATCH_ROWS:,} reaches {ratio:.2f}× bare rows/s "
-            f"({'meets' if ratio >= BATCH_TARGET else 'misses'} {BATCH_TARGET}×), and the client's own JSON "
-            f"(encoding {BATCH_ROWS:,} rows, parsing {BATCH_ROWS:,} answers) is {json_share:.0%} of that round trip."
+            f"{SINGLE_TARGET_US:.0f} µs target). A batch of {BATCH_ROWS:,} as a tensor reaches {tensor_ratio:.2f}× "
+            f"bare rows/s ({'meets' if tensor_ratio >= BATCH_TARGET else 'misses'} {BATCH_TARGET}×); as JSON "
+            f"{json_ratio:.2f}×, of which the client's own JSON (writing {BATCH_ROWS:,} rows, reading "
+            f"{BATCH_ROWS:,} answers) is {json_share:.0%} of the round trip."
         )
     return out
 

@@ -78,7 +78,7 @@ class LocalMqttBridge:
                     "%d request(s) on %s had no MQTT 5 response topic and were not served", self.unanswerable, msg.topic
                 )
             return
-        answer = self.handler.handle(bytes(msg.payload)).rstrip(b"\n")
+        answer = self.handler.handle_message(bytes(msg.payload)).rstrip(b"\n")
         out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         correlation = getattr(props, "CorrelationData", None)
         if correlation is not None:

@@ -32,16 +32,25 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from . import local_api
 from .config import ApiSettings
 from .engine import InferenceEngine
-from .errors import ClientError, InferenceFailed, ListenFailed, RequestTooLarge, TooManyClients
-from .local_api import BatchRequest, Health, HealthRequest
-from .sources import answer_object, answer_rows, not_json
+from .errors import BadRequest, ClientError, InferenceFailed, ListenFailed, RequestTooLarge, TooManyClients
+from .local_api import BatchRequest, Health, HealthRequest, TensorRequest
+from .sources import answer_matrix, answer_object, answer_rows, not_json
 
 log = logging.getLogger("edgekit.agent.api")
+
+
+class Pending(NamedTuple):
+    """A tensor header was read: its answer needs the ``nbytes`` that follow it."""
+
+    nbytes: int
+    finish: Callable[[bytes], bytes]
 
 
 class Handler:
@@ -54,32 +63,68 @@ class Handler:
         self.requests = 0
         self.refused = 0  # requests answered with a client.* error
 
-    def handle(self, data: bytes) -> bytes:
+    def handle(self, data: bytes) -> bytes | Pending:
+        """One request line → its answer line, or, for a tensor header, what its bytes need."""
         self.requests += 1
         try:
-            return local_api.encode(self._answer(data))
+            answer = self._answer(data)
         except Exception as exc:  # the server must outlive any request
-            log.exception("unexpected error answering a request")
-            err = InferenceFailed(f"unexpected error answering the request: {type(exc).__name__}: {exc}")
-            return local_api.encode(local_api.error(err))
+            return self._unexpected(exc)
+        return answer if isinstance(answer, Pending) else local_api.encode(answer)
 
-    def _answer(self, data: bytes) -> dict[str, Any]:
+    def handle_message(self, payload: bytes) -> bytes:
+        """One whole message (MQTT): a request, or a tensor header line and its bytes."""
+        head, newline, rest = payload.partition(b"\n")
+        answer = self.handle(head if newline and b'"tensor"' in head else payload)
+        if not isinstance(answer, Pending):
+            return answer
+        if len(rest) != answer.nbytes:
+            self.refused += 1
+            err = BadRequest(f"the tensor header announces {answer.nbytes} bytes; the message carries {len(rest)}")
+            return local_api.encode(local_api.error(err))
+        return answer.finish(rest)
+
+    def _unexpected(self, exc: Exception) -> bytes:
+        log.exception("unexpected error answering a request")
+        err = InferenceFailed(f"unexpected error answering the request: {type(exc).__name__}: {exc}")
+        return local_api.encode(local_api.error(err))
+
+    def _tensor(self, request: TensorRequest) -> Pending:
+        dtype = "<f4" if request.dtype == "float32" else "<f8"
+
+        def finish(data: bytes) -> bytes:
+            try:
+                x = np.frombuffer(data, dtype=dtype).reshape(request.rows, request.cols)
+                answer = answer_matrix(self.engine, x)
+            except Exception as exc:
+                return self._unexpected(exc)
+            if request.id is not None:
+                answer["id"] = request.id
+            return local_api.encode(answer)
+
+        return Pending(request.nbytes, finish)
+
+    def _answer(self, data: bytes) -> dict[str, Any] | Pending:
         if len(data) > self.settings.max_line_bytes:
             self.refused += 1
             limit = self.settings.max_line_bytes
             return local_api.error(RequestTooLarge(f"the request has {len(data)} bytes; the limit is {limit}"))
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = json.loads(data.decode())
+        except ValueError:  # UnicodeDecodeError included
             return not_json(self.engine)
+        if type(obj) is list:  # a row by position: the common case goes straight to it
+            return answer_object(self.engine, obj)
         try:
-            request = local_api.parse(obj, self.settings.max_batch_rows)
+            request = local_api.parse(obj, self.settings.max_batch_rows, self.settings.max_line_bytes)
         except ClientError as exc:
             self.refused += 1
             log.info("%s: %s", exc.code, exc.detail)
             return local_api.error(exc, local_api.request_id(obj))
         if isinstance(request, BatchRequest):
             return local_api.batch_answer(request.id, answer_rows(self.engine, request.rows))
+        if isinstance(request, TensorRequest):
+            return self._tensor(request)
         if isinstance(request, HealthRequest):
             answer: dict[str, Any] = {"health": self.health().to_json()}
             if request.id is not None:
@@ -99,6 +144,7 @@ class _Client:
         "inbuf",
         "outbuf",
         "partial_since",
+        "pending",
         "scanned",
         "sock",
         "stalled_since",
@@ -115,6 +161,7 @@ class _Client:
         self.eof = False  # the client sent all it will send
         self.closing = False  # close once the answers are out
         self.closed = False
+        self.pending: Pending | None = None  # a tensor header whose bytes are still coming
 
 
 class LocalApi:
@@ -298,15 +345,16 @@ class LocalApi:
                 self._close(client)
                 return
             del out[:sent]
-            if len(out) <= self.settings.max_line_bytes and b"\n" in client.inbuf:
-                self._answer_lines(client)  # lines held back while answers were waiting
-        done = client.closing or (client.eof and not client.inbuf)
+            if len(out) <= self.settings.max_line_bytes and client.inbuf:
+                self._answer_lines(client)  # requests held back while answers were waiting
+        done = client.closing or (client.eof and (not client.inbuf or client.pending is not None))
         if done and not out:
             self._close(client)
             return
         now = time.monotonic()
         client.stalled_since = (client.stalled_since or now) if out else None
-        client.partial_since = (client.partial_since or now) if client.inbuf and not client.eof else None
+        waiting = (client.inbuf or client.pending is not None) and not client.eof
+        client.partial_since = (client.partial_since or now) if waiting else None
         reading = not (client.eof or client.closing) and len(out) <= self.settings.max_line_bytes
         events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if out else 0)
         if events != client.events and events:
@@ -314,10 +362,21 @@ class LocalApi:
             client.events = events
 
     def _answer_lines(self, client: _Client) -> None:
-        """Answer complete lines, in order, while the client's unread answers fit."""
+        """Answer complete requests, in order, while the client's unread answers fit."""
         limit = self.settings.max_line_bytes
         inbuf = client.inbuf
-        while inbuf and not client.closing and len(client.outbuf) <= limit:
+        while not client.closing and len(client.outbuf) <= limit:
+            if client.pending is not None:  # a tensor's bytes, counted rather than split at newlines
+                need = client.pending.nbytes
+                if len(inbuf) < need:
+                    return
+                data = bytes(inbuf[:need])
+                del inbuf[:need]
+                finish, client.pending = client.pending.finish, None
+                client.outbuf += finish(data)
+                continue
+            if not inbuf:
+                return
             end = inbuf.find(b"\n", client.scanned)
             if end < 0:
                 client.scanned = len(inbuf)
@@ -335,7 +394,11 @@ class LocalApi:
             del inbuf[: end + 1]
             client.scanned = 0
             if line.strip():
-                client.outbuf += self.handler.handle(line)
+                answer = self.handler.handle(line)
+                if isinstance(answer, Pending):
+                    client.pending = answer
+                else:
+                    client.outbuf += answer
 
     def _expire(self, now: float) -> None:
         timeout = self.settings.io_timeout_s

@@ -7,6 +7,7 @@ device can use it without numpy or onnxruntime.
         agent.predict([13.2, 1.78, 2.14, ...])           # {"prediction": 0, "confidence": 0.97, "bundle": "wine@3"}
         agent.predict({"alcohol": 13.2, ...}, id="r1")   # by feature name, with an id echoed back
         agent.predict_many(rows)                         # one answer per row, one onnxruntime call
+        agent.predict_array(matrix)                      # a numpy array as raw bytes: the fastest
         agent.health()                                   # {"serving": True, "bundle": "wine@3", ...}
 
 Answers are the protocol's dictionaries (docs/local-api.md): a row the agent could not serve
@@ -21,9 +22,11 @@ lock makes sharing one between threads safe); for calls in parallel, give each t
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import socket
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,6 +49,32 @@ class RequestRefused(Exception):
         self.answer = dict(answer)
         self.error = str(answer.get("error"))
         self.detail = str(answer.get("detail"))
+
+
+def _raw(rows: Any) -> tuple[bytes, int, int, str]:
+    """(little-endian bytes, rows, columns, dtype) of a 2-D numeric buffer or a list of rows."""
+    try:
+        view = memoryview(rows)
+    except TypeError:
+        view = None
+    if view is not None:
+        kind = view.format.lstrip("<=@")
+        if view.ndim != 2 or kind not in ("f", "d") or not view.c_contiguous:
+            raise ValueError("give a 2-D, C-contiguous float32 or float64 array (or a list of rows)")
+        n_rows, n_cols = view.shape or (0, 0)
+        typecode = kind
+        flat = array.array(typecode)
+        flat.frombytes(view.tobytes())
+    else:
+        rows = [list(r) for r in rows]
+        n_rows, n_cols = len(rows), len(rows[0]) if rows else 0
+        if any(len(r) != n_cols for r in rows):
+            raise ValueError("every row must have the same number of values")
+        typecode = "d"
+        flat = array.array("d", [v for r in rows for v in r])
+    if sys.byteorder != "little":
+        flat.byteswap()
+    return flat.tobytes(), n_rows, n_cols, "float32" if typecode == "f" else "float64"
 
 
 class AgentClient:
@@ -80,6 +109,17 @@ class AgentClient:
         if not isinstance(results, list):
             raise RequestRefused(answer)
         return results
+
+    def predict_array(self, rows: Any, id: Any = None) -> dict[str, Any]:
+        """Many rows already in a numeric array — a 2-D float32 or float64 C-contiguous buffer
+        such as a numpy array, or a list of equal-length rows — sent as raw bytes (a tensor
+        batch), answered as columns: ``{"prediction": [...], "confidence": [...], "errors": [...]}``.
+        The fastest way to send many rows: neither side writes or parses their numbers as text."""
+        data, n_rows, n_cols, dtype = _raw(rows)
+        answer = self.call(local_api.tensor_request(data, n_rows, n_cols, dtype, id))
+        if "prediction" not in answer:
+            raise RequestRefused(answer)
+        return answer
 
     def health(self) -> dict[str, Any]:
         """Is the agent serving, and with which bundle; is it connected; its last error."""

@@ -24,7 +24,7 @@ from .drift import DriftWindow, Reference
 from .errors import InferenceFailed, NoModel, ProtocolError, RowError, TrialFailed
 from .events import DriftReady, Event, RowRejected, TrialDone
 from .protocol import Latency, Stats
-from .runtime import LoadedModel, Prediction
+from .runtime import Columns, LoadedModel, Prediction
 
 
 class _Window:
@@ -216,6 +216,53 @@ class InferenceEngine:
                 else:
                     self.served += 1
             return model, results
+
+    def serve_matrix(self, x: np.ndarray) -> tuple[LoadedModel | None, Columns]:
+        """A tensor batch: rows already in one numeric matrix, answered as columns. Counted,
+        timed, accounted for drift and held against a trial exactly like :meth:`serve_many`'s
+        rows; when no row failed, the accounting is done column-wise too (it is the same sums)."""
+        n = len(x)
+        with self._lock:
+            model = self.model
+            if model is None or n == 0:
+                errors = {i: self._no_model_locked() for i in range(n)}
+                return None, Columns(np.full(n, -1), np.full(n, math.nan), errors)
+            t0 = time.perf_counter_ns()
+            cols = model.predict_matrix(x)
+            per_row = (time.perf_counter_ns() - t0) / max(1, n)
+            if cols.errors:
+                for i in range(n):
+                    err = cols.errors.get(i)
+                    if err is not None:
+                        self._failed_locked(err)
+                        continue
+                    self._latency[self._lat_n % len(self._latency)] = per_row
+                    self._lat_n += 1
+                    if self.model is model:
+                        self._served_locked(x[i], cols.prediction(i, model.spec.classes))
+                    else:
+                        self.served += 1
+                return model, cols
+            ring = len(self._latency)
+            at = (self._lat_n + np.arange(min(n, ring))) % ring
+            self._latency[at] = per_row
+            self._lat_n += n
+            self.served += n
+            room = max(0, self.settings.max_pending_rows - len(self._rows))
+            kept = min(n, room)
+            self._rows.extend(x[:kept])
+            self._labels.extend(cols.class_index[:kept].tolist())
+            self._scores.extend(cols.score[:kept].tolist())
+            self.unaccounted += n - kept
+            if model.spec.task == "classification":  # its score is the confidence
+                self.low_confidence += int(np.count_nonzero(cols.score < self._low_conf_threshold))
+            trial = self._trial
+            if trial is not None and not trial.decided:
+                trial.ok += n
+                if trial.ok >= trial.rows:
+                    trial.decided = True
+                    self._notify(TrialDone(trial.sha256))
+            return model, cols
 
     def _no_model_locked(self) -> RowError:
         self.rejected += 1

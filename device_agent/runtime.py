@@ -48,6 +48,21 @@ class Prediction(NamedTuple):
     probabilities: np.ndarray | None
 
 
+class Columns(NamedTuple):
+    """The answers to a matrix of rows as columns, with no object per row (tensor batches)."""
+
+    class_index: np.ndarray  # class index per row; -1 for a regressor and for a row that failed
+    score: np.ndarray  # confidence (classifier) or predicted value (regressor); NaN for a row that failed
+    errors: dict[int, RowError]  # the rows that failed, by position
+
+    def prediction(self, i: int, classes: Sequence[Any]) -> Prediction:
+        j = int(self.class_index[i])
+        score = float(self.score[i])
+        if j < 0:
+            return Prediction(score, -1, math.nan, None)
+        return Prediction(classes[j], j, score, None)
+
+
 _PENDING = Prediction(None, -1, math.nan, None)  # a batch row's place until the batch has run
 
 
@@ -238,6 +253,55 @@ class LoadedModel:
             results[i] = answer
         return results
 
+    def predict_matrix(self, x: np.ndarray) -> Columns:
+        """Rows that arrive already as one numeric matrix (a tensor batch): validated and
+        answered column-wise, with the same checks, errors and fallback as :meth:`predict_rows`."""
+        if not self._tensor:
+            raise WrongShape("this model takes its features as named columns (categorical ones): send JSON rows")
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise WrongShape(f"rows have {x.shape[-1] if x.ndim else 0} values, the model expects {self.n_features}")
+        n = len(x)
+        errors: dict[int, RowError] = {}
+        finite = np.isfinite(x)
+        if not bool(finite.all()):
+            for i in np.flatnonzero(~finite.all(axis=1)).tolist():
+                for feature, value in zip(self.features, x[i].tolist(), strict=True):
+                    err = _bad_value(feature, value)
+                    if err is not None:
+                        errors[i] = err
+                        break
+        index = np.full(n, -1, dtype=np.int64)
+        score = np.full(n, math.nan, dtype=np.float64)
+        ok = np.ones(n, dtype=bool)
+        ok[list(errors)] = False
+        if not bool(ok.any()):
+            return Columns(index, score, errors)
+        try:
+            if not self._batchable:
+                raise InferenceFailed("the model takes one row at a time")
+            out = self._run_batch(x if not errors else x[ok])
+        except InferenceFailed:  # one call failed: each row alone, so only a row that breaks the model fails
+            for i in np.flatnonzero(ok).tolist():
+                answer = self._one(x[i].tolist())
+                if isinstance(answer, RowError):
+                    errors[i] = answer
+                else:
+                    index[i] = answer.class_index
+                    score[i] = answer.confidence if answer.class_index >= 0 else answer.label
+            return Columns(index, score, errors)
+        rows = np.flatnonzero(ok)
+        if self._is_classifier:
+            probs = out.reshape(len(rows), -1)
+            index[rows] = probs.argmax(axis=1)
+            score[rows] = probs.max(axis=1)
+        else:
+            score[rows] = out.reshape(len(rows), -1)[:, 0]
+        if not bool(np.isfinite(score[rows]).all()):
+            for i in rows[~np.isfinite(score[rows])].tolist():
+                errors[i] = OutputNotFinite(_OVERFLOW)
+                index[i], score[i] = -1, math.nan
+        return Columns(index, score, errors)
+
     def _one(self, row: Sequence[Any]) -> Prediction | RowError:
         try:
             return self.predict_row(row)
@@ -252,10 +316,10 @@ class LoadedModel:
         self._check_slow(row)
         return row
 
-    def _run_batch(self, ready: list[Sequence[Any]]) -> np.ndarray:
+    def _run_batch(self, ready: list[Sequence[Any]] | np.ndarray) -> np.ndarray:
         if self._tensor:
             try:
-                x = np.array(ready, dtype=self._dtype)
+                x = np.asarray(ready, dtype=self._dtype)
             except (TypeError, ValueError, OverflowError):
                 raise InferenceFailed("rows could not be put in one matrix; serving them one by one") from None
             feed = {self.spec.input_name: x}

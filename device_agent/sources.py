@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
+import numpy as np
+
 from .bundle import Feature
 from .engine import InferenceEngine
 from .errors import BadValue, InferenceFailed, NoModel, RowError, WrongShape
@@ -122,6 +124,30 @@ def answer_rows(engine: InferenceEngine, items: Sequence[Any]) -> list[dict[str,
                 else:
                     answers[k] = _answer(result, bundle, rid)
     return [a for a in answers if a is not None]
+
+
+def answer_matrix(engine: InferenceEngine, x: np.ndarray) -> dict[str, Any]:
+    """A tensor batch → its answers as columns: ``prediction`` and (for a classifier)
+    ``confidence`` per row, ``null`` where a row failed, and that row's error in ``errors``."""
+    try:
+        model, cols = engine.serve_matrix(x)
+    except RowError as exc:  # the matrix as a whole does not fit the model: every row is rejected
+        for _ in range(len(x)):
+            engine.reject(exc)
+        return error_answer(exc)
+    out: dict[str, Any] = {}
+    label = _label(model)
+    if label is not None:
+        out["bundle"] = label
+    failed = cols.errors
+    if model is not None and model.spec.task == "classification":
+        classes = model.spec.classes
+        out["prediction"] = [classes[j] if j >= 0 else None for j in cols.class_index.tolist()]
+        out["confidence"] = [None if math.isnan(c) else c for c in np.round(cols.score, 6).tolist()]
+    else:
+        out["prediction"] = [None if i in failed or math.isnan(v) else v for i, v in enumerate(cols.score.tolist())]
+    out["errors"] = [{"row": i, "error": e.code, "detail": e.detail} for i, e in sorted(failed.items())]
+    return out
 
 
 def not_json(engine: InferenceEngine) -> dict[str, Any]:

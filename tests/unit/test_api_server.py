@@ -314,3 +314,74 @@ def test_the_client_reconnects_once_after_the_agent_restarted(tmp_path: Path, mo
     finally:
         agent.close()
         server.stop()
+
+
+# ── tensor batches ────────────────────────────────────────────────────────────────────
+
+
+def test_a_tensor_batch_is_answered_as_columns(server: Server) -> None:
+    import numpy as np
+
+    x = np.asarray(sample_rows(64, seed=8), dtype=np.float32)
+    x[5, 0] = np.nan
+    with AgentClient(server.path) as agent:
+        answer = agent.predict_array(x, id="t1")
+        singles = [agent.predict(r) for r in x.tolist()]
+        as_lists = agent.predict_array(x.astype(np.float64).tolist())
+    assert answer["id"] == "t1" and answer["bundle"] == "demo@1"
+    assert answer["errors"] == [{"row": 5, "error": singles[5]["error"], "detail": singles[5]["detail"]}]
+    assert answer["prediction"][5] is None and answer["confidence"][5] is None
+    assert [p for i, p in enumerate(answer["prediction"]) if i != 5] == [
+        s["prediction"] for i, s in enumerate(singles) if i != 5
+    ]
+    assert as_lists["prediction"] == answer["prediction"]
+    assert server.engine.served == 63 * 3 and server.engine.rejected == 3
+
+
+def test_tensor_bytes_may_arrive_in_pieces_and_be_followed_by_lines(server: Server) -> None:
+    import numpy as np
+
+    x = np.asarray(sample_rows(10, seed=2), dtype="<f8")
+    header = json.dumps({"id": 1, "tensor": {"shape": [10, 3], "dtype": "float64"}}).encode() + b"\n"
+    data = x.tobytes()
+    with server.raw() as sock:
+        sock.sendall(header + data[:37])
+        time.sleep(0.2)
+        sock.sendall(data[37:] + json.dumps(ROWS[0]).encode() + b"\n")
+        answers = read_lines(sock, 2)
+    assert answers[0]["id"] == 1 and len(answers[0]["prediction"]) == 10 and answers[0]["errors"] == []
+    assert "prediction" in answers[1] and answers[1]["prediction"] in ("low", "mid", "high")
+
+
+@pytest.mark.parametrize(
+    ("header", "error", "detail"),
+    [
+        ({"tensor": {"shape": [2, 4]}}, "row.wrong_shape", "rows have 4 values, the model expects 3"),
+        ({"tensor": {"shape": [2]}}, "client.bad_request", "two non-negative integers"),
+        ({"tensor": {"shape": [2, 3], "dtype": "int8"}}, "client.bad_request", "use float32 or float64"),
+        ({"tensor": {"shape": [2000, 3]}}, "client.too_large", "at most 1024"),
+        ({"tensor": {"shape": [1000, 300]}}, "client.too_large", "the limit is 1048576"),
+    ],
+)
+def test_bad_tensor_headers_are_refused(server: Server, header: dict[str, Any], error: str, detail: str) -> None:
+    import numpy as np
+
+    rows, cols = header["tensor"]["shape"] if len(header["tensor"]["shape"]) == 2 else (0, 0)
+    body = np.zeros((rows, cols), dtype=np.float32).tobytes() if error == "row.wrong_shape" else b""
+    with server.raw() as sock:
+        sock.sendall(json.dumps(header).encode() + b"\n" + body + json.dumps(ROWS[0]).encode() + b"\n")
+        answers = read_lines(sock, 2)
+    assert answers[0]["error"] == error and detail in answers[0]["detail"]
+    assert "prediction" in answers[1]  # the connection goes on
+
+
+def test_a_tensor_over_mqtt_comes_in_one_message(server: Server) -> None:
+    import numpy as np
+
+    x = np.asarray(sample_rows(4, seed=2), dtype=np.float32)
+    message = json.dumps({"tensor": {"shape": [4, 3]}}).encode() + b"\n" + x.tobytes()
+    answer = json.loads(server.handler.handle_message(message))
+    assert len(answer["prediction"]) == 4
+    short = json.loads(server.handler.handle_message(message[:-4]))
+    assert short["error"] == "client.bad_request" and "carries 44" in short["detail"]
+    assert "prediction" in json.loads(server.handler.handle_message(json.dumps(ROWS[0]).encode()))

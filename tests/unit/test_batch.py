@@ -194,3 +194,52 @@ def test_rows_answer_the_same_through_every_entry(model: LoadedModel) -> None:
     assert [s["id"] for s in singles] == [b["id"] for b in batch]
     assert all(abs(s["confidence"] - b["confidence"]) <= 2e-6 for s, b in zip(singles, batch, strict=True))
     assert all(b["bundle"] == "demo@1" for b in batch)
+
+
+# ── tensor batches: rows already in a numeric matrix ──────────────────────────────────
+
+
+def test_a_matrix_is_answered_like_its_rows(model: LoadedModel) -> None:
+    x = sample_rows(50, seed=6)
+    x[3, 1] = math.nan
+    x[7, 2] = math.inf
+    x[9, 0] = 1e39  # fine as float64, beyond float32: the model answers NaN
+    with np.errstate(over="ignore", invalid="ignore"):
+        cols = model.predict_matrix(x)
+        expected = [alone(model, r) for r in x.tolist()]
+    assert sorted(cols.errors) == [3, 7, 9]
+    for i, e in enumerate(expected):
+        if isinstance(e, RowError):
+            assert same(cols.errors[i], e)
+        else:
+            got = cols.prediction(i, CLASSES)
+            assert (got.label, got.class_index) == (e.label, e.class_index)
+            assert abs(got.confidence - e.confidence) < 1e-6
+    with pytest.raises(RowError, match="rows have 2 values, the model expects 3"):
+        model.predict_matrix(np.zeros((4, 2)))
+
+
+def test_serve_matrix_counts_accounts_and_passes_a_trial(model: LoadedModel) -> None:
+    rec, engine = on_trial(model, rows=40)
+    _, cols = engine.serve_matrix(sample_rows(30, seed=1))
+    assert not cols.errors and rec.of(TrialDone) == []
+    engine.serve_matrix(sample_rows(30, seed=2))
+    assert [d.ok for d in rec.of(TrialDone)] == [True]
+    assert engine.served == 60 and engine._lat_n == 60 and len(engine._rows) == 60
+    low = sum(
+        1
+        for r in sample_rows(30, seed=1).tolist() + sample_rows(30, seed=2).tolist()
+        if engine.model.predict_row(r).confidence < 0.6
+    )  # type: ignore[union-attr]
+    assert engine.low_confidence == low  # the bundle's policy: low_confidence 0.6
+
+
+def test_a_model_failure_in_a_matrix_fails_the_trial(model: LoadedModel) -> None:
+    rec, engine = on_trial(model, rows=50, cls=BreaksOnMarker)
+    x = sample_rows(6)
+    x[4] = [-999.0, 0.0, 0.0]
+    _, cols = engine.serve_matrix(x)
+    assert list(cols.errors) == [4] and isinstance(cols.errors[4], InferenceFailed)
+    done = rec.of(TrialDone)
+    assert len(done) == 1 and not done[0].ok and "on live row 5" in done[0].error.detail
+    assert engine.model is model and engine.served == 5
