@@ -2,9 +2,9 @@
 if configured, a loopback TCP port), many at once.
 
 One thread runs one ``selectors`` loop over every listener and connection; sockets are
-non-blocking. Measured here (docs/local-api.md), a round trip through it costs about half of
-what an asyncio server costs and no more than a thread per connection, without a thread per
-connection. What keeps one client from hurting the others or the agent:
+non-blocking. Measured here (docs/local-api.md), a round trip through it cost 33 µs against
+56 µs through asyncio and 29 µs with a thread per connection, without a thread per client.
+What keeps one client from hurting the others or the agent:
 
 * every buffer is bounded: a request line longer than ``api.max_line_bytes`` is answered with
   ``client.too_large`` and the connection closed; while a client's unread answers exceed that

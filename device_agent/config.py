@@ -137,8 +137,8 @@ class ApiSettings:
 class LogSettings:
     """What the agent writes to stderr (journald, under systemd)."""
 
-    format: str = _setting("text", "", "text | json (one JSON object per line, for journald or a log shipper)")
-    level: str = _setting("warning", "", "debug | info | warning | error; each -v on the command line lowers it")
+    format: str = _setting("text", "", "text, or json: one JSON object per line, for journald or a log shipper")
+    level: str = _setting("warning", "", "debug, info, warning or error; each -v on the command line lowers it one step")
 
 
 @dataclass(frozen=True)
