@@ -138,7 +138,7 @@ class LogSettings:
     """What the agent writes to stderr (journald, under systemd)."""
 
     format: str = _setting("text", "", "text, or json: one JSON object per line, for journald or a log shipper")
-    level: str = _setting("warning", "", "debug, info, warning or error; each -v on the command line lowers it one step")
+    level: str = _setting("warning", "", "debug, info, warning or error; each -v on the command line lowers it a step")
 
 
 @dataclass(frozen=True)
