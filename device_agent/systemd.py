@@ -55,6 +55,14 @@ def systemd_version() -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _arg(value: str) -> str:
+    """A path as one word of a unit file: % doubled (a specifier otherwise), quoted if it has spaces."""
+    value = value.replace("%", "%%")
+    if any(c.isspace() or c in "\"'\\" for c in value):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
 def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
@@ -88,7 +96,8 @@ def unit_text(config: AgentConfig, config_path: str, executable: str, version: i
         "Type=notify",
         "NotifyAccess=main",
         # Under systemd stdin is /dev/null: applications call the local API instead.
-        f"ExecStart={executable} --config {config_path}" + (" --input none" if config.input.source == "stdin" else ""),
+        f"ExecStart={_arg(executable)} --config {_arg(config_path)}"
+        + (" --input none" if config.input.source == "stdin" else ""),
         f"User={svc.user}",
         f"Group={svc.group}",
         "Restart=on-failure",
@@ -103,14 +112,15 @@ def unit_text(config: AgentConfig, config_path: str, executable: str, version: i
     if _under(state, "/var/lib") and state != "/var/lib":
         lines += [f"StateDirectory={os.path.relpath(state, '/var/lib')}", "StateDirectoryMode=0750"]
     else:
-        lines.append(f"ReadWritePaths={state}")
+        lines.append(f"# {state} must exist and belong to {svc.user}: nothing else can be created.")
+        lines.append(f"ReadWritePaths={_arg(state)}")
     socket_path = config.socket_path
     if socket_path:
         folder = os.path.dirname(os.path.normpath(socket_path))
         if _under(folder, "/run") and folder != "/run" and not _under(folder, "/run/user"):
             lines += [f"RuntimeDirectory={os.path.relpath(folder, '/run')}", "RuntimeDirectoryMode=0750"]
         elif not _under(folder, state):
-            lines.append(f"ReadWritePaths={folder}")
+            lines.append(f"ReadWritePaths={_arg(folder)}")
     needed = (executable, config_path, state, config.trust or "/")
     in_home = any(_under(p, h) for p in needed for h in _HOMES)
     lines.append(f"ProtectHome={'read-only' if in_home else 'yes'}")

@@ -196,3 +196,20 @@ def test_health_needs_exactly_one_way_to_reach_the_agent(tmp_path: Path) -> None
     assert result.exit_code == 2 and "give one of --config, --socket or --tcp-port" in result.output
     result = CliRunner().invoke(cli.main, ["health", "--socket", str(tmp_path / "none.sock")])
     assert result.exit_code == 3 and "no agent socket at" in result.output
+
+
+def test_paths_with_spaces_and_percent_signs_stay_one_word(tmp_path: Path) -> None:
+    folder = tmp_path / "edge kit 100%"
+    folder.mkdir()
+    config = folder / "agent.toml"
+    config.write_text('device_id = "d"\nstate_dir = "/srv/edge kit"\ntrust = "/etc/t.json"\n')
+    text = systemd.unit_text(AgentConfig.load(config), str(config), AGENT, 252)
+    quoted = '"' + str(config).replace("%", "%%") + '"'
+    assert f"ExecStart={AGENT} --config {quoted} --input none" in text
+    assert 'ReadWritePaths="/srv/edge kit"' in text
+    exe = shutil.which("systemd-analyze")
+    if exe is not None:  # systemd reads it back as the same words
+        unit = tmp_path / "edgekit-agent.service"
+        unit.write_text(text)
+        done = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 0 and "edgekit-agent.service" not in done.stderr, done.stderr
