@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -135,8 +136,9 @@ def one_run(shipped: Shipped, broker: Broker, folder: Path, cage: Cage | Unlimit
             run.figures["cgroup_peak_mib"] = peak / MIB
     except Exception as exc:
         run.ok = False
-        lines = [ln for ln in agent.stderr().splitlines() if "ERROR" in ln or "Error" in ln]
-        run.failure = (lines[-1] if lines else f"{type(exc).__name__}: {exc}")[-240:]
+        lines = [ln for ln in agent.stderr().splitlines() if "ERROR" in ln or "Error" in ln or "WARNING" in ln]
+        last = lines[-1] if lines else f"{type(exc).__name__}: {exc}"
+        run.failure = re.sub(r"^\S+ \S+ \S+ (ERROR|WARNING) ", "", last)[-200:]  # the log line's time and logger
         code = agent.proc.poll()
         if code is not None:
             run.failure = f"exited with {code}: {run.failure}"
@@ -184,7 +186,7 @@ ROWS = (
     ("start_s", "start: spawn → the local API answers", "{:.2f} s"),
     (
         "install_v1_s",
-        "first bundle: desired → active (download, verify, load, health samples, trial, commit)",
+        "first bundle: desired → active (pull, verify, load, health samples, trial, commit)",
         "{:.2f} s",
     ),
     ("install_v2_s", "upgrade: desired → active (both models in memory during its trial)", "{:.2f} s"),

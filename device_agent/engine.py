@@ -301,9 +301,13 @@ class InferenceEngine:
     # ── drift accounting (worker thread) ────────────────────────────────────────────
 
     def _take_locked(self) -> tuple[list[Sequence[Any]], list[int], list[float]]:
-        taken = (self._rows, self._labels, self._scores)
+        rows, labels, scores = self._rows, self._labels, self._scores
         self._rows, self._labels, self._scores = [], [], []
-        return taken
+        n = min(len(rows), len(labels), len(scores))
+        if n < max(len(rows), len(labels), len(scores)):  # a MemoryError between appends: keep what pairs up
+            self.unaccounted += max(len(rows), len(labels), len(scores)) - n
+            del rows[n:], labels[n:], scores[n:]
+        return rows, labels, scores
 
     def _account(
         self, window: _Window, rows: list[Sequence[Any]], labels: list[int], conf: list[float], final: bool

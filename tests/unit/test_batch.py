@@ -243,3 +243,16 @@ def test_a_model_failure_in_a_matrix_fails_the_trial(model: LoadedModel) -> None
     done = rec.of(TrialDone)
     assert len(done) == 1 and not done[0].ok and "on live row 5" in done[0].error.detail
     assert engine.model is model and engine.served == 5
+
+
+def test_pending_rows_that_lost_their_labels_are_left_out_of_drift(model: LoadedModel) -> None:
+    """Under memory pressure an append can fail between the row and its label: the next tick
+    accounts the rows that pair up and counts the rest, instead of failing every window."""
+    rec = Recorder()
+    engine = InferenceEngine(rec, EngineSettings(drift_window_rows=20))
+    engine.activate(model)
+    engine.serve_many(sample_rows(30).tolist())
+    del engine._labels[25:]  # what a MemoryError after the rows' append leaves
+    engine.tick()
+    assert engine.unaccounted == 5
+    assert [w.report["n"] for w in rec.of(DriftReady)] == [20]
