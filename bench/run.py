@@ -7,7 +7,7 @@ the ``inference`` section of ``BENCHMARKS.md`` (between ``<!-- inference:start -
 What is compared, for each model family on each data set, and why it is built this way:
 
 * Every model goes through the real pipeline: a throw-away workspace and key,
-  ``edgekit.runs.train_run`` on a CSV, ``quantize_run`` (it decides whether a smaller form
+  ``edgekit.pipeline.train_run`` on a CSV, ``quantize_run`` (it decides whether a smaller form
   ships), ``edgekit.bundler.build``, then ``device_agent.bundle.verify`` → ``LoadedModel`` →
   ``InferenceEngine.activate``. The bytes timed are the bytes a device would serve.
 * The engine runs as it does in the agent: rows are served on one thread with
@@ -83,8 +83,7 @@ from device_agent.bundle import MODEL, verify
 from device_agent.engine import InferenceEngine
 from device_agent.runtime import LoadedModel
 from device_agent.trust import Trust
-from edgekit import bundler, keys, runs, workspace
-from edgekit import train as train_module
+from edgekit import bundler, keys, pipeline, workspace
 from edgekit.errors import ConversionError
 from edgekit.quantize import LOSSLESS
 from edgekit.train import TrainResult
@@ -150,10 +149,10 @@ def write_datasets(folder: Path) -> list[Dataset]:
 
 @contextlib.contextmanager
 def keep_estimator() -> Iterator[list[TrainResult]]:
-    """``train_run`` keeps only the ONNX model; wrap ``edgekit.train.train`` while it runs to
+    """``train_run`` keeps only the ONNX model; wrap the pipeline's ``train`` while it runs to
     keep the fitted estimator too, so (d) times the very model that was converted (retraining
     would cost as much again and only probably give the same model)."""
-    original = train_module.train
+    original = pipeline.train
     captured: list[TrainResult] = []
 
     def wrapper(*args: Any, **kwargs: Any) -> TrainResult:
@@ -161,11 +160,11 @@ def keep_estimator() -> Iterator[list[TrainResult]]:
         captured.append(result)
         return result
 
-    train_module.train = wrapper
+    pipeline.train = wrapper  # type: ignore[assignment]
     try:
         yield captured
     finally:
-        train_module.train = original
+        pipeline.train = original  # type: ignore[assignment]
 
 
 def bare_session(loaded: LoadedModel) -> ort.InferenceSession:
@@ -192,10 +191,10 @@ def describe_shipped(record: dict[str, Any] | None) -> tuple[str, bool]:
 
 def build_case(ws: workspace.Workspace, trust: Trust, dataset: Dataset, model: str) -> Case:
     with keep_estimator() as captured:
-        run = runs.train_run(ws, dataset.csv_path, "label", model)
+        run = pipeline.train_run(ws, dataset.csv_path, "label", model)
     if len(captured) != 1:
         raise RuntimeError(f"expected one training call in train_run, saw {len(captured)}")
-    run, _ = runs.quantize_run(ws, run.id)
+    run, _ = pipeline.quantize_run(ws, run.id)
     shipped, lossy = describe_shipped(run.record.get("quantization"))
     built = bundler.build(ws, run.id, f"{dataset.name.replace('_', '-')}-{model}", KEY)
     data = built.path.read_bytes()

@@ -61,7 +61,7 @@ class Install:
     Nothing serves it yet."""
 
     bundle: VerifiedBundle
-    data: bytes = field(repr=False)
+    data: bytes | bytearray = field(repr=False)  # the verified bundle, handed over (not copied)
 
 
 @dataclass(frozen=True)

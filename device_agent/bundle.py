@@ -39,6 +39,7 @@ from .errors import (
     VersionConflict,
     VersionRollback,
 )
+from .features import DATETIME, DATETIME_PARTS, FEATURE_TYPES, NUMERIC, Feature, model_inputs
 from .protocol import BundleRef, check_id, dumps, loads_object, loads_strict
 from .trust import MANIFEST_DOMAIN, ROLE_BUNDLE, Trust
 
@@ -54,18 +55,11 @@ _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # deterministic archives: same inputs, same
 
 
 @dataclass(frozen=True)
-class Feature:
-    name: str
-    type: str  # "numeric" | "categorical"
-    allow_missing: bool = False
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     """What the device needs to feed the model and read its answer (docs/contract-model-spec.md)."""
 
     task: str  # "classification" | "regression"
-    features: tuple[Feature, ...]
+    features: tuple[Feature, ...]  # what a row carries, in order
     layout: str  # "tensor": one [None, F] input; "columns": one [None, 1] input per feature
     input_names: tuple[str, ...]  # one name for "tensor", one per feature for "columns"
     input_dtype: str  # of the tensor layout and of numeric columns
@@ -77,6 +71,11 @@ class ModelSpec:
     def input_name(self) -> str:
         return self.input_names[0]
 
+    @property
+    def inputs(self) -> tuple[Feature, ...]:
+        """What the model takes, in order: the features, date/time ones as their parts."""
+        return model_inputs(self.features)
+
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> ModelSpec:
         model = manifest.get("model")
@@ -84,7 +83,13 @@ class ModelSpec:
             raise ManifestInvalid("manifest has no 'model' object")
         try:
             feats = tuple(
-                Feature(str(f["name"]), str(f["type"]), bool(f.get("allow_missing", False))) for f in model["features"]
+                Feature(
+                    str(f["name"]),
+                    str(f["type"]),
+                    bool(f.get("allow_missing", False)),
+                    tuple(str(p) for p in f.get("parts") or ()),
+                )
+                for f in model["features"]
             )
             inp = model["input"]
             outs = model["outputs"]
@@ -106,15 +111,22 @@ class ModelSpec:
             raise ManifestInvalid(f"unknown task {spec.task!r}")
         if not spec.features:
             raise ManifestInvalid("manifest 'model' lists no features")
-        unknown = {f.type for f in spec.features} - {"numeric", "categorical"}
+        unknown = {f.type for f in spec.features} - set(FEATURE_TYPES)
         if unknown:
             raise Incompatible(f"unsupported feature type(s) {sorted(unknown)}")
+        for f in spec.features:
+            if f.type != DATETIME and f.parts:
+                raise ManifestInvalid(f"feature {f.name!r} is {f.type}: only a datetime feature has parts")
+            if f.type == DATETIME and (not f.parts or len(set(f.parts)) != len(f.parts)):
+                raise ManifestInvalid(f"datetime feature {f.name!r} needs a list of distinct parts")
+            if set(f.parts) - set(DATETIME_PARTS):
+                raise Incompatible(f"unsupported date/time part(s) {sorted(set(f.parts) - set(DATETIME_PARTS))}")
         if spec.layout not in ("tensor", "columns"):
             raise Incompatible(f"unsupported input layout {spec.layout!r}")
-        if spec.layout == "tensor" and any(f.type != "numeric" for f in spec.features):
+        if spec.layout == "tensor" and any(f.type != NUMERIC for f in spec.inputs):
             raise ManifestInvalid("categorical features need the 'columns' input layout")
-        if spec.layout == "columns" and len(spec.input_names) != len(spec.features):
-            raise ManifestInvalid("'columns' layout needs one input name per feature")
+        if spec.layout == "columns" and len(spec.input_names) != len(spec.inputs):
+            raise ManifestInvalid("'columns' layout needs one input name per model input")
         if spec.input_dtype not in ("float32", "float64"):
             raise Incompatible(f"unsupported input dtype {spec.input_dtype!r}")
         if spec.task == "classification" and (not spec.classes or spec.proba_output is None):
@@ -133,6 +145,9 @@ class VerifiedBundle:
     manifest_bytes: bytes
     files: dict[str, bytes] = field(repr=False)
     spec: ModelSpec
+    # Where model.onnx lies in the archive (offset, size) when ``verify(..., keep_model=False)``
+    # left it out of ``files``: the agent then loads it from the stored bundle file.
+    model_span: tuple[int, int] | None = None
 
     def json_file(self, name: str) -> Any:
         return loads_strict(self.files[name], max_bytes=64 << 20, what=name)
@@ -150,7 +165,7 @@ class FloorEntry:
     sha256: str
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -182,9 +197,49 @@ def pack(manifest_bytes: bytes, signatures: list[dict[str, str]], files: Mapping
 
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 
+Buffer = bytes | bytearray | memoryview  # a whole bundle in memory; read in place, never copied
 
-def _stored_bytes(data: bytes, info: zipfile.ZipInfo) -> bytes:
-    """A stored member's bytes, straight from its local header, with no CRC check.
+
+class _BufferFile(io.RawIOBase):
+    """A read-only, seekable file over a buffer, for :mod:`zipfile` to read the central
+    directory from. ``io.BytesIO`` would copy any buffer but ``bytes`` (a whole bundle);
+    this reads the few bytes asked for."""
+
+    def __init__(self, data: Buffer) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._view[self._pos : self._pos + len(buffer)]
+        size = len(chunk)
+        buffer[:size] = chunk
+        self._pos += size
+        return size
+
+    def close(self) -> None:
+        self._view.release()
+        super().close()
+
+
+def _stored_span(data: Buffer, info: zipfile.ZipInfo) -> tuple[int, int]:
+    """Where a stored member's bytes lie, straight from its local header, with no CRC check.
 
     The CRC-32 is not a security check (an attacker recomputes it); skipping it lets a
     changed byte surface as the precise error — bad signature, hash mismatch — instead of
@@ -204,19 +259,25 @@ def _stored_bytes(data: bytes, info: zipfile.ZipInfo) -> bytes:
     end = begin + info.compress_size
     if end > len(data):
         raise BundleMalformed(f"member {info.filename!r} runs past the end of the archive")
-    return data[begin:end]
+    return begin, end
 
 
-def read_members(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
+def read_members(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> dict[str, bytes]:
     """Every member's bytes, after structural checks; nothing is trusted yet."""
+    return {name: bytes(data[begin:end]) for name, (begin, end) in member_spans(data, limits).items()}
+
+
+def member_spans(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> dict[str, tuple[int, int]]:
+    """Where each member's bytes lie in the archive, after structural checks; nothing is
+    trusted yet, nothing is copied."""
     if len(data) > limits.max_bundle_bytes:
         raise BundleTooLarge(f"bundle is {len(data)} bytes, above the limit of {limits.max_bundle_bytes}")
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        infos = zf.infolist()
+        with _BufferFile(data) as fp, zipfile.ZipFile(fp) as zf:
+            infos = zf.infolist()
         if len(infos) > limits.max_members:
             raise BundleMalformed(f"bundle has {len(infos)} members, more than {limits.max_members}")
-        members: dict[str, bytes] = {}
+        members: dict[str, tuple[int, int]] = {}
         total = 0
         for info in infos:
             name = info.filename
@@ -229,7 +290,7 @@ def read_members(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, byte
             total += info.file_size
             if total > len(data):
                 raise BundleMalformed("members claim more bytes than the archive holds")
-            members[name] = _stored_bytes(data, info)
+            members[name] = _stored_span(data, info)
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
@@ -257,25 +318,40 @@ def read_unverified(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
 
 
 def verify(
-    data: bytes,
+    data: Buffer,
     trust: Trust,
     *,
     now: float,
     floor: Mapping[str, FloorEntry] | None = None,
     expect_name: str | None = None,
+    expect_sha256: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     agent_version: str = __version__,
+    keep_model: bool = True,
 ) -> VerifiedBundle:
-    """Check everything that can be checked without running the model."""
-    members = read_members(data, limits)
-    manifest_bytes = members.get(MANIFEST)
-    if manifest_bytes is None:
+    """Check everything that can be checked without running the model.
+
+    ``expect_sha256`` (the hash a signed desired state names) is checked first, so bytes that
+    are not the bundle that was asked for are refused as exactly that; the bundle is hashed
+    once either way (hashing is most of the cost of verifying a large bundle).
+
+    With ``keep_model=False`` the model is checked like every member but not copied out:
+    ``files`` leaves it out and ``model_span`` says where it lies, so a device that loads it
+    from the stored bundle never holds a second copy of its largest member."""
+    digest = sha256_hex(data)
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise HashMismatch("bundle does not match the SHA-256 in the desired state")
+    view = memoryview(data)  # members are hashed in place; only what is kept gets copied
+    spans = member_spans(view, limits)
+    members = {name: view[begin:end] for name, (begin, end) in spans.items()}
+    if MANIFEST not in members:
         raise BundleMalformed("bundle has no manifest.json")
-    if len(manifest_bytes) > limits.max_manifest_bytes:
-        raise BundleTooLarge(f"manifest is {len(manifest_bytes)} bytes, above {limits.max_manifest_bytes}")
+    if len(members[MANIFEST]) > limits.max_manifest_bytes:
+        raise BundleTooLarge(f"manifest is {len(members[MANIFEST])} bytes, above {limits.max_manifest_bytes}")
+    manifest_bytes = bytes(members[MANIFEST])
     if SIGNATURE not in members:
         raise MissingSignature("bundle has no manifest.sig")
-    keyid = trust.verify(ROLE_BUNDLE, MANIFEST_DOMAIN, manifest_bytes, members[SIGNATURE])
+    keyid = trust.verify(ROLE_BUNDLE, MANIFEST_DOMAIN, manifest_bytes, bytes(members[SIGNATURE]))
 
     try:
         manifest = loads_object(manifest_bytes, limits.max_manifest_bytes, "manifest.json")
@@ -325,8 +401,8 @@ def verify(
             raise SizeMismatch(f"{fname} is {len(blob)} bytes, manifest says {entry.get('size')}")
         if entry.get("sha256") != sha256_hex(blob):
             raise HashMismatch(f"{fname} does not match its SHA-256 in the manifest")
-        files[fname] = blob
-    digest = sha256_hex(data)
+        if keep_model or fname != MODEL:
+            files[fname] = bytes(blob)
     held = (floor or {}).get(name)
     if held is not None:
         if version < held.version:
@@ -334,7 +410,7 @@ def verify(
         if version == held.version and digest != held.sha256:
             raise VersionConflict(f"bundle {name} v{version} differs from the v{version} already accepted")
 
-    missing = [f for f in REQUIRED_FILES if f not in files]
+    missing = [f for f in REQUIRED_FILES if f not in listed]
     if missing:
         raise ManifestInvalid(f"bundle lacks required files: {', '.join(missing)}")
     spec = ModelSpec.from_manifest(manifest)
@@ -348,4 +424,5 @@ def verify(
         manifest_bytes=manifest_bytes,
         files=files,
         spec=spec,
+        model_span=None if keep_model else spans[MODEL],
     )

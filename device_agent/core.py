@@ -44,7 +44,6 @@ event with a code from :mod:`device_agent.errors`, delivered through the durable
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -171,6 +170,7 @@ class AgentCore:
         self.goal: Goal | None = None
         self.transfer: Assembly | None = None
         self.inflight: set[int] = set()
+        self.spent: list[str] = []  # chunk topics received, unsubscribed with the next refill
         self.retry_at: dict[int, float] = {}  # chunk index -> when a bad chunk may be asked for again
         self.last_progress = 0.0
         self.last_error: ErrorRecord | None = None  # why the last deployment failed
@@ -232,6 +232,7 @@ class AgentCore:
         elif isinstance(event, Disconnected):
             self.connected = False
             self.inflight.clear()  # clean session: subscriptions are gone
+            self.spent.clear()
         elif isinstance(event, Message):
             self._on_message(event, now, out)
         elif isinstance(event, Tick):
@@ -450,7 +451,8 @@ class AgentCore:
         name, version = self.goal.bundle.name, self.goal.bundle.version
         topics = [self.topics.bundle_manifest(name, version)]
         topics += [self.topics.bundle_chunk(name, version, i) for i in sorted(self.inflight)]
-        out.append(Unsubscribe(tuple(topics)))
+        out.append(Unsubscribe(tuple(topics + self.spent)))
+        self.spent.clear()
         self.transfer = None
         self.inflight.clear()
         self.retry_at.clear()
@@ -511,14 +513,23 @@ class AgentCore:
     def _request_chunks(self, out: list[Action], now: float) -> None:
         assert self.transfer is not None and self.goal is not None
         room = self.settings.chunk_window - len(self.inflight)
-        if room <= 0:
+        # Refilled half a window at a time: one SUBSCRIBE and one UNSUBSCRIBE packet for several
+        # chunks, not one of each per chunk (each packet is a round of work for the agent's
+        # MQTT thread and for the broker).
+        if room <= 0 or (self.inflight and room < max(1, self.settings.chunk_window // 2)):
             return
         waiting = {i for i, t in self.retry_at.items() if t > now}
         wanted = self.transfer.missing(room, exclude=self.inflight | waiting)
+        self._unsubscribe_spent(out)
         if wanted:
             self.inflight.update(wanted)
             name, version = self.goal.bundle.name, self.goal.bundle.version
             out.append(Subscribe(tuple(self.topics.bundle_chunk(name, version, i) for i in wanted)))
+
+    def _unsubscribe_spent(self, out: list[Action]) -> None:
+        if self.spent:
+            out.append(Unsubscribe(tuple(self.spent)))
+            self.spent.clear()
 
     def _on_chunk(self, where: tuple[str, int, int], payload: bytes, now: float, out: list[Action]) -> None:
         name, version, index = where
@@ -528,7 +539,7 @@ class AgentCore:
         if index not in self.inflight:
             return
         self.inflight.discard(index)
-        out.append(Unsubscribe((self.topics.bundle_chunk(name, version, index),)))
+        self.spent.append(self.topics.bundle_chunk(name, version, index))
         try:
             if transfer.accept(index, payload):
                 self.last_progress = now
@@ -539,6 +550,7 @@ class AgentCore:
             # cannot make the device loop (the transfer timeout bounds the whole attempt).
             self.retry_at[index] = now + self.settings.chunk_retry_s
             self._fail_event(out, now, exc)
+            self._unsubscribe_spent(out)
         if transfer.complete:
             self._finish_transfer(now, out)
         else:
@@ -548,17 +560,23 @@ class AgentCore:
         assert self.transfer is not None and self.goal is not None
         goal = self.goal
         data = self.transfer.assemble()
+        self._unsubscribe_spent(out)
         self.transfer = None
         self.inflight.clear()
         self.retry_at.clear()
         self._phase(Phase.VERIFYING)
         try:
-            if hashlib.sha256(data).hexdigest() != goal.sha256:
-                raise HashMismatch("assembled bundle does not match the SHA-256 in the desired state")
             if self.trust is None:
                 raise TrustError(self.trust_error or "no trust file: bundles cannot be verified")
             bundle = verify(
-                data, self.trust, now=now, floor=self.floor, expect_name=goal.bundle.name, limits=self.limits
+                data,
+                self.trust,
+                now=now,
+                floor=self.floor,
+                expect_name=goal.bundle.name,
+                expect_sha256=goal.sha256,
+                limits=self.limits,
+                keep_model=False,  # the install loads it from the stored file
             )
             if bundle.version != goal.bundle.version:
                 raise HashMismatch(f"bundle says v{bundle.version}, desired state says v{goal.bundle.version}")

@@ -1,7 +1,7 @@
 """Serving rows in real time: validation, inference, counters, latency — and drift, later.
 
 ``serve`` runs on the input thread and does only what a row needs: validate, infer,
-count, and append the raw row to a pending list (a few nanoseconds). Drift accounting —
+count, and append the row's model inputs to a pending list (a few nanoseconds). Drift accounting —
 histograms, Welford sums, window reports — runs on the worker thread in ``tick``, which
 takes the pending rows in one swap under the lock. So drift never sits on a row's
 latency, and windows hold exactly the configured number of rows, which is what the
@@ -183,13 +183,14 @@ class InferenceEngine:
                 raise self._no_model_locked()
             t0 = time.perf_counter_ns()
             try:
-                pred = model.predict_row(row)
+                inputs = model.model_row(row)  # date/time values become their parts, as in training
+                pred = model.predict_inputs(inputs)
             except RowError as exc:
                 self._failed_locked(exc)
                 raise
             self._latency[self._lat_n % len(self._latency)] = time.perf_counter_ns() - t0
             self._lat_n += 1
-            self._served_locked(row, pred)
+            self._served_locked(inputs, pred)
             return pred
 
     def serve_many(self, rows: Sequence[Sequence[Any]]) -> tuple[LoadedModel | None, list[Prediction | RowError]]:
@@ -203,15 +204,15 @@ class InferenceEngine:
             if model is None:
                 return None, [self._no_model_locked() for _ in rows]
             t0 = time.perf_counter_ns()
-            results = model.predict_rows(rows)
+            inputs, results = model.predict_rows(rows)
             per_row = (time.perf_counter_ns() - t0) / max(1, len(rows))
-            for row, result in zip(rows, results, strict=True):
+            for row, result in zip(inputs, results, strict=True):
                 if isinstance(result, RowError):
                     self._failed_locked(result)
                     continue
                 self._latency[self._lat_n % len(self._latency)] = per_row
                 self._lat_n += 1
-                if self.model is model:
+                if self.model is model and row is not None:
                     self._served_locked(row, result)
                 else:
                     self.served += 1
@@ -281,10 +282,10 @@ class InferenceEngine:
             self._notify(TrialDone(trial.sha256, TrialFailed(f"on live row {trial.ok + 1}: {exc.detail}")))
             self._revert_locked(trial)
 
-    def _served_locked(self, row: Sequence[Any], pred: Prediction) -> None:
+    def _served_locked(self, inputs: Sequence[Any], pred: Prediction) -> None:
         self.served += 1
         if len(self._rows) < self.settings.max_pending_rows:
-            self._rows.append(row)
+            self._rows.append(inputs)  # drift is accounted on the model's inputs, like the reference
             self._labels.append(pred.class_index)
             self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
         else:

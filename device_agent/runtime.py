@@ -18,13 +18,14 @@ calls with its lock.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import HEALTH, MODEL, Feature, ModelSpec, VerifiedBundle
+from .bundle import HEALTH, MODEL, ModelSpec, VerifiedBundle
 from .errors import (
     BadValue,
     HealthCheckFailed,
@@ -36,6 +37,7 @@ from .errors import (
     RowError,
     WrongShape,
 )
+from .features import DATETIME, Expander, Feature
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _OVERFLOW = "the model's output is not finite: an input value is probably outside the model's float range"
@@ -66,12 +68,12 @@ class Columns(NamedTuple):
 _PENDING = Prediction(None, -1, math.nan, None)  # a batch row's place until the batch has run
 
 
-def _session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
+def _session(model: bytes | str, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _bad_value(feature: Feature, value: Any) -> RowError | None:
@@ -95,20 +97,41 @@ def _bad_value(feature: Feature, value: Any) -> RowError | None:
     return None
 
 
-class LoadedModel:
-    """A ready-to-serve model: the session, its schema and where its answer lives."""
+def _same(row: Sequence[Any]) -> Sequence[Any]:
+    return row
 
-    def __init__(self, bundle: VerifiedBundle, threads: int = 1) -> None:
+
+class LoadedModel:
+    """A ready-to-serve model: the session, its schema and where its answer lives.
+
+    A row carries the manifest's features; the model takes its inputs (the same, except that a
+    date/time feature becomes its parts, :mod:`device_agent.features`). :meth:`model_row` turns
+    one into the other, :meth:`predict_inputs` serves the result, :meth:`predict_row` does both.
+    """
+
+    def __init__(
+        self, bundle: VerifiedBundle, threads: int = 1, model_path: str | os.PathLike[str] | None = None
+    ) -> None:
+        """``model_path``: a file holding the bundle's verified model.onnx, for a bundle verified
+        without it (``keep_model=False``). onnxruntime reads a file into its graph directly;
+        handed bytes, its Python binding copies them once more and keeps them for the session's
+        life."""
         self.bundle = bundle
         self.spec: ModelSpec = bundle.spec
-        self.features = self.spec.features
+        self.features = self.spec.inputs  # what the model takes, validated and fed per value
         self.n_features = len(self.features)
+        self.model_row = Expander(self.spec.features) if any(f.type == DATETIME for f in self.spec.features) else _same
         self._dtype = _DTYPES[self.spec.input_dtype]
         self._classes = list(self.spec.classes)
         self._is_classifier = self.spec.task == "classification"
         self._tensor = self.spec.layout == "tensor"
+        source: bytes | str | None = os.fspath(model_path) if model_path is not None else bundle.files.get(MODEL)
+        if source is None:
+            raise ModelLoadFailed(
+                f"bundle {bundle.name} v{bundle.version} was verified without its model; no file given"
+            )
         try:
-            self.session = _session(bundle.files[MODEL], threads)
+            self.session = _session(source, threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise ModelLoadFailed(f"model of {bundle.name} v{bundle.version} does not load: {exc}") from None
         names = {o.name for o in self.session.get_outputs()}
@@ -202,6 +225,11 @@ class LoadedModel:
         return result
 
     def predict_row(self, row: Sequence[Any]) -> Prediction:
+        """Serve a row of features (date/time values as text)."""
+        return self.predict_inputs(self.model_row(row))
+
+    def predict_inputs(self, row: Sequence[Any]) -> Prediction:
+        """Serve a row of model inputs (:meth:`model_row` of a row of features)."""
         out = self._run(row)
         if self._is_classifier:
             return self._classified(out[0])
@@ -223,41 +251,47 @@ class LoadedModel:
 
     # ── many rows at once ───────────────────────────────────────────────────────────
 
-    def predict_rows(self, rows: Sequence[Any]) -> list[Prediction | RowError]:
-        """Answer every row, in order, through one onnxruntime call: a row that fails its checks
-        gets its own error and the others are served. Should the call itself fail, each row is
-        run alone, so only a row that makes the model fail is answered with InferenceFailed (the
-        error a trial counts against the model), exactly as if the rows had come one by one."""
-        if not self._batchable:
-            return [self._one(row) for row in rows]
+    def predict_rows(self, rows: Sequence[Any]) -> tuple[list[Sequence[Any] | None], list[Prediction | RowError]]:
+        """Answer every row of features, in order, through one onnxruntime call; return each
+        row's model inputs (what drift accounts; None for a row that failed before the model) and
+        its answer. A row that fails its checks gets its own error and the others are served.
+        Should the call itself fail, each row is run alone, so only a row that makes the model
+        fail is answered with InferenceFailed (the error a trial counts against the model),
+        exactly as if the rows had come one by one."""
+        inputs: list[Sequence[Any] | None] = []
         results: list[Prediction | RowError] = []
         ready: list[Sequence[Any]] = []
         at: list[int] = []
         for i, row in enumerate(rows):
             try:
-                ready.append(self._ready(row) if self._tensor else self._checked(row))
+                x = self.model_row(row)  # date/time values become their parts, as in training
+                ready.append(self._ready(x) if self._tensor else self._checked(x))
             except RowError as exc:
+                inputs.append(None)
                 results.append(exc)
             else:
+                inputs.append(x)
                 results.append(_PENDING)
                 at.append(i)
         if not at:
-            return results
+            return inputs, results
         try:
+            if not self._batchable:
+                raise InferenceFailed("the model takes one row at a time")
             out = self._run_batch(ready)
         except InferenceFailed:
             for i in at:
-                results[i] = self._one(rows[i])
-            return results
+                results[i] = self._one(inputs[i] or ())
+            return inputs, results
         for i, answer in zip(at, self._answers(out, len(at)), strict=True):
             results[i] = answer
-        return results
+        return inputs, results
 
     def predict_matrix(self, x: np.ndarray) -> Columns:
         """Rows that arrive already as one numeric matrix (a tensor batch): validated and
         answered column-wise, with the same checks, errors and fallback as :meth:`predict_rows`."""
-        if not self._tensor:
-            raise WrongShape("this model takes its features as named columns (categorical ones): send JSON rows")
+        if not self._tensor or self.model_row is not _same:
+            raise WrongShape("this model takes categorical or date/time features: send its rows as JSON")
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise WrongShape(f"rows have {x.shape[-1] if x.ndim else 0} values, the model expects {self.n_features}")
         n = len(x)
@@ -302,9 +336,9 @@ class LoadedModel:
                 index[i], score[i] = -1, math.nan
         return Columns(index, score, errors)
 
-    def _one(self, row: Sequence[Any]) -> Prediction | RowError:
+    def _one(self, inputs: Sequence[Any]) -> Prediction | RowError:
         try:
-            return self.predict_row(row)
+            return self.predict_inputs(inputs)
         except RowError as exc:
             return exc
 

@@ -17,11 +17,12 @@ bundle it names is complete on disk before the switch.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _holds(path: Path, data: bytes | bytearray) -> bool:
+    """Whether the file holds exactly ``data``: compared a block at a time, which costs half
+    of hashing it again and never holds more than a block."""
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        with open(path, "rb", buffering=0) as fh:
+            offset = 0
+            while offset < len(data):
+                block = fh.read(1 << 20)
+                if not block or block != data[offset : offset + len(block)]:
+                    return False
+                offset += len(block)
+    except OSError:
+        return False
+    return True
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
+    """``size`` bytes of ``src`` from ``offset`` to ``dst``, inside the kernel where it can."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src, dst, size - done, offset + done)
+            if n == 0:
+                raise OSError(errno.EIO, "the stored bundle is shorter than its verified size")
+            done += n
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        while done < size:  # a file system without copy_file_range: a block at a time
+            block = os.pread(src, min(1 << 20, size - done), offset + done)
+            if not block:
+                raise OSError(errno.EIO, "the stored bundle is shorter than its verified size") from None
+            os.write(dst, block)
+            done += len(block)
+
+
+def atomic_write(path: Path, data: bytes | bytearray) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
@@ -125,16 +156,18 @@ class Slots:
     def bundle_path(self, sha256: str) -> Path:
         return self.bundles / f"{sha256}.ekb"
 
-    def store_bundle(self, sha256: str, data: bytes) -> None:
+    def store_bundle(self, sha256: str, data: bytes | bytearray) -> None:
         """Keep a verified bundle durably; a full disk raises StorageError and changes nothing.
 
         The staged file already holds these bytes (written chunk by chunk as they arrived): it
-        is synced and renamed into place rather than written a second time.
+        is synced and renamed into place rather than written a second time. Staging is best
+        effort (a chunk write may have failed), so the file is compared with the verified
+        bytes first.
         """
         target = self.bundle_path(sha256)
         try:
             part = self._stage_dir(sha256) / PART
-            if part.is_file() and _file_sha256(part) == sha256:
+            if part.is_file() and _holds(part, data):
                 with open(part, "rb+") as fh:
                     os.fsync(fh.fileno())
                 os.replace(part, target)
@@ -144,6 +177,29 @@ class Slots:
         except OSError as exc:
             raise StorageError(f"cannot store bundle: {exc.strerror}") from None
         self.drop_staging(sha256)
+
+    @contextlib.contextmanager
+    def member_file(self, sha256: str, span: tuple[int, int]) -> Iterator[Path]:
+        """A stored bundle's member as a file of its own, for the time of the ``with`` block:
+        onnxruntime loads a model from a file without the copies it makes of bytes. The kernel
+        copies the bytes (``copy_file_range``), so they never pass through this process."""
+        begin, end = span
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".member", dir=self.bundles)
+        except OSError as exc:
+            raise StorageError(f"cannot make room for the model file: {exc.strerror}") from None
+        try:
+            try:
+                with open(self.bundle_path(sha256), "rb") as src:
+                    _copy_range(src.fileno(), fd, begin, end - begin)
+            except OSError as exc:
+                raise StorageError(f"cannot read the stored bundle {sha256[:12]}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+            yield Path(tmp)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def read_bundle(self, sha256: str) -> bytes:
         try:

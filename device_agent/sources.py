@@ -20,10 +20,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .bundle import Feature
 from .engine import InferenceEngine
 from .errors import BadValue, InferenceFailed, NoModel, RowError, WrongShape
+from .features import Feature
 from .local_api import error as error_answer  # an error's id is echoed, so the caller can match it to its row
+from .missing import is_missing_text
 from .runtime import LoadedModel, Prediction
 
 
@@ -188,19 +189,20 @@ def csv_rows(path: str) -> Iterator[dict[str, str]]:
 
 def _csv_row(record: dict[str, str], features: Sequence[Feature]) -> list[Any]:
     """A CSV record as the model's row: numbers for numeric features, the text itself for
-    categorical ones (a category may look like a number), None for an empty cell."""
+    categorical and date/time ones (a category may look like a number), None for a missing value — read
+    with the rule training used (:mod:`device_agent.missing`: ``NA``, ``n/a``, ``?``, …)."""
     row: list[Any] = []
     for feature in features:
         if feature.name not in record:
             raise WrongShape(f"the CSV has no column {feature.name!r}, which the model needs")
         raw = record[feature.name]
-        if raw in (None, ""):
+        if raw is None or is_missing_text(raw):
             row.append(None)
-        elif feature.type == "categorical":
-            row.append(raw)
+        elif feature.type in ("categorical", "datetime"):
+            row.append(raw.strip())
         else:
             try:
-                row.append(float(raw))
+                row.append(float(raw.strip()))
             except ValueError:
                 row.append(raw)  # reported as a bad value, naming the feature
     return row

@@ -15,15 +15,21 @@ def split(data: bytes, chunk_size: int) -> list[bytes]:
 
 
 class Assembly:
-    """Chunks received so far for one transfer, each checked against its signed hash."""
+    """Chunks received so far for one transfer, each checked against its signed hash.
+
+    Each chunk is copied to its place in one buffer of the bundle's size as it arrives, and
+    the message that carried it can go: the bundle is held once, never as a list of chunks
+    plus the joined whole.
+    """
 
     def __init__(self, info: TransferInfo) -> None:
         self.info = info
-        self._parts: dict[int, bytes] = {}
+        self._buffer = bytearray(info.size)
+        self._have: set[int] = set()
 
     @property
     def received(self) -> int:
-        return len(self._parts)
+        return len(self._have)
 
     @property
     def total(self) -> int:
@@ -31,31 +37,34 @@ class Assembly:
 
     @property
     def complete(self) -> bool:
-        return len(self._parts) == self.total
+        return len(self._have) == self.total
 
     def missing(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[int]:
         out: list[int] = []
         for i in range(self.total):
-            if i not in self._parts and i not in exclude:
+            if i not in self._have and i not in exclude:
                 out.append(i)
                 if len(out) >= limit:
                     break
         return out
 
-    def accept(self, index: int, payload: bytes) -> bool:
+    def accept(self, index: int, payload: bytes | bytearray | memoryview) -> bool:
         """Store a chunk; False for a harmless duplicate, ChunkRejected for a bad one."""
         if not 0 <= index < self.total:
             raise ChunkRejected(f"chunk {index} is out of range (0..{self.total - 1})")
-        if index in self._parts:
+        if index in self._have:
             return False
         if len(payload) != self.info.chunk_length(index):
             raise ChunkRejected(f"chunk {index} is {len(payload)} bytes, expected {self.info.chunk_length(index)}")
         if hashlib.sha256(payload).hexdigest() != self.info.chunks[index]:
             raise ChunkRejected(f"chunk {index} does not match its signed hash")
-        self._parts[index] = payload
+        start = index * self.info.chunk_size
+        self._buffer[start : start + len(payload)] = payload
+        self._have.add(index)
         return True
 
-    def assemble(self) -> bytes:
+    def assemble(self) -> bytearray:
+        """The whole bundle, without a copy: the caller takes the buffer over."""
         if not self.complete:
             raise ChunkRejected(f"transfer incomplete: {self.received}/{self.total} chunks")
-        return b"".join(self._parts[i] for i in range(self.total))
+        return self._buffer

@@ -41,7 +41,7 @@ from .actions import (
     Subscribe,
     Unsubscribe,
 )
-from .bundle import verify
+from .bundle import VerifiedBundle, verify
 from .config import AgentConfig
 from .core import AgentCore
 from .engine import InferenceEngine
@@ -62,6 +62,16 @@ def fault(point: str) -> None:
     """Fault injection for the crash-safety tests: die like a power cut at a named point."""
     if point == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _release(data: bytes | bytearray) -> None:
+    """The received bundle is handed over with the Install action: once it is stored, its
+    buffer is emptied, so that nothing bundle-sized is left in memory while the model loads."""
+    if isinstance(data, bytearray):
+        try:
+            data.clear()
+        except BufferError:  # something still holds a view of it: it is freed with that view
+            log.debug("received bundle still referenced; freed later")
 
 
 class Link(Protocol):
@@ -256,9 +266,16 @@ class Worker:
         try:
             if self.trust is None:
                 raise TrustError(self.core.trust_error or "no trust file: the active bundle cannot be verified")
-            data = self.slots.read_bundle(ref.sha256)
-            bundle = verify(data, self.trust, now=time.time(), floor=self.core.floor, limits=self.config.limits)
-            model = LoadedModel(bundle, self.config.engine.intra_op_threads)
+            bundle = verify(
+                self.slots.read_bundle(ref.sha256),
+                self.trust,
+                now=time.time(),
+                floor=self.core.floor,
+                expect_sha256=ref.sha256,
+                limits=self.config.limits,
+                keep_model=False,
+            )
+            model = self._load(bundle)
             model.health_check()
             self.engine.activate(model)
             log.info("serving %s from the state dir", ref.label)
@@ -269,13 +286,21 @@ class Worker:
         self.queue.put(Restored(ref.sha256))
 
     def _install(self, action: Install) -> None:
-        """Load, health-check and store the bundle. Nothing serves it and nothing on disk
-        names it as active until the core asks for the trial and then the commit."""
+        """Store, load and health-check the bundle. Nothing serves it and nothing on disk
+        names it as active until the core asks for the trial and then the commit.
+
+        Stored first, so the model loads from the stored file and the received bytes can go
+        before onnxruntime builds its graph; a bundle that then fails is removed again."""
         bundle = action.bundle
         try:
-            model = LoadedModel(bundle, self.config.engine.intra_op_threads)
-            model.health_check()
             self.slots.store_bundle(bundle.sha256, action.data)
+            _release(action.data)
+            try:
+                model = self._load(bundle)
+                model.health_check()
+            except BaseException:
+                self._discard(bundle.sha256)
+                raise
             fault("after_store")
         except AgentError as exc:
             log.error("install of %s failed: %s", bundle.ref.label, exc.detail)
@@ -287,6 +312,21 @@ class Worker:
             return
         self._loaded = {bundle.sha256: model}
         self.queue.put(InstallDone(bundle.sha256))
+
+    def _load(self, bundle: VerifiedBundle) -> LoadedModel:
+        """onnxruntime reads the model from a file the kernel copies out of the stored bundle:
+        handed bytes, its Python binding would copy them twice more and keep them."""
+        threads = self.config.engine.intra_op_threads
+        if bundle.model_span is None:
+            return LoadedModel(bundle, threads)
+        with self.slots.member_file(bundle.sha256, bundle.model_span) as path:
+            return LoadedModel(bundle, threads, model_path=path)
+
+    def _discard(self, sha256: str) -> None:
+        """A stored bundle that did not install: removed, unless it is the active or previous one."""
+        keep = {r.sha256 for r in (self.core.active, self.core.previous) if r}
+        if sha256 not in keep:
+            self.slots.prune(keep)
 
     def _start_trial(self, action: StartTrial) -> None:
         model = self._loaded.pop(action.sha256, None)

@@ -37,7 +37,8 @@ from . import registry
 from .errors import BundleBuildError
 from .explain import manifest_section
 from .keys import key_roles, load_private, trust_file
-from .runs import REFERENCE_FILE, Run, load_run
+from .progress import SILENT, Progress
+from .runs import REFERENCE_FILE, Run, code_version, environment, load_run
 from .workspace import Workspace
 
 HEALTH_ROWS = 8
@@ -219,6 +220,7 @@ def sign_and_register(
     reason: str,
     out_dir: Path | None,
     warnings: tuple[str, ...] = (),
+    rollback_of: int | None = None,
 ) -> BuiltBundle:
     """Sign the manifest for the next version, verify the bundle as a device would, load its
     model and replay its health samples with the device's runtime, then store and register
@@ -248,6 +250,7 @@ def sign_and_register(
                 keyid=signature["keyid"],
                 reason=reason,
                 path_for=lambda v: bundle_path(ws, name, v),
+                rollback_of=rollback_of,
             )
         except registry.VersionTaken:
             continue
@@ -271,6 +274,7 @@ def build(
     key_name: str,
     out_dir: Path | None = None,
     expires_days: int | None = None,
+    progress: Progress = SILENT,
 ) -> BuiltBundle:
     """Pack a run into the next version of bundle ``name``, signed with key ``key_name``."""
     check_id("bundle name", name)
@@ -278,16 +282,22 @@ def build(
     run = load_run(ws, run_id)
     parity = run.record.get("parity") or {}
     if not parity.get("ok"):
+        agreement = f", label agreement {parity['label_agreement']}" if "label_agreement" in parity else ""
         raise BundleBuildError(
-            f"run {run.id} failed its ONNX parity check (max |Δp| {parity.get('max_abs_dp')}, "
-            f"label agreement {parity.get('label_agreement')})",
+            f"run {run.id} failed its ONNX parity check (max |Δp| {parity.get('max_abs_dp')}{agreement})",
             "the converted model does not match scikit-learn; retrain with another model family",
         )
     model_bytes = run.shipped_model.read_bytes()
     X, _ = run.holdout()
+    model = model_section(run.record)
+    progress.stage(f"computing health samples of run {run.id} through the device runtime")
+    rows = run.holdout_rows()
+    if rows is None and any(f.get("type") == "datetime" for f in model["features"]):
+        raise BundleBuildError(f"run {run.id} kept no holdout rows as a device receives them", "train it again")
     try:
-        model = model_section(run.record)
-        health = health_samples(model_bytes, model, raw_rows(model["features"], X[:HEALTH_ROWS]))
+        health = health_samples(
+            model_bytes, model, rows[:HEALTH_ROWS] if rows is not None else raw_rows(model["features"], X[:HEALTH_ROWS])
+        )
     except Exception as exc:  # onnxruntime errors are untyped
         raise BundleBuildError(f"the model of run {run.id} does not run in onnxruntime: {exc}") from None
     files = {
@@ -295,6 +305,7 @@ def build(
         REFERENCE: run.artifact(REFERENCE_FILE).read_bytes(),
         HEALTH: dumps(health),
     }
+    progress.stage("signing, then verifying and replaying the health samples as a device would")
     return sign_and_register(
         ws,
         name,
@@ -318,6 +329,7 @@ def build_from_model(
     out_dir: Path | None = None,
     expires_days: int | None = None,
     classes: list[Any] | None = None,
+    progress: Progress = SILENT,
 ) -> BuiltBundle:
     """Bundle a user's ONNX classifier with reference statistics from ``reference_csv``.
 
@@ -329,10 +341,10 @@ def build_from_model(
     from .data import load_table
     from .explain import permutation
     from .reference import build_reference
-    from .runs import code_version, environment
 
     check_id("bundle name", name)
     _check_key(ws, key_name)
+    progress.stage(f"checking {model_path.name} and reading the reference rows")
     um = external.load(model_path)
     table = load_table(reference_csv, target)
     proba, labels = external.run(um, table.X)
@@ -352,7 +364,9 @@ def build_from_model(
         raise BundleBuildError(f"the device runtime cannot serve {um.filename}: {exc.detail}") from None
     except Exception as exc:  # onnxruntime errors are untyped
         raise BundleBuildError(f"the device runtime cannot serve {um.filename}: {exc}") from None
+    progress.stage("measuring permutation importance on the reference rows")
     explain = permutation(um.data, model, table.X, table.y, seed=seed, rows_used="reference")
+    progress.stage("signing, then verifying and replaying the health samples as a device would")
     files = {MODEL: um.data, REFERENCE: dumps(reference), HEALTH: dumps(health)}
     lineage = {
         "source": "user-supplied model",
@@ -360,9 +374,10 @@ def build_from_model(
         "model_file": {
             "name": um.filename,
             "sha256": um.sha256,
-            "size": len(um.data),
+            "size": model_path.stat().st_size,
             "producer": um.producer,
             "opset": um.opset,
+            "rewritten": um.rewrites or None,  # what was changed before it was bundled, and why
         },
         "classes_from": classes_from,
         "data": {**table.fingerprint, "path": str(reference_csv), "role": "reference rows"},

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 from skl2onnx import to_onnx as skl_to_onnx
 from skl2onnx import update_registered_converter
 from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
@@ -35,7 +32,9 @@ from skl2onnx.operator_converters.multilayer_perceptron import convert_sklearn_m
 from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
 from sklearn.impute import SimpleImputer
 
+from edgekit.categories import CategoryCap, cap_converter, cap_shape
 from edgekit.errors import ConversionError
+from edgekit.onnx_model import OnnxModel, feeds, session
 
 # The parity gate was part of this module: its names stay importable from here (``__all__``).
 from edgekit.parity import (
@@ -64,52 +63,13 @@ DOUBLE_FAMILIES = {
     "regression": frozenset({"linear", "mlp"}),
 }
 
+update_registered_converter(CategoryCap, "EdgekitCategoryCap", cap_shape, cap_converter)
 update_registered_converter(
     TargetScaledMLPRegressor,
     "EdgekitTargetScaledMLPRegressor",
     calculate_linear_regressor_output_shapes,
     convert_sklearn_mlp_regressor,
 )
-
-
-@dataclass
-class OnnxModel:
-    data: bytes = field(repr=False)
-    input_name: str  # the tensor layout's input; the first column's input for "columns"
-    input_dtype: str  # "float32" | "float64" (numeric inputs; categorical ones are strings)
-    label_output: str
-    proba_output: str | None  # None for regression
-    opset: int  # the default (ai.onnx) domain's version
-    layout: str = "tensor"  # "tensor" | "columns"
-    input_names: list[str] = field(default_factory=list)  # one per feature for "columns"
-    feature_types: list[str] = field(default_factory=list)  # "numeric" | "categorical", per feature
-
-    def __post_init__(self) -> None:
-        if not self.input_names:
-            self.input_names = [self.input_name]
-
-    def input_spec(self) -> dict[str, Any]:
-        """The manifest's ``model.input`` object (docs/contract-model-spec.md)."""
-        if self.layout == "columns":
-            return {"layout": "columns", "names": list(self.input_names), "dtype": "float32"}
-        return {"layout": "tensor", "name": self.input_name, "dtype": self.input_dtype}
-
-    def outputs_spec(self) -> dict[str, Any]:
-        return {"label": self.label_output, "probabilities": self.proba_output}
-
-
-def feeds(model: OnnxModel, X: np.ndarray) -> dict[str, np.ndarray]:
-    """onnxruntime inputs for rows ``X`` (float (n, F), or object (n, F) with str categoricals)."""
-    if model.layout == "tensor":
-        return {model.input_name: np.ascontiguousarray(np.asarray(X, dtype=np.float64), dtype=model.input_dtype)}
-    out: dict[str, np.ndarray] = {}
-    for j, (name, kind) in enumerate(zip(model.input_names, model.feature_types, strict=True)):
-        col = X[:, j : j + 1]
-        if kind == "categorical":
-            out[name] = np.asarray(col, dtype=str).astype(object)
-        else:
-            out[name] = np.ascontiguousarray(np.asarray(col, dtype=np.float64), dtype=np.float32)
-    return out
 
 
 def input_names_for(feature_names: list[str]) -> list[str]:
@@ -232,14 +192,6 @@ def _output_names(proto: onnx.ModelProto, task: str = "classification") -> tuple
             "report it with the skl2onnx version",
         )
     return label, proba
-
-
-def session(data: bytes) -> ort.InferenceSession:
-    """An onnxruntime session with one thread: what a device uses, and deterministic."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def can_use_float64(result: TrainResult) -> bool:

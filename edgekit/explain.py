@@ -16,13 +16,11 @@ does not use the feature. The result goes into the run record and the bundle man
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-if TYPE_CHECKING:
-    from .runs import Run
+from .onnx_model import OnnxModel, feeds, input_features, session
 
 N_REPEATS = 5
 MAX_ROWS = 5000  # rows scored per repeat; larger holdouts are subsampled (seeded)
@@ -33,17 +31,11 @@ class OnnxPredictor:
     the model section of a manifest (which input, which outputs, which classes)."""
 
     def __init__(self, model_bytes: bytes, model: dict[str, Any]) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = session(model_bytes)
         self.model = model
+        self.onnx = OnnxModel.from_record(model_bytes, model)
         self.classes = list(model.get("classes") or [])
-        inp = model["input"]
-        self.layout = str(inp.get("layout", "tensor"))
-        self.dtype = np.float64 if inp.get("dtype") == "float64" else np.float32
-        self.names = [str(n) for n in inp["names"]] if self.layout == "columns" else [str(inp["name"])]
-        self.features = list(model["features"])
+        self.features = input_features(model)
         batch = self.session.get_inputs()[0].shape[0]
         self.row_by_row = isinstance(batch, int) and batch == 1
         outputs = model["outputs"]
@@ -54,16 +46,7 @@ class OnnxPredictor:
         return self
 
     def _feeds(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        if self.layout == "tensor":
-            return {self.names[0]: np.asarray(X, dtype=self.dtype)}
-        feeds = {}
-        for j, (name, feature) in enumerate(zip(self.names, self.features, strict=True)):
-            col = np.asarray(X)[:, j : j + 1]
-            if feature.get("type") == "categorical":
-                feeds[name] = np.array([["" if v is None else str(v)] for v in col[:, 0]], dtype=object)
-            else:
-                feeds[name] = np.asarray(col, dtype=np.float32)
-        return feeds
+        return feeds(self.onnx, X)
 
     def outputs(self, X: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, C)`` for a classifier, values ``(n,)`` for a regressor."""
@@ -113,7 +96,7 @@ def permutation(
     from sklearn.inspection import permutation_importance
 
     predictor = OnnxPredictor(model_bytes, model)
-    names = [str(f["name"]) for f in model["features"]]
+    names = [str(f["name"]) for f in input_features(model)]
     classification = bool(predictor.classes)
     if classification:
         known = {str(c) for c in predictor.classes}
@@ -144,30 +127,6 @@ def permutation(
         "on": rows_used,
         "seed": seed,
     }
-
-
-def importance(run: Run) -> dict[str, Any]:
-    """Permutation importance of a run's float model on its holdout rows; stored with the run.
-
-    Explaining must never lose a trained model: if it fails, the run records why
-    (``explain.error``) and training carries on.
-    """
-    from .runs import FLOAT_MODEL
-
-    try:
-        X, y = run.holdout()
-        result = permutation(
-            run.artifact(FLOAT_MODEL).read_bytes(),
-            {**run.record["model"], "classes": run.record["model"].get("classes") or []},
-            X,
-            y,
-            seed=int(run.record.get("seed") or 0),
-        )
-    except Exception as exc:  # sklearn / onnxruntime errors are untyped
-        result = {"error": f"{type(exc).__name__}: {exc}"}
-    run.record["explain"] = result
-    run.save()
-    return result
 
 
 def top_features(explain: dict[str, Any] | None, k: int = 5) -> list[tuple[str, float, float]]:

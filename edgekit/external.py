@@ -9,8 +9,12 @@ part — what it cannot map onto the model contract (``docs/contract-model-spec.
 - the input: exactly one float32/float64 tensor ``[N, F]`` → the ``tensor`` layout, with
   ``F`` the number of feature columns of the CSV, in the CSV's column order;
 - the outputs: one float tensor ``[N, C]`` of class probabilities (rows summing to 1),
-  plus an optional label tensor → a classifier. Classes are ``--classes`` if given, else
-  the sorted distinct target values (the order scikit-learn and most label encoders use);
+  plus an optional label tensor → a classifier. Probabilities given as a list of maps (a
+  ``ZipMap``, skl2onnx's default) are read from the tensor the ZipMap is fed: the node is
+  removed and that tensor becomes the output (the lineage says so, and keeps the original
+  file's SHA-256), and the ZipMap's class labels give the class order. Classes are
+  ``--classes`` if given, else the ZipMap's labels, else the sorted distinct target values
+  (the order scikit-learn and most label encoders use);
   a label output, when there is one, must agree with ``classes[argmax(probabilities)]``.
   Regressors are refused for now: the reference statistics devices compare against are
   built from class probabilities;
@@ -64,6 +68,43 @@ class UserModel:
     label_output: str | None
     n_features: int | None  # None when the graph leaves the feature dimension open
     batch_one: bool  # the graph takes exactly one row per call
+    classes: list[Any] | None = None  # the class labels the graph itself names (a ZipMap's), in column order
+    rewrites: list[str] = field(default_factory=list)  # what was changed in the user's graph, and why
+
+
+def strip_zipmap(proto: onnx.ModelProto) -> tuple[list[Any] | None, list[str]]:
+    """Remove ``ZipMap`` nodes that produce graph outputs, in place: the probability tensor each
+    one is fed becomes the output instead. Returns the class labels of the (first) ZipMap and a
+    description of each change."""
+    graph = proto.graph
+    outputs = {o.name: i for i, o in enumerate(graph.output)}
+    classes: list[Any] | None = None
+    changes: list[str] = []
+    for node in list(graph.node):
+        if node.op_type != "ZipMap" or node.domain != "ai.onnx.ml" or node.output[0] not in outputs:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        labels: list[Any] = (
+            [int(v) for v in attrs["classlabels_int64s"].ints]
+            if "classlabels_int64s" in attrs
+            else [v.decode() for v in attrs["classlabels_strings"].strings]
+            if "classlabels_strings" in attrs
+            else []
+        )
+        tensor = node.input[0]
+        position = outputs[node.output[0]]
+        old = graph.output[position]
+        graph.node.remove(node)
+        width: int | str = len(labels) or "C"
+        graph.output.remove(old)
+        graph.output.insert(position, onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, ["N", width]))
+        if classes is None and labels:
+            classes = labels
+        changes.append(
+            f"ZipMap removed: the probabilities are read from its input tensor {tensor!r} instead of the list of "
+            f"maps {old.name!r}"
+        )
+    return classes, changes
 
 
 def _dim(d: onnx.TensorShapeProto.Dimension) -> int | None:
@@ -132,6 +173,10 @@ def load(path: Path) -> UserModel:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise UnsupportedModel(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0]}") from None
+    original_sha256 = hashlib.sha256(data).hexdigest()
+    zip_classes, rewrites = strip_zipmap(proto)
+    if rewrites:
+        data = proto.SerializeToString()
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -218,7 +263,7 @@ def load(path: Path) -> UserModel:
     return UserModel(
         data=data,
         filename=path.name,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=original_sha256,
         opset=int(opset),
         producer=producer,
         model={
@@ -230,6 +275,8 @@ def load(path: Path) -> UserModel:
         label_output=labels[0] if labels else None,
         n_features=n_features,
         batch_one=batch == 1,
+        classes=zip_classes,
+        rewrites=rewrites,
     )
 
 
@@ -301,8 +348,12 @@ def bind(
     observed = sorted(
         {v.item() if isinstance(v, np.generic) else v for v in y.tolist()}, key=lambda v: (str(type(v)), v)
     )
-    source = "--classes" if classes else "the sorted distinct values of the reference target column"
-    chosen = list(classes) if classes else observed
+    if classes:
+        source, chosen = "--classes", list(classes)
+    elif um.classes:
+        source, chosen = "the class labels of the model's ZipMap", list(um.classes)
+    else:
+        source, chosen = "the sorted distinct values of the reference target column", observed
     if len(chosen) != n_classes:
         raise UnsupportedModel(
             f"{um.filename} outputs {n_classes} class probabilities, but {source} gives {len(chosen)} classes "

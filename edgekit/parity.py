@@ -41,16 +41,13 @@ Float32
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgekit.errors import ConversionError
+from edgekit.onnx_model import OnnxModel, feeds, session
 from edgekit.train import TrainResult
-
-if TYPE_CHECKING:
-    # edgekit.convert imports this module (convert_checked), so its names are imported where used.
-    from edgekit.convert import OnnxModel
 
 DEFAULT_TOLERANCE = 1e-4
 BOUNDARY_PAIRS = 64  # pairs of holdout rows bisected per parity check
@@ -96,7 +93,18 @@ class ParityReport:
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready; a regressor's report has no label fields (they would only say 1.0 / 0)."""
+        d = asdict(self)
+        if self.task == "regression":
+            for key in (
+                "label_agreement",
+                "ties",
+                "f32_rows_label_agreement",
+                "boundary_label_agreement",
+                "boundary_ties",
+            ):
+                d.pop(key, None)
+        return d
 
 
 def _round_to_input(X: np.ndarray, model: OnnxModel, step: int = 0) -> np.ndarray:
@@ -210,8 +218,6 @@ class _Comparison:
 
 
 def _compare(result: TrainResult, model: OnnxModel, X: np.ndarray, tolerance: float) -> _Comparison:
-    from edgekit.convert import feeds, session  # a cycle at import time: edgekit.convert imports this module
-
     sess = session(model.data)
     est = result.estimator
     X_in = _round_to_input(X, model)

@@ -22,6 +22,15 @@ Stages, and the only moves between them (anything else is refused, nothing chang
 - Every move needs a non-empty reason and appends to the history (``stage_history``, which
   refuses updates and deletes): model, version, from, to, reason, who (``$EDGEKIT_USER`` or
   the OS user), when (UTC).
+
+Deployments keep the registry true to the fleet (:func:`record_deployment`, called by
+``edgekit deploy``): *what is production is what devices were last told to run*. Deploying a
+version makes it the production version (the previous one is archived); the highest version
+ever deployed is the *floor* — devices refuse anything lower — so neither a deploy
+(:func:`check_deployable`) nor a promotion to production may go below it, nor below the
+production version. A rollback (:mod:`edgekit.rollback`) is the way back: the old files as a
+new, higher version that records the version it restores (``rollback_of``).
+:func:`protected_versions` names what the broker must keep for the registry's sake.
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ TRANSITIONS = frozenset(
 class RegistryError(WorkspaceError):
     """Unknown model or version, a move the stage table does not allow, a missing reason."""
 
+    kind = "registry"
+
 
 class VersionTaken(RegistryError):
     """Another process registered this version first (the caller builds the next one)."""
@@ -77,11 +88,30 @@ class ModelVersion:
     keyid: str | None
     created: str
     created_by: str
+    rollback_of: int | None = None  # the version this one restores (source "rollback")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    version: int
+    target: str  # "group:G" | "device:D"
+    actor: str
+    at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeployRefused(RegistryError):
+    """A version devices would refuse: below one they were given, or below production."""
+
+    kind = "deploy_refused"
 
 
 @dataclass(frozen=True)
@@ -123,6 +153,7 @@ def _version(ws: Workspace, row: sqlite3.Row) -> ModelVersion:
         keyid=row["keyid"],
         created=row["created"],
         created_by=row["created_by"],
+        rollback_of=row["rollback_of"],
     )
 
 
@@ -177,6 +208,10 @@ def models(ws: Workspace) -> list[dict[str, Any]]:
             r["name"]: r["at"]
             for r in conn.execute("SELECT name, max(at) AS at FROM stage_history GROUP BY name").fetchall()
         }
+        deployed = {
+            r["name"]: int(r["v"])
+            for r in conn.execute("SELECT name, max(version) AS v FROM deployments GROUP BY name").fetchall()
+        }
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         m = out.setdefault(
@@ -197,6 +232,7 @@ def models(ws: Workspace) -> list[dict[str, Any]]:
         m["latest"] = max(m["latest"], r["version"])
     for name, m in out.items():
         m["updated"] = last.get(name)
+        m["deployed"] = deployed.get(name)  # the highest version devices were given
     return list(out.values())
 
 
@@ -217,11 +253,14 @@ def show(ws: Workspace, name: str) -> dict[str, Any]:
     if not found:
         raise RegistryError(f"no model named {name!r} in the registry", "see 'edgekit registry list'")
     prod = next((v.version for v in found if v.stage == PRODUCTION), None)
+    done = deployments(ws, name)
     return {
         "name": name,
         "production": prod,
+        "deployed": max((d.version for d in done), default=None),
         "versions": [v.to_dict() for v in found],
         "history": [t.to_dict() for t in history(ws, name)],
+        "deployments": [d.to_dict() for d in done],
     }
 
 
@@ -256,8 +295,10 @@ def register(
     keyid: str | None,
     reason: str,
     path_for: Callable[[int], Path],
+    rollback_of: int | None = None,
 ) -> ModelVersion:
     """Store bundle bytes as ``name`` v``version`` (``staging``) and record it, atomically.
+    ``rollback_of`` is the version a rollback restores.
 
     Raises :class:`VersionTaken` if ``version`` is no longer the next one (another build won
     the race); the caller signs the bundle again with the next version.
@@ -272,8 +313,8 @@ def register(
         conn.execute("INSERT OR IGNORE INTO models (name, created) VALUES (?, ?)", (name, at))
         conn.execute(
             """INSERT INTO model_versions (name, version, stage, source, run_id, model_sha256, path, sha256, size,
-                                           keyid, created, created_by)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                                           keyid, created, created_by, rollback_of)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 name,
                 version,
@@ -287,6 +328,7 @@ def register(
                 keyid,
                 at,
                 who,
+                rollback_of,
             ),
         )
         conn.execute(
@@ -348,22 +390,60 @@ def promote(ws: Workspace, name: str, version: int, to: str, reason: str) -> lis
         _check_move(name, version, frm, to)
         changes = []
         if to == PRODUCTION:
-            row = conn.execute(
-                "SELECT version FROM model_versions WHERE name = ? AND stage = 'production'", (name,)
-            ).fetchone()
-            if row is not None:
-                prev = int(row["version"])
-                if prev > version:
-                    raise RegistryError(
-                        f"{name} v{version} is older than v{prev}, the production version; devices refuse "
-                        "a version lower than one they accepted",
-                        f"roll back with a new, higher version: edgekit rollback {name} --to {version} --key KEY",
-                    )
-                changes.append(
-                    _move(conn, name, prev, PRODUCTION, ARCHIVED, f"replaced by v{version}: {reason}", who, at)
-                )
+            _check_not_below(conn, name, version, RegistryError)
+            changes += _demote_production(conn, name, version, f"replaced by v{version}: {reason}", who, at)
         changes.append(_move(conn, name, version, frm, to, reason, who, at))
     return changes
+
+
+def _demote_production(
+    conn: sqlite3.Connection, name: str, version: int, reason: str, who: str, at: str
+) -> list[Transition]:
+    row = conn.execute("SELECT version FROM model_versions WHERE name = ? AND stage = 'production'", (name,)).fetchone()
+    if row is None or int(row["version"]) == version:
+        return []
+    return [_move(conn, name, int(row["version"]), PRODUCTION, ARCHIVED, reason, who, at)]
+
+
+def _floor(conn: sqlite3.Connection, name: str) -> Deployment | None:
+    """The highest version of ``name`` ever deployed (its latest deployment): devices that got
+    it refuse anything lower."""
+    row = conn.execute(
+        "SELECT * FROM deployments WHERE name = ? ORDER BY version DESC, id DESC LIMIT 1", (name,)
+    ).fetchone()
+    return None if row is None else _deployment(row)
+
+
+def _way_back(conn: sqlite3.Connection, name: str, version: int, above: int) -> str:
+    """What to do instead of going back to ``version``: the rollback that already restores it
+    (above ``above``), or the command that makes one."""
+    row = conn.execute(
+        "SELECT max(version) FROM model_versions WHERE name = ? AND rollback_of = ? AND version >= ?",
+        (name, version, above),
+    ).fetchone()
+    if row[0] is not None:
+        return f"v{row[0]} already restores v{version}: use {name}@{row[0]}"
+    return f"roll back with a new, higher version: edgekit rollback {name} --to {version} --key KEY"
+
+
+def _check_not_below(conn: sqlite3.Connection, name: str, version: int, error: type[RegistryError]) -> None:
+    """Refuse a version below the production version, or below the highest one deployed."""
+    prod = conn.execute(
+        "SELECT version FROM model_versions WHERE name = ? AND stage = 'production'", (name,)
+    ).fetchone()
+    floor = _floor(conn, name)
+    if floor is not None and version < floor.version:
+        raise error(
+            f"{name} v{version} is older than v{floor.version}, which was deployed to {floor.target} at {floor.at}; "
+            "devices refuse a version lower than one they accepted",
+            _way_back(conn, name, version, floor.version),
+        )
+    if prod is not None and version < int(prod["version"]):
+        raise error(
+            f"{name} v{version} is older than v{prod['version']}, the production version; devices refuse "
+            "a version lower than one they accepted",
+            _way_back(conn, name, version, int(prod["version"])),
+        )
 
 
 def archive(ws: Workspace, name: str, version: int, reason: str) -> Transition:
@@ -374,6 +454,68 @@ def archive(ws: Workspace, name: str, version: int, reason: str) -> Transition:
         frm = _current(conn, name, version)
         _check_move(name, version, frm, ARCHIVED)
         return _move(conn, name, version, frm, ARCHIVED, reason, who, at)
+
+
+# --- deployments ---------------------------------------------------------------------------------
+
+
+def _deployment(row: sqlite3.Row) -> Deployment:
+    return Deployment(row["name"], int(row["version"]), row["target"], row["actor"], row["at"])
+
+
+def deployments(ws: Workspace, name: str) -> list[Deployment]:
+    """Every recorded deployment of ``name``, oldest first."""
+    with store.session(ws.state) as conn:
+        rows = conn.execute("SELECT * FROM deployments WHERE name = ? ORDER BY id", (name,)).fetchall()
+    return [_deployment(r) for r in rows]
+
+
+def floor(ws: Workspace, name: str) -> Deployment | None:
+    """The highest version of ``name`` ever deployed, and where: devices refuse anything lower."""
+    with store.session(ws.state) as conn:
+        return _floor(conn, name)
+
+
+def check_deployable(ws: Workspace, name: str, version: int) -> ModelVersion:
+    """The registered version, if devices will take it; else :class:`DeployRefused` (a usage
+    error, exit 2) saying which version they hold and what to deploy instead."""
+    with store.session(ws.state) as conn:
+        _current(conn, name, version)
+        _check_not_below(conn, name, version, DeployRefused)
+    return get(ws, name, version)
+
+
+def record_deployment(
+    ws: Workspace, name: str, version: int, target: str, reason: str | None = None
+) -> list[Transition]:
+    """Record that ``name`` v``version`` was deployed to ``target`` (``group:G`` / ``device:D``):
+    it becomes the production version, the previous one is archived. Refused, and nothing
+    recorded, when devices would refuse the version (:func:`check_deployable`). Returns the
+    stage changes made (none when it already was production)."""
+    why = (reason or "").strip() or f"deployed to {target}"
+    who, at = actor(), store.now_iso()
+    with store.session(ws.state) as conn, store.transaction(conn):
+        frm = _current(conn, name, version)
+        _check_not_below(conn, name, version, DeployRefused)
+        conn.execute(
+            "INSERT INTO deployments (name, version, target, actor, at) VALUES (?, ?, ?, ?, ?)",
+            (name, version, target, who, at),
+        )
+        if frm == PRODUCTION:
+            return []
+        changes = _demote_production(conn, name, version, f"replaced by v{version}, {why}", who, at)
+        changes.append(_move(conn, name, version, frm, PRODUCTION, why, who, at))
+    return changes
+
+
+def protected_versions(ws: Workspace) -> dict[tuple[str, int], str]:
+    """(name, version) → why the broker must keep it for the registry's sake: every production
+    and staging version (``bundles gc`` never removes these)."""
+    with store.session(ws.state) as conn:
+        rows = conn.execute(
+            "SELECT name, version, stage FROM model_versions WHERE stage IN ('production', 'staging') ORDER BY 1, 2"
+        ).fetchall()
+    return {(r["name"], int(r["version"])): f"{r['stage']} in the registry" for r in rows}
 
 
 # --- resolving what to deploy --------------------------------------------------------------------

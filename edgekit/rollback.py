@@ -53,4 +53,5 @@ def rollback(ws: Workspace, name: str, to_version: int, key_name: str, out_dir: 
         run_id=(old.manifest.get("lineage") or {}).get("run_id"),
         reason=f"rollback to v{to_version} (replacing v{latest})",
         out_dir=out_dir,
+        rollback_of=to_version,
     )

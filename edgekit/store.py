@@ -15,7 +15,7 @@ Artifacts stay files: ONNX models, reference statistics and holdout rows in
 ``.edgekit/runs/<id>/``, bundles in ``.edgekit/bundles/NAME/vN.ekb``. The database holds
 records, metrics and the registry, and the paths and hashes that tie them to those files.
 
-Schema (version 2)::
+Schema (version 3)::
 
     runs             id PK, created, task, family, data_sha256, data_path, seed,
                      parity_ok, quantized, duration_s, git_commit, git_dirty,
@@ -24,7 +24,11 @@ Schema (version 2)::
     models           name PK, created
     model_versions   (name, version) PK, stage ∈ staging|production|archived (at most one
                      production per name), source ∈ run|user-model|rollback, run_id, model_sha256,
-                     path (relative to .edgekit), sha256, size, keyid, created, created_by
+                     path (relative to .edgekit), sha256, size, keyid, created, created_by,
+                     rollback_of (the version a rollback restores)
+    deployments      id PK, name, version, target ("group:G" | "device:D"), actor, at
+                     (append-only: what devices were told to run, so the registry knows the
+                     lowest version they still accept)
     stage_history    id PK, name, version, from_stage, to_stage, reason, actor, at
                      (append-only: triggers refuse UPDATE and DELETE)
     schema_migrations version PK, description, applied
@@ -50,6 +54,8 @@ BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for another process's wr
 
 class StoreError(WorkspaceError):
     """The workspace database cannot be opened, is newer than this edgekit, or is corrupt."""
+
+    kind = "store"
 
 
 def now_iso() -> str:
@@ -187,6 +193,25 @@ def _adopt_bundle_files(conn: sqlite3.Connection, state: Path) -> None:
             )
 
 
+def _adopt_rollbacks(conn: sqlite3.Connection, state: Path) -> None:
+    """Rollback versions built before their lineage had a column: read it from the manifest."""
+    from device_agent.bundle import read_unverified
+    from device_agent.errors import AgentError
+
+    rows = conn.execute("SELECT name, version, path FROM model_versions WHERE source = 'rollback'").fetchall()
+    for row in rows:
+        try:
+            manifest, _ = read_unverified((state / row["path"]).read_bytes())
+        except (OSError, AgentError):
+            continue  # a missing file stays as it is: registry checks report it when it matters
+        restored = (manifest.get("rollback_of") or {}).get("version")
+        if isinstance(restored, int):
+            conn.execute(
+                "UPDATE model_versions SET rollback_of = ? WHERE name = ? AND version = ?",
+                (restored, row["name"], row["version"]),
+            )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -259,7 +284,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         _adopt_bundle_files,
     ),
+    Migration(
+        3,
+        "registry: rollback lineage and deployments",
+        (
+            "ALTER TABLE model_versions ADD COLUMN rollback_of INTEGER",
+            """CREATE TABLE deployments (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 target TEXT NOT NULL,
+                 actor TEXT NOT NULL,
+                 at TEXT NOT NULL,
+                 FOREIGN KEY (name, version) REFERENCES model_versions (name, version)
+               )""",
+            "CREATE INDEX deployments_by_model ON deployments (name, version)",
+            """CREATE TRIGGER deployments_append_only_update BEFORE UPDATE ON deployments
+               BEGIN SELECT RAISE(ABORT, 'deployments are append-only'); END""",
+            """CREATE TRIGGER deployments_append_only_delete BEFORE DELETE ON deployments
+               BEGIN SELECT RAISE(ABORT, 'deployments are append-only'); END""",
+        ),
+        _adopt_rollbacks,
+    ),
 )
+
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -62,6 +62,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from edgekit.categories import CategoryCap
 from edgekit.data import FeatureInfo, Table
 from edgekit.errors import DataError
 
@@ -236,10 +237,32 @@ def build_pipeline(
     transformers: list[tuple[str, Any, list[int]]] = []
     if numeric:
         transformers.append(("numeric", Pipeline(num_steps) if num_steps else "passthrough", numeric))
-    transformers.append(
-        ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64), categorical)
-    )
+    uncapped = [i for i in categorical if feats[i].max_categories is None]
+    if uncapped:
+        transformers.append(("categorical", _one_hot(), uncapped))
+    for i in categorical:
+        cap = feats[i].max_categories
+        if cap is not None:  # most frequent categories kept, the rest "other", in the graph
+            transformers.append((f"capped_{i}", Pipeline([("cap", CategoryCap(cap)), ("onehot", _one_hot())]), [i]))
     return Pipeline([("prepare", ColumnTransformer(transformers)), ("model", estimator)])
+
+
+def _one_hot() -> OneHotEncoder:
+    return OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64)
+
+
+def category_caps(estimator: Pipeline, features: Sequence[FeatureInfo]) -> dict[str, dict[str, Any]]:
+    """Per capped categorical column, what the fitted cap kept: distinct values in the training
+    split, categories kept, share of training rows that became "other"."""
+    prepare = estimator.named_steps.get("prepare")
+    if not isinstance(prepare, ColumnTransformer):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, fitted, columns in prepare.transformers_:
+        if name.startswith("capped_") and isinstance(fitted, Pipeline):
+            cap = fitted.named_steps["cap"]
+            out[features[columns[0]].name] = {**cap.summary(), "max_categories": cap.max_categories}
+    return out
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -267,6 +290,9 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     leaderboard: list[dict[str, Any]] | None = None  # model="auto" only
     search: dict[str, Any] | None = None  # model="auto" only: budget, time used, candidates
+    # Holdout rows as a device receives them (date/time values as text); None when that is X_test.
+    rows_test: np.ndarray | None = None
+    categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # capped categorical columns
 
     @property
     def feature_names(self) -> list[str]:
@@ -310,8 +336,10 @@ def train(
     else:
         _check_regression_rows(len(table.y), test_size)
         stratify = None
-    X_train, X_test, y_train, y_test = train_test_split(
-        table.X, table.y, test_size=test_size, random_state=seed, stratify=stratify
+    # The row indices ride along (the split depends only on the row count and stratify), so the
+    # holdout's raw rows can be kept for a device's health samples.
+    X_train, X_test, y_train, y_test, _, test_idx = train_test_split(
+        table.X, table.y, np.arange(len(table.y)), test_size=test_size, random_state=seed, stratify=stratify
     )
     if task == "classification":
         _check_class_counts(y_train, test_size, after_split=True)
@@ -397,6 +425,8 @@ def train(
         warnings=warnings,
         leaderboard=leaderboard,
         search=search_info,
+        rows_test=None if table.rows is None else table.rows[test_idx],
+        categories=category_caps(estimator, features),
     )
 
 
@@ -414,9 +444,14 @@ def unseen_categories(features: Sequence[FeatureInfo], X_train: np.ndarray, X_te
             continue
         shown = ", ".join(repr("<missing>" if v == "" else v) for v, _ in new.most_common(5))
         more = f" and {len(new) - 5} more" if len(new) > 5 else ""
+        treated = (
+            "the model puts them in its 'other' category"
+            if f.max_categories is not None
+            else "the model encodes them as 'unknown' (all-zero one-hot)"
+        )
         out.append(
             f"column '{f.name}': {sum(new.values())} holdout rows have categories never seen in training "
-            f"({shown}{more}); the model encodes them as 'unknown' (all-zero one-hot)"
+            f"({shown}{more}); {treated}"
         )
     return out
 

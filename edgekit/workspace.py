@@ -27,6 +27,7 @@ prefix = "{prefix}"        # topic prefix: one prefix per fleet
 [train]
 seed = 0
 test_size = 0.25
+max_categories = 30         # categories kept per categorical column; the rest become "other"
 
 [policy]
 drift_window = 200          # rows per drift window reported by devices

@@ -39,7 +39,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> HostSetup:
     pytest.importorskip("sklearn")
     from sklearn.datasets import load_wine
 
-    from edgekit import bundler, keys, runs, workspace
+    from edgekit import bundler, keys, pipeline, workspace
 
     root = tmp_path_factory.mktemp("ws")
     ws = workspace.init(root)
@@ -54,7 +54,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> HostSetup:
         w.writerow([*names, "label"])
         for x, y in zip(data.data, data.target, strict=True):
             w.writerow([*x.tolist(), int(y)])
-    run = runs.train_run(ws, path, "label", "logreg")
+    run = pipeline.train_run(ws, path, "label", "logreg")
     b1 = bundler.build(ws, run.id, "wine", "release", root)
     b2 = bundler.build(ws, run.id, "wine", "release", root)
     return HostSetup(root, trust, path, data.data.tolist(), names, {1: b1.path, 2: b2.path}, run.id)

@@ -8,10 +8,9 @@ from typing import Any
 import click
 
 from device_agent.bundle import MANIFEST, SIGNATURE, read_unverified
-from device_agent.errors import AgentError
 
-from .. import bundler, workspace
-from ..errors import EdgekitError
+from .. import bundler, progress, workspace
+from ..errors import UsageError
 from ..explain import top_features
 from .output import emit, json_option
 
@@ -73,11 +72,11 @@ def bundle_cmd(
     from ..external import parse_classes
 
     if (run_id is None) == (model_path is None):
-        raise EdgekitError("give either a RUN_ID or --model FILE", "see 'edgekit bundle --help'")
+        raise UsageError("give either a RUN_ID or --model FILE", "see 'edgekit bundle --help'")
     if model_path is None and (reference_csv or target or classes):
-        raise EdgekitError("--reference, --target and --classes go with --model", "see 'edgekit bundle --help'")
+        raise UsageError("--reference, --target and --classes go with --model", "see 'edgekit bundle --help'")
     if model_path is not None and (reference_csv is None or target is None):
-        raise EdgekitError("--model needs --reference CSV and --target COLUMN", "see 'edgekit bundle --help'")
+        raise UsageError("--model needs --reference CSV and --target COLUMN", "see 'edgekit bundle --help'")
     ws = workspace.find()
     out_dir.mkdir(parents=True, exist_ok=True)
     if model_path is not None:
@@ -92,11 +91,12 @@ def bundle_cmd(
             out_dir,
             expires_days,
             classes=parse_classes(classes) if classes else None,
+            progress=progress.for_cli(as_json),
         )
     else:
         assert run_id is not None
-        built = bundler.build(ws, run_id, name, key_name, out_dir, expires_days)
-    emit(built.to_dict(), as_json, _built_text)
+        built = bundler.build(ws, run_id, name, key_name, out_dir, expires_days, progress=progress.for_cli(as_json))
+    emit(built.to_dict(), as_json, _built_text, "bundle")
 
 
 @click.command("verify")
@@ -108,17 +108,12 @@ def verify_cmd(bundle: Path, trust_path: Path, as_json: bool) -> None:
 
     Example: edgekit verify wine-v1.ekb --trust trust.json
     """
-    try:
-        vb = bundler.verify_file(bundle, trust_path)
-    except AgentError as exc:
-        if not as_json:
-            raise
-        emit({"ok": False, "code": exc.code, "detail": exc.detail}, True, str)
-        raise SystemExit(7) from None
+    vb = bundler.verify_file(bundle, trust_path)  # a refusal exits 7, with an error document under --json
     emit(
         {"ok": True, **vb.ref.to_json(), "keyid": vb.keyid, "size": vb.size},
         as_json,
         lambda d: f"OK  {d['name']} v{d['version']}  signed by {d['keyid']}",
+        "verification",
     )
 
 
@@ -130,12 +125,40 @@ def _metrics_text(metrics: Any) -> str:
     for scope, values in sorted(metrics.items()):
         if isinstance(values, dict):
             numbers = [
-                f"{k} {v:.4g}"
+                f"{k} {_number(v, '.4g' if abs(v) >= 1000 else '.4f')}"
                 for k, v in sorted(values.items())
                 if isinstance(v, int | float) and not isinstance(v, bool)
             ]
             parts.append(f"{scope} " + " ".join(numbers))
     return " · ".join(parts) or "-"
+
+
+def _number(value: Any, spec: str = ".3g") -> str:
+    """A figure from an (untrusted) manifest: formatted when it is a number, shown as-is otherwise."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return "?" if value is None else str(value)[:40]
+
+
+def _parity_text(parity: dict[str, Any]) -> str:
+    verdict = "ok" if parity.get("ok") is True else "FAILED"
+    if parity.get("task") == "regression":
+        dy, rel = _number(parity.get("max_abs_dy"), ".2e"), _number(parity.get("max_abs_dp"), ".1e")
+        return f"{verdict}  max |Δy| {dy} ({rel} of the target's std)"
+    text = f"{verdict}  max |Δp| {_number(parity.get('max_abs_dp'), '.2e')}"
+    if "label_agreement" in parity:
+        text += f"  label agreement {_number(parity.get('label_agreement'), '.2%')}"
+    return text
+
+
+def _quantized_text(quant: Any) -> str:
+    if not isinstance(quant, dict) or not quant:
+        return "not tried"
+    if quant.get("applied") is True:
+        before, after = quant.get("size_before"), quant.get("size_after")
+        sizes = f", {before} → {after} bytes" if isinstance(before, int) and isinstance(after, int) else ""
+        return f"yes ({quant.get('method')}{sizes})"
+    return "no (the float model ships)"
 
 
 def _inspect_text(d: dict[str, Any]) -> str:
@@ -155,12 +178,11 @@ def _inspect_text(d: dict[str, Any]) -> str:
         "  metrics    " + _metrics_text(lin.get("metrics")),
         "  parity     "
         + (
-            f"{'ok' if parity.get('ok') else 'FAILED'}  max |Δp| {parity.get('max_abs_dp')}  "
-            f"label agreement {parity.get('label_agreement')}"
+            _parity_text(parity)
             if isinstance(parity := lin.get("parity"), dict)
             else "not applicable (user-supplied model)"
         ),
-        f"  quantized  {(lin.get('quantization') or {}).get('applied', False)}",
+        "  quantized  " + _quantized_text(lin.get("quantization")),
     ]
     feats = model.get("features") or []
     if feats:  # the order a device expects in a row given as a list
@@ -169,6 +191,7 @@ def _inspect_text(d: dict[str, Any]) -> str:
             + ", ".join(
                 f"{f.get('name')}"
                 + (" (category)" if f.get("type") == "categorical" else "")
+                + (f" (date/time → {', '.join(map(str, f.get('parts') or []))})" if f.get("type") == "datetime" else "")
                 + (" (may be missing)" if f.get("allow_missing") else "")
                 for f in feats
             )
@@ -199,7 +222,7 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     except ValueError:
         sigs = []
     members_list = sorted(k for k in members if k not in (MANIFEST,))
-    emit({"manifest": manifest, "signatures": sigs, "members": members_list}, as_json, _inspect_text)
+    emit({"manifest": manifest, "signatures": sigs, "members": members_list}, as_json, _inspect_text, "inspection")
 
 
 COMMANDS = [bundle_cmd, verify_cmd, inspect_cmd]

@@ -28,7 +28,7 @@ def generate_cmd(name: str, roles: tuple[str, ...], as_json: bool) -> None:
     Example: edgekit keys generate --name release
     """
     info = keys_mod.generate(workspace.find(), name, roles or ROLES)
-    emit(info.to_dict(), as_json, lambda d: f"{d['keyid']}  {d['name']}  roles: {', '.join(d['roles'])}")
+    emit(info.to_dict(), as_json, lambda d: f"{d['keyid']}  {d['name']}  roles: {', '.join(d['roles'])}", "key")
 
 
 @keys_group.command("list")
@@ -43,6 +43,8 @@ def list_cmd(as_json: bool) -> None:
         infos,
         as_json,
         lambda d: table([[k["keyid"], k["name"], ",".join(k["roles"])] for k in d], ["KEYID", "NAME", "ROLES"]),
+        "keys",
+        "keys",
     )
 
 

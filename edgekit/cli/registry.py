@@ -25,11 +25,12 @@ def _list_text(models: list[dict[str, Any]]) -> str:
             _versions(m["staging"]),
             _versions(m["archived"]),
             f"v{m['latest']}",
+            f"v{m['deployed']}" if m.get("deployed") else "-",
             str(m.get("updated") or "-"),
         ]
         for m in models
     ]
-    return table(rows, ["MODEL", "PRODUCTION", "STAGING", "ARCHIVED", "LATEST", "LAST CHANGE"])
+    return table(rows, ["MODEL", "PRODUCTION", "STAGING", "ARCHIVED", "LATEST", "DEPLOYED", "LAST CHANGE"])
 
 
 def _move_text(d: dict[str, Any]) -> str:
@@ -44,7 +45,9 @@ def _show_text(d: dict[str, Any]) -> str:
         [
             f"v{v['version']}",
             v["stage"],
-            v["run_id"] or f"user model {str(v['model_sha256'])[:12]}",
+            (f"rollback of v{v['rollback_of']}" if v.get("rollback_of") else "")
+            or v["run_id"]
+            or f"user model {str(v['model_sha256'])[:12]}",
             v["sha256"][:12],
             str(v["size"]),
             v["created"],
@@ -53,8 +56,9 @@ def _show_text(d: dict[str, Any]) -> str:
         for v in d["versions"]
     ]
     prod = f"v{d['production']}" if d["production"] else "none"
+    deployed = f"v{d['deployed']}" if d.get("deployed") else "never"
     lines = [
-        f"{d['name']}  production: {prod}",
+        f"{d['name']}  production: {prod}  highest deployed: {deployed} (devices refuse lower versions)",
         table(rows, ["VERSION", "STAGE", "FROM", "SHA256", "BYTES", "CREATED", "BY"]),
         "",
         "history",
@@ -64,6 +68,9 @@ def _show_text(d: dict[str, Any]) -> str:
             f"  {t['at']}  v{t['version']}  {t['from_stage'] or '(new)'} → {t['to_stage']}  "
             f"by {t['actor']}: {t['reason']}"
         )
+    if d.get("deployments"):
+        lines += ["", "deployments"]
+        lines += [f"  {x['at']}  v{x['version']}  to {x['target']}  by {x['actor']}" for x in d["deployments"]]
     return "\n".join(lines)
 
 
@@ -83,7 +90,7 @@ def list_cmd(as_json: bool) -> None:
 
     Example: edgekit registry list --json
     """
-    emit(reg.models(workspace.find()), as_json, _list_text)
+    emit(reg.models(workspace.find()), as_json, _list_text, "models", "models")
 
 
 @registry_group.command("show")
@@ -94,7 +101,7 @@ def show_cmd(name: str, as_json: bool) -> None:
 
     Example: edgekit registry show pump
     """
-    emit(reg.show(workspace.find(), name), as_json, _show_text)
+    emit(reg.show(workspace.find(), name), as_json, _show_text, "model")
 
 
 @registry_group.command("promote")
@@ -117,7 +124,7 @@ def promote_cmd(name: str, version: int, stage: str, reason: str, as_json: bool)
     Example: edgekit registry promote pump 3 --to production --reason "beats v2 on the March holdout"
     """
     changes = reg.promote(workspace.find(), name, version, stage, reason)
-    emit({"changes": [c.to_dict() for c in changes]}, as_json, _move_text)
+    emit({"changes": [c.to_dict() for c in changes]}, as_json, _move_text, "stage_changes")
 
 
 @registry_group.command("archive")
@@ -131,7 +138,7 @@ def archive_cmd(name: str, version: int, reason: str, as_json: bool) -> None:
     Example: edgekit registry archive pump 2 --reason "false alarms on line 3"
     """
     change = reg.archive(workspace.find(), name, version, reason)
-    emit({"changes": [change.to_dict()]}, as_json, _move_text)
+    emit({"changes": [change.to_dict()]}, as_json, _move_text, "stage_changes")
 
 
 COMMANDS = [registry_group]

@@ -8,10 +8,13 @@ from typing import Any
 
 import click
 
+from device_agent.features import DATETIME_PARTS
+
+from .. import compare as compare_mod
+from .. import pipeline, progress, reproduce, workspace
 from .. import runs as runs_mod
-from .. import workspace
-from ..errors import EdgekitError
-from .output import emit, json_option, progress_printer, table
+from ..errors import ExitCode, UsageError
+from .output import emit, json_option, table
 
 MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
 
@@ -23,7 +26,11 @@ def _train_text(d: dict[str, Any]) -> str:
     task = d.get("task", "classification")
     kinds = [f.get("type", "numeric") for f in model["features"]]
     n_cat = sum(1 for k in kinds if k == "categorical")
-    shape = f"{len(kinds)} features" + (f" ({n_cat} categorical)" if n_cat else "")
+    dated = [
+        f"{f['name']} → {', '.join(f.get('parts') or [])}" for f in model["features"] if f.get("type") == "datetime"
+    ]
+    notes = ([f"{n_cat} categorical"] if n_cat else []) + [f"date/time {d}" for d in dated]
+    shape = f"{len(kinds)} features" + (f" ({'; '.join(notes)})" if notes else "")
     if task == "regression":
         scores = f"r2 {h['r2']:.4f}  mae {h['mae']:.4g}  rmse {h['rmse']:.4g}"
         parity = f"max |Δy| {p.get('max_abs_dy') or 0.0:.2e} ({p['max_abs_dp']:.1e} of the target's std)"
@@ -48,6 +55,14 @@ def _train_text(d: dict[str, Any]) -> str:
     if not p["ok"] and p.get("explanation"):
         lines.append(f"             {p['explanation']}")
     lines.append(f"  data       sha256 {d['data']['sha256'][:16]}…")
+    for name, cap in sorted((d.get("categories") or {}).items()):
+        lines.append(
+            f"  categories {name}: the {cap['kept']} most frequent of {cap['distinct']} kept, "
+            f"the rest ({cap['other_share']:.0%} of training rows) as 'other' (--max-categories)"
+        )
+    dropped = (d.get("inputs") or {}).get("drop")
+    if dropped:
+        lines.append(f"  dropped    {', '.join(dropped)}")
     for warning in d.get("warnings") or []:
         lines.append(f"  warning    {warning}")
     board = d.get("leaderboard")
@@ -81,21 +96,21 @@ def _train_text(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _search_printer(enabled: bool) -> Any:
-    """One line per evaluated search candidate on stderr (silenced by --json)."""
-
-    def show(event: dict[str, Any]) -> None:
-        if not enabled or event.get("event") != "candidate":
-            return
-        best = event["best"]
-        click.echo(
-            f"[{event['elapsed_s']:5.1f}/{event['time_budget_s']:.0f} s] #{event['index']:<3} {event['model']:<6} "
-            f"cv {event['metric']} {event['cv_mean']:.4f} ± {event['cv_std']:.4f}   "
-            f"leading {best['model']} {best['cv_mean']:.4f}",
-            err=True,
-        )
-
-    return show
+def _datetime_columns(specs: tuple[str, ...]) -> dict[str, list[str] | None]:
+    """``--datetime ts`` / ``--datetime ts:hour,weekday`` → {"ts": None} / {"ts": ["hour", "weekday"]}."""
+    out: dict[str, list[str] | None] = {}
+    for spec in specs:
+        name, sep, parts = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        chosen = [p.strip() for p in parts.split(",") if p.strip()] if sep else None
+        unknown = sorted(set(chosen or ()) - set(DATETIME_PARTS))
+        if not name or (sep and not chosen) or unknown:
+            raise UsageError(
+                f"--datetime {spec!r}: "
+                + (f"unknown part {', '.join(unknown)}" if unknown else "give COL or COL:PARTS"),
+                f"parts: {', '.join(DATETIME_PARTS)}; e.g. --datetime ts:hour,weekday",
+            )
+        out[name] = chosen
+    return out
 
 
 @click.command("train")
@@ -122,6 +137,21 @@ def _search_printer(enabled: bool) -> Any:
     help="Override the inferred task.",
 )
 @click.option("--categorical", multiple=True, help="Treat this column as categorical (repeatable).")
+@click.option("--drop", multiple=True, help="Leave this column out (repeatable).")
+@click.option(
+    "--datetime",
+    "datetimes",
+    multiple=True,
+    metavar="COL[:PARTS]",
+    help="Use this date/time column through its parts (repeatable): hour, weekday, month by default, "
+    "or e.g. ts:hour,weekday (parts: " + ", ".join(DATETIME_PARTS) + ").",
+)
+@click.option(
+    "--max-categories",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Categories kept per categorical column, the rest become 'other' (default 30, edgekit.toml; 0: no cap).",
+)
 @click.option("--seed", type=int, default=None, help="Random seed (default: edgekit.toml).")
 @click.option("--test-size", type=float, default=None, help="Holdout fraction (default: edgekit.toml).")
 @json_option
@@ -133,6 +163,9 @@ def train_cmd(
     metric: str | None,
     task: str | None,
     categorical: tuple[str, ...],
+    drop: tuple[str, ...],
+    datetimes: tuple[str, ...],
+    max_categories: int | None,
     seed: int | None,
     test_size: float | None,
     as_json: bool,
@@ -142,40 +175,47 @@ def train_cmd(
     Example: edgekit train data.csv --target label --model auto --time-budget 60 --metric f1_macro
     """
     ws = workspace.find()
-    run = runs_mod.train_run(
+    run = pipeline.train_run(
         ws,
         data,
         target,
         model,
         seed,
         test_size,
-        progress=progress_printer(not as_json),
+        progress=progress.for_cli(as_json),
         task=task,
         categorical=categorical,
         metric=metric,
         time_budget=time_budget,
-        search_progress=_search_printer(not as_json),
+        drop=drop,
+        datetimes=_datetime_columns(datetimes),
+        max_categories=max_categories,
     )
-    emit(run.record, as_json, _train_text)
+    emit(run.record, as_json, _train_text, "run")
     if not run.record["parity"]["ok"]:
-        raise SystemExit(4)
+        raise SystemExit(ExitCode.CONVERSION)
 
 
 def _quant_text(d: dict[str, Any]) -> str:
     verdict = f"applied ({d['method']})" if d["applied"] else "not applied — the float model is kept"
     metric = d.get("metric", "accuracy")
+    regression = "r2_before" in d
+    before, after, gate = (("r2_before", "r2_after", "max_r2_loss") if regression else
+                           ("accuracy_before", "accuracy_after", "max_accuracy_loss"))  # fmt: skip
     p50 = (d.get("latency_p50_us_before"), d.get("latency_p50_us_after"))
     lines = [
         f"quantization: {verdict}",
         f"  reason     {d['reason']}",
         f"  size       {d['size_before']} → {d['size_after']} bytes ({d['size_after'] / d['size_before']:.2f}×)",
-        f"  {metric:<10} {d['accuracy_before']:.4f} → {d['accuracy_after']:.4f}  "
-        f"label agreement {d['label_agreement']:.4f}  (gate: ≤ {d['max_accuracy_loss'] * 100:.1f} pt loss)",
+        f"  {metric:<10} {d[before]:.4f} → {d[after]:.4f}  "
+        + ("" if regression else f"label agreement {d['label_agreement']:.4f}  ")
+        + f"(gate: ≤ {d[gate] * 100:.1f} pt loss)",
     ]
     if None not in p50:
         lines.append(f"  p50        {p50[0]:.1f} → {p50[1]:.1f} µs per row (onnxruntime, 1 thread)")
     lines.append(f"  quantized nodes {d['quantized_nodes']}")
     candidates = d.get("candidates") or []
+    score = "r2" if regression else "accuracy"
     if candidates:
         rows = [
             [
@@ -183,12 +223,13 @@ def _quant_text(d: dict[str, Any]) -> str:
                 c["verdict"],
                 "" if c["size"] is None else f"{c['size']} ({c['size'] / d['size_before']:.2f}×)",
                 "" if c["latency_p50_us"] is None else f"{c['latency_p50_us']:.1f}",
-                "" if c["accuracy"] is None else f"{c['accuracy']:.4f}",
-                "" if c["label_changes"] is None else str(c["label_changes"]),
+                "" if c.get(score) is None else f"{c[score]:.4f}",
+                *([] if regression else ["" if c["label_changes"] is None else str(c["label_changes"])]),
             ]
             for c in candidates
         ]
-        lines += ["", table(rows, ["STRATEGY", "VERDICT", "BYTES", "P50 µs", metric.upper(), "LABELS CHANGED"])]
+        header = ["STRATEGY", "VERDICT", "BYTES", "P50 µs", metric.upper(), *([] if regression else ["LABELS CHANGED"])]
+        lines += ["", table(rows, header)]
         lines += [f"  {c['strategy']}: {c['reason']}" for c in candidates if c["verdict"] != "chosen"]
     return "\n".join(lines)
 
@@ -219,10 +260,15 @@ def quantize_cmd(
 
     Example: edgekit quantize latest --max-accuracy-loss 0.01
     """
-    _, report = runs_mod.quantize_run(
-        workspace.find(), run_id, max_accuracy_loss, max_label_changes, list(strategies) or None
+    _, report = pipeline.quantize_run(
+        workspace.find(),
+        run_id,
+        max_accuracy_loss,
+        max_label_changes,
+        list(strategies) or None,
+        progress=progress.for_cli(as_json),
     )
-    emit(report.to_dict(), as_json, _quant_text)
+    emit(report.to_dict(), as_json, _quant_text, "quantization")
 
 
 def _headline(record: dict[str, Any]) -> str:
@@ -271,7 +317,7 @@ def runs_list(as_json: bool) -> None:
     Example: edgekit runs list --json
     """
     records = [r.record for r in runs_mod.list_runs(workspace.find())]
-    emit(records, as_json, _list_text)
+    emit(records, as_json, _list_text, "runs", "runs")
 
 
 def _show_text(d: dict[str, Any]) -> str:
@@ -328,7 +374,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
     Example: edgekit runs show latest
     """
     run = runs_mod.load_run(workspace.find(), run_id)
-    emit(run.record, as_json, _show_text)
+    emit(run.record, as_json, _show_text, "run")
 
 
 def _cell(value: Any, width: int = 28) -> str:
@@ -355,15 +401,9 @@ def runs_compare(run_ids: tuple[str, ...], diff_only: bool, as_json: bool) -> No
 
     Example: edgekit runs compare 20260101-120000-ab12cd latest --diff-only
     """
-    if len(run_ids) < 2:
-        raise EdgekitError("compare needs at least two runs", "e.g. edgekit runs compare RUN_A RUN_B")
     ws = workspace.find()
-    result = runs_mod.compare([runs_mod.load_run(ws, r) for r in run_ids])
-    result["total"] = len(result["fields"])
-    result["diff_only"] = diff_only
-    if diff_only:
-        result["fields"] = [f for f in result["fields"] if f["differs"]]
-    emit(result, as_json, _compare_text)
+    result = compare_mod.compare([runs_mod.load_run(ws, r) for r in run_ids], diff_only=diff_only)
+    emit(result, as_json, _compare_text, "comparison")
 
 
 def _reproduce_text(d: dict[str, Any]) -> str:
@@ -373,7 +413,11 @@ def _reproduce_text(d: dict[str, Any]) -> str:
         f"  data         {d['data']['path']}  sha256 {str(d['data']['sha256'])[:16]}…  unchanged",
         "  inputs       " + "  ".join(f"{k}={v}" for k, v in sorted(d["inputs"].items())),
         f"  predictions  max |Δp| {p['max_abs_dp']:.3g} on {p['rows']} holdout rows (tolerance {p['tolerance']:g}), "
-        f"label agreement {p['label_agreement']:.4f}"
+        + (
+            f"label agreement {p['label_agreement']:.4f}"
+            if "label_agreement" in p
+            else f"{p.get('within_tolerance', 0.0):.2%} within the tolerance"
+        )
         + ("" if p["same_holdout_rows"] else ", BUT the holdout split differs"),
         f"  model bytes  {'identical' if d['model_bytes_identical'] else 'differ'}",
         *(
@@ -415,10 +459,10 @@ def runs_reproduce(run_id: str, data_path: Path | None, as_json: bool) -> None:
     Example: edgekit runs reproduce latest --json
     """
     ws = workspace.find()
-    report = runs_mod.reproduce(ws, run_id, data_path, progress=progress_printer(not as_json))
-    emit(report, as_json, _reproduce_text)
+    report = reproduce.reproduce(ws, run_id, data_path, progress=progress.for_cli(as_json))
+    emit(report, as_json, _reproduce_text, "reproduction")
     if not report["match"]:
-        raise SystemExit(1)
+        raise SystemExit(ExitCode.ERROR)
 
 
 COMMANDS = [train_cmd, quantize_cmd, runs_group]

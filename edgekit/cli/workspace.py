@@ -24,6 +24,7 @@ def init_cmd(directory: Path, broker: str, as_json: bool) -> None:
         {"root": str(ws.root), "broker": ws.broker, "prefix": ws.prefix},
         as_json,
         lambda d: f"workspace ready in {d['root']} (broker {d['broker']})",
+        "workspace",
     )
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..convert import OnnxModel
 from ..errors import QuantizationError
+from ..onnx_model import OnnxModel
+from ..progress import SILENT, Progress
 from .context import _Context
 from .gate import MIN_LATENCY_GAIN, MIN_SIZE_GAIN, _judge_gain, _score_candidate
 from .graph import session
@@ -37,6 +38,7 @@ def quantize(
     strategies: Sequence[str] | None = None,
     latency_rounds: int = 5,
     latency_rows: int = 100,
+    progress: Progress = SILENT,
 ) -> QuantizeReport:
     """Try the strategies that fit the model's family on ``X``/``y`` (held-out rows) and keep
     the smallest candidate that passes the gates and gains something.
@@ -44,7 +46,8 @@ def quantize(
     ``calibration`` rows feed static int8 calibration and the tree-threshold check (default:
     ``X``; pass training rows when there are any). ``task`` is "classification" or "regression"
     (default: classification when ``classes`` is given, else regression). ``strategies``
-    restricts what is tried (names in :data:`STRATEGIES`).
+    restricts what is tried (names in :data:`STRATEGIES`). ``progress`` shows each strategy
+    as it is tried, then the timing run.
     """
     task = task or ("classification" if classes else "regression")
     if task not in ("classification", "regression"):
@@ -90,15 +93,23 @@ def quantize(
     )
     limit = max_label_changes if max_label_changes is not None else (0 if family == "tree" else None)
 
-    tried: list[tuple[Candidate, ort.InferenceSession | None]] = [_try(name, ctx, float_sess) for name in wanted]
-    candidates = [c for c, _ in tried]
-    loaded = [(c, s) for c, s in tried if s is not None]
-    for cand, sess in loaded:
-        outs = _run_rows(sess, row_feeds, out_name)
-        _score_candidate(cand, scorer.score(outs), float_score, float_out, outs, scorer, limit, max_accuracy_loss)
-    latencies, blocks = _latency(
-        [float_sess, *(s for _, s in loaded)], row_feeds, out_name, latency_rounds, latency_rows
-    )
+    tried: list[tuple[Candidate, ort.InferenceSession | None]] = []
+    with progress.task(f"quantizing a {family} model", len(wanted) + 1, unit="step") as steps:
+        for name in wanted:
+            cand, sess = _try(name, ctx, float_sess)
+            if sess is not None:
+                outs = _run_rows(sess, row_feeds, out_name)
+                _score_candidate(
+                    cand, scorer.score(outs), float_score, float_out, outs, scorer, limit, max_accuracy_loss
+                )
+            tried.append((cand, sess))
+            steps.advance(1, f"{name}: {cand.verdict if cand.verdict != 'pending' else 'built'}")
+        candidates = [c for c, _ in tried]
+        loaded = [(c, s) for c, s in tried if s is not None]
+        latencies, blocks = _latency(
+            [float_sess, *(s for _, s in loaded)], row_feeds, out_name, latency_rounds, latency_rows
+        )
+        steps.advance(1, f"timed {len(loaded) + 1} models over {latency_rounds} rounds")
     p50_before = latencies[0]
     for (cand, _), p50, cand_blocks in zip(loaded, latencies[1:], blocks[1:], strict=True):
         cand.latency_p50_us = p50

@@ -9,8 +9,9 @@ from collections import Counter
 from typing import Any
 
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
+
+from ..onnx_model import session as session  # one thread, quiet: how every graph here is run
 
 # Operators that only exist in a graph because something was quantized.
 QUANTIZED_OPS = frozenset(
@@ -33,16 +34,6 @@ ML = "ai.onnx.ml"
 TREE_OPS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor"})
 
 LINEAR_OPS = frozenset({"LinearClassifier", "LinearRegressor"})
-
-
-def session(data: bytes) -> ort.InferenceSession:
-    """One thread, as a device runs (and as :func:`edgekit.convert.session`), without
-    onnxruntime's warnings on stderr (graph clean-ups of the quantizers' output)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def _count_ops(proto: onnx.ModelProto) -> Counter[str]:

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import numpy as np
 import onnxruntime as ort
 
-from ..convert import OnnxModel
 from ..errors import QuantizationError
+from ..onnx_model import OnnxModel
 
 REGRESSION_CHANGE = 0.01  # a regression "label" changes when it moves by > 1 % of std(y)
 

@@ -71,7 +71,36 @@ class QuantizeReport:
     candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _json_number(v) for k, v in asdict(self).items() if k != "model"}
+        """JSON-ready; a regressor's figures under their own names (``r2_before``, ``r2``, no
+        label fields), so a script never reads an R² as an accuracy."""
+        d = {k: _json_number(v) for k, v in asdict(self).items() if k != "model"}
+        if self.task == "regression":
+            d = regression_names(d)
+            d["candidates"] = [regression_names(c) for c in d["candidates"]]
+        return d
+
+
+# Fields that mean something else, or nothing, for a regressor: renamed, or left out (None).
+_REGRESSION_NAMES: dict[str, str | None] = {
+    "accuracy": "r2",
+    "accuracy_before": "r2_before",
+    "accuracy_after": "r2_after",
+    "max_accuracy_loss": "max_r2_loss",
+    "label_agreement": None,
+    "label_changes": None,
+    "max_label_changes": None,
+    "label_change_limit": None,
+}
+
+
+def regression_names(d: dict[str, Any]) -> dict[str, Any]:
+    """A quantization report or candidate of a regressor, with regression names."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = _REGRESSION_NAMES.get(key, key)
+        if name is not None:
+            out[name] = value
+    return out
 
 
 def _json_number(value: Any) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from device_agent.protocol import DeviceEvent, DriftMessage, Topics, TransferInfo
+from device_agent.protocol import DeviceEvent, DriftMessage, Topics, TransferInfo, dumps
 from device_agent.transfer import split
 from device_agent.trust import TRANSFER_DOMAIN, seal
 from edgekit import keys, workspace
@@ -141,6 +141,35 @@ def test_sigkill_at_each_install_step_leaves_old_or_new_never_neither(
         # An interrupted trial is retried (once); a committed one simply stays.
         wait_until(lambda: _active(broker, "k2") == 2, timeout=30, what="v2 active in the end")
         assert agent.ask(host.rows[0])["bundle"] == "wine@2"
+    finally:
+        agent.stop()
+
+
+def test_a_bundle_failing_its_health_check_is_not_kept(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
+    """The install stores a verified bundle before loading it: one that then fails to load or
+    to reproduce its health samples is removed again, and the old model keeps serving."""
+    from tests.unit.bundle_factory import HEALTH, default_files, health_doc, make_bundle
+
+    state = tmp_path / "h1" / "state"
+    agent = AgentProcess("h1", broker.url, state, host.trust)
+    try:
+        _deploy(host, broker, 1, "h1")
+        wait_until(lambda: _active(broker, "h1") == 1, what="v1 active")
+        doc = health_doc()
+        doc["labels"] = [f"{label}-not" for label in doc["labels"]]  # signed and hashed, but wrong
+        bad = make_bundle(name="wine", version=3, signer=_key(host), files={**default_files(), HEALTH: dumps(doc)})
+        key = _key(host)
+        with connect(broker.url) as conn:
+            info, _ = publish_bundle(conn, T, bad.data, "wine", 3, key)
+            publish_desired(conn, T, Target(device="h1"), info, key)
+        wait_until(
+            lambda: (_status(broker, "h1").get("last_error") or {}).get("code") == "model.health_failed",
+            what="the health failure reported",
+        )
+        assert agent.ask(host.rows[0])["bundle"] == "wine@1"
+        v1 = _state(state)["active"]["sha256"]
+        assert sorted(p.name for p in (state / "bundles").iterdir()) == [f"{v1}.ekb"], "nothing else kept"
+        assert list((state / "staging").iterdir()) == []
     finally:
         agent.stop()
 

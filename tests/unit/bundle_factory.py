@@ -297,12 +297,23 @@ def verify_built(
     *,
     floor: Mapping[str, FloorEntry] | None = None,
     expect_name: str | None = None,
+    expect_sha256: str | None = None,
     limits: Limits | None = None,
     now: float = NOW,
+    keep_model: bool = True,
 ) -> VerifiedBundle:
     """device_agent.bundle.verify with the test defaults (trusted keys, fixed now)."""
     data = built.data if isinstance(built, Built) else built
-    return verify(data, trust or make_trust(), now=now, floor=floor, expect_name=expect_name, limits=limits or Limits())
+    return verify(
+        data,
+        trust or make_trust(),
+        now=now,
+        floor=floor,
+        expect_name=expect_name,
+        expect_sha256=expect_sha256,
+        limits=limits or Limits(),
+        keep_model=keep_model,
+    )
 
 
 def verified(**knobs: Any) -> VerifiedBundle:

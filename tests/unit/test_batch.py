@@ -60,7 +60,7 @@ def test_a_batch_answers_each_row_as_it_would_be_answered_alone(model: LoadedMod
     good = sample_rows(40, seed=5).tolist()
     rows = good[:10] + BAD_ROWS + good[10:]
     with np.errstate(over="ignore"):
-        batch = model.predict_rows(rows)
+        _, batch = model.predict_rows(rows)
         expected = [alone(model, r) for r in rows]
     assert len(batch) == len(rows)
     assert all(same(b, e) for b, e in zip(batch, expected, strict=True)), [
@@ -89,7 +89,7 @@ def test_a_failing_batch_call_is_retried_row_by_row() -> None:
 
     m = BatchBreaks(verified())
     rows = sample_rows(5).tolist()
-    results = m.predict_rows(rows)
+    _, results = m.predict_rows(rows)
     assert all(isinstance(r, Prediction) for r in results)
     assert [r.label for r in results] == [m.predict_row(r).label for r in rows]  # type: ignore[union-attr]
 
@@ -100,7 +100,7 @@ def test_a_model_with_a_fixed_batch_size_serves_batches_row_by_row() -> None:
     fixed = graph.SerializeToString()
     m = LoadedModel(verify_built(make_bundle(files={**default_files(), MODEL: fixed})))
     rows = sample_rows(6).tolist()
-    results = m.predict_rows(rows)
+    _, results = m.predict_rows(rows)
     assert [r.label for r in results] == [m.predict_row(r).label for r in rows]  # type: ignore[union-attr]
 
 
@@ -161,10 +161,10 @@ class BreaksOnMarker(LoadedModel):
             raise InferenceFailed("inference failed: simulated runtime error")
         return super()._run_batch(ready)
 
-    def predict_row(self, row: Any) -> Prediction:
+    def predict_inputs(self, row: Any) -> Prediction:
         if row and row[0] == -999.0:
             raise InferenceFailed("inference failed: simulated runtime error")
-        return super().predict_row(row)
+        return super().predict_inputs(row)
 
 
 def test_a_model_failure_in_a_batch_fails_the_trial_and_restores_the_old_model(model: LoadedModel) -> None:

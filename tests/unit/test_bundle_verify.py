@@ -44,7 +44,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_agent import __version__
-from device_agent.bundle import FloorEntry, Limits, VerifiedBundle, pack, read_unverified, sha256_hex
+from device_agent.bundle import FloorEntry, Limits, VerifiedBundle, pack, read_unverified, sha256_hex, verify
 from device_agent.errors import (
     AgentError,
     BadSignature,
@@ -419,6 +419,41 @@ def test_flipped_byte_in_model_is_hash_mismatch() -> None:
     model = default_files()[MODEL]
     built = make_bundle(replace_members={MODEL: flip(model, len(model) // 2)})
     rejects(HashMismatch, lambda: verify_built(built))
+
+
+def test_bundle_other_than_the_desired_one_is_hash_mismatch_before_anything_else() -> None:
+    built = make_bundle()
+    assert verify_built(built, expect_sha256=sha256_hex(built.data)).sha256 == sha256_hex(built.data)
+    other = sha256_hex(b"another bundle")
+    rejects(HashMismatch, lambda: verify_built(built, expect_sha256=other))
+    # Checked first: the same bytes from an unknown signer are still refused as the wrong bundle.
+    rejects(
+        HashMismatch, lambda: verify_built(built, trust=make_trust((DEPLOY_KEY, (ROLE_DEPLOY,))), expect_sha256=other)
+    )
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_a_bundle_in_any_buffer_verifies_the_same(kind: Callable[[bytes], object]) -> None:
+    """The agent assembles into a bytearray: verified in place, with the same result as bytes."""
+    built = make_bundle()
+    expected = verify_built(built)
+    got = verify(kind(built.data), make_trust(), now=NOW)  # type: ignore[arg-type]
+    assert (got.sha256, got.manifest, got.files) == (expected.sha256, expected.manifest, expected.files)
+    assert all(type(blob) is bytes for blob in got.files.values())
+    damaged = bytearray(built.data)
+    damaged[len(damaged) // 2] ^= 1
+    with pytest.raises(AgentError):
+        verify(damaged, make_trust(), now=NOW)
+
+
+def test_model_left_out_is_still_checked_and_located() -> None:
+    built = make_bundle()
+    lean = verify_built(built, keep_model=False)
+    assert set(lean.files) == {REFERENCE, HEALTH} and lean.model_span is not None
+    assert built.data[lean.model_span[0] : lean.model_span[1]] == default_files()[MODEL]
+    model = default_files()[MODEL]
+    tampered = make_bundle(replace_members={MODEL: flip(model, len(model) // 2)})
+    rejects(HashMismatch, lambda: verify_built(tampered, keep_model=False))
 
 
 def test_flipped_byte_in_reference_is_hash_mismatch() -> None:

@@ -45,7 +45,7 @@ from device_agent.actions import (
     Subscribe,
     Unsubscribe,
 )
-from device_agent.bundle import FloorEntry
+from device_agent.bundle import MODEL, FloorEntry
 from device_agent.config import CoreSettings
 from device_agent.core import AgentCore
 from device_agent.errors import (
@@ -331,11 +331,14 @@ def test_chunks_unsubscribe_and_advance_the_window() -> None:
     desire(core, V1)
     _, parts = send_transfer_doc(core, V1)
     out = core.handle(Message(T.bundle_chunk("demo", 1, 0), parts[0], True), NOW + 1)
-    assert chunk_indices(unsubscribed(out)) == [0]
-    assert chunk_indices(subscribed(out)) == [WINDOW]
+    # Refilled half a window at a time: one packet each way for several chunks.
+    assert of_type(out, (Subscribe, Unsubscribe)) == []
     assert core.transfer is not None and core.transfer.received == 1
     progress = reported(out).progress
     assert progress is not None and (progress.received, progress.total) == (1, len(parts))
+    out = core.handle(Message(T.bundle_chunk("demo", 1, 1), parts[1], True), NOW + 1)
+    assert [chunk_indices(u.topics) for u in of_type(out, Unsubscribe)] == [[0, 1]]
+    assert [chunk_indices(s.topics) for s in of_type(out, Subscribe)] == [[WINDOW, WINDOW + 1]]
 
 
 def test_full_transfer_yields_install_and_never_exceeds_the_window() -> None:
@@ -347,8 +350,11 @@ def test_full_transfer_yields_install_and_never_exceeds_the_window() -> None:
     installs = of_type(out, Install)
     assert len(installs) == 1
     assert installs[0].bundle.sha256 == V1.sha256
-    assert installs[0].bundle.files == V1.files
+    # The model is checked but not copied out: the install loads it from where it lies.
+    assert installs[0].bundle.files == {k: v for k, v in V1.files.items() if k != MODEL}
     assert installs[0].data == V1.data
+    span = installs[0].bundle.model_span
+    assert span is not None and installs[0].data[span[0] : span[1]] == V1.files[MODEL]
     assert core.phase == INSTALLING
     assert 0 < peak[0] <= WINDOW
     assert events(out) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,6 +150,24 @@ def test_garbage_model_bytes_signed_and_hashed_fail_to_load() -> None:
     with pytest.raises(ModelLoadFailed) as info:
         LoadedModel(bad)
     assert info.value.code == "model.load_failed"
+
+
+def test_a_bundle_verified_without_its_model_loads_it_from_a_file(tmp_path: Path) -> None:
+    built = make_bundle()
+    lean = verify_built(built, keep_model=False)
+    assert MODEL not in lean.files and lean.model_span is not None
+    begin, end = lean.model_span
+    path = tmp_path / "model.onnx"
+    path.write_bytes(built.data[begin:end])
+    from_file = LoadedModel(lean, model_path=path)
+    from_bytes = LoadedModel(verify_built(built))
+    row = [0.5, -1.0, 2.0]
+    a, b = from_file.predict_row(row), from_bytes.predict_row(row)
+    assert a.label == b.label and a.probabilities is not None and b.probabilities is not None
+    assert np.allclose(a.probabilities, b.probabilities)
+    assert from_file.health_check() > 0
+    with pytest.raises(ModelLoadFailed, match="without its model"):
+        LoadedModel(lean)
 
 
 def test_manifest_naming_an_output_the_model_lacks_fails_to_load() -> None:
@@ -329,10 +348,10 @@ def test_trial_passes_after_its_rows(model: LoadedModel) -> None:
 class FailsOnMarkerRow(LoadedModel):
     """A real model whose inference fails for one kind of row, as a broken graph would."""
 
-    def predict_row(self, row: Any) -> Any:
+    def predict_inputs(self, row: Any) -> Any:
         if row and row[0] == -999.0:
             raise InferenceFailed("inference failed: simulated runtime error")
-        return super().predict_row(row)
+        return super().predict_inputs(row)
 
 
 def test_trial_failure_puts_the_old_model_back_at_once(model: LoadedModel) -> None:

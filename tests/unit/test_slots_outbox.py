@@ -312,6 +312,32 @@ def test_an_incomplete_staged_file_is_not_adopted(tmp_path: Path) -> None:
     assert slots.read_bundle(sha) == data
 
 
+def test_a_staged_file_differing_past_its_first_block_is_not_adopted(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (12 * 1024)  # 3 MiB: the comparison runs block by block
+    sha = hashlib.sha256(data).hexdigest()
+    slots = Slots(tmp_path)
+    slots.stage_transfer(sha, b"{}", len(data))
+    slots.stage_chunk(sha, 0, data)
+    slots.stage_chunk(sha, 2_500_000, b"\xff")  # one byte torn in the third block
+    inode = (tmp_path / "staging" / sha / "bundle.part").stat().st_ino
+    slots.store_bundle(sha, data)
+    assert slots.read_bundle(sha) == data
+    assert slots.bundle_path(sha).stat().st_ino != inode, "written anew, not renamed"
+
+
+def test_a_stored_member_as_a_file_of_its_own_for_a_while(tmp_path: Path) -> None:
+    data = b"head" + bytes(range(256)) * 8192 + b"tail"  # the member spans several copy blocks
+    sha = hashlib.sha256(data).hexdigest()
+    slots = Slots(tmp_path)
+    slots.store_bundle(sha, data)
+    with slots.member_file(sha, (4, len(data) - 4)) as path:
+        assert path.read_bytes() == data[4:-4]
+    assert not path.exists(), "removed after use"
+    with pytest.raises(StorageError), slots.member_file(SHA_A, (0, 10)):
+        pass  # no such bundle
+    assert [p.name for p in (tmp_path / "bundles").iterdir()] == [f"{sha}.ekb"]
+
+
 def test_staging_refuses_names_that_are_not_hashes(tmp_path: Path) -> None:
     slots = Slots(tmp_path)
     with pytest.raises(StorageError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,7 @@ def test_train_bundle_and_the_run_commands_print_json(cli: Cli) -> None:
     a = cli.json("train", str(cli.csv), "--target", "label", "--model", "logreg")
     b = cli.json("train", str(cli.csv), "--target", "label", "--model", "logreg", "--seed", "3")
     cli.json("quantize", a["id"])
-    assert [r["id"] for r in cli.json("runs", "list")][-2:] == [a["id"], b["id"]]
+    assert [r["id"] for r in cli.json("runs", "list")["runs"]][-2:] == [a["id"], b["id"]]
     shown = cli.json("runs", "show", a["id"])
     assert shown["id"] == a["id"] and set(shown["explain"]["permutation_importance"]) == {
         f["name"] for f in shown["model"]["features"]
@@ -121,7 +122,7 @@ def test_train_bundle_and_the_run_commands_print_json(cli: Cli) -> None:
 
 
 def test_bundle_registry_and_deploy_resolution(cli: Cli) -> None:
-    run = cli.json("runs", "list")[0]["id"]
+    run = cli.json("runs", "list")["runs"][0]["id"]
     out = cli.root / "out"
     v1 = cli.json("bundle", run, "--name", "cellar", "--key", "release", "-o", str(out))
     v2 = cli.json("bundle", run, "--name", "cellar", "--key", "release", "-o", str(out))
@@ -129,8 +130,13 @@ def test_bundle_registry_and_deploy_resolution(cli: Cli) -> None:
     assert cli.json("verify", v1["path"], "--trust", str(cli.root / "trust.json"))["ok"]
     manifest = cli.json("inspect", v2["path"])["manifest"]
     assert manifest["explain"]["metric"] == "neg_log_loss" and manifest["lineage"]["run_id"] == run
+    # For people: figures formatted, yes/no rather than Python's True/False.
+    text = cli("inspect", v2["path"]).stdout
+    assert "True" not in text and "False" not in text and re.search(r"quantized  (yes|no) \(", text), text
+    assert re.search(r"parity     ok  max \|Δp\| \d\.\d\de-\d\d  label agreement 100\.00%", text), text
+    assert re.search(r"holdout accuracy \d\.\d{4} f1_macro \d\.\d{4}", text), text
 
-    [model] = cli.json("registry", "list")
+    [model] = cli.json("registry", "list")["models"]
     assert (model["name"], model["production"], model["staging"]) == ("cellar", None, [1, 2])
     moved = cli.json("registry", "promote", "cellar", "1", "--to", "production", "--reason", "pilot")
     assert [(c["version"], c["to_stage"], c["actor"]) for c in moved["changes"]] == [(1, "production", "ci")]
@@ -166,24 +172,24 @@ def test_bundle_from_a_users_onnx_model(cli: Cli, tmp_path: Path) -> None:
     assert built["source"] == "user-model" and built["stage"] == "staging"
     text = cli("inspect", built["path"]).stdout
     assert "user-supplied rf.onnx" in text and "important" in text
-    zipmap = to_onnx(clf, data.data[:1].astype(np.float32), target_opset=17)
+    zipmap = to_onnx(clf, data.data[:1].astype(np.float32), target_opset=17)  # skl2onnx's default: a ZipMap
     (tmp_path / "zip.onnx").write_bytes(zipmap.SerializeToString())
-    refused = cli(
+    accepted = cli.json(
         "bundle", "--model", str(tmp_path / "zip.onnx"), "--reference", str(cli.csv), "--target", "label",
-        "--name", "byo", "--key", "release", ok=False,
+        "--name", "byo", "--key", "release", "-o", str(tmp_path),
     )  # fmt: skip
-    _error(refused, 5, "ZipMap")
+    assert accepted["version"] == 2 and accepted["source"] == "user-model"
 
 
 def test_errors_are_one_line_with_the_documented_exit_code(cli: Cli, tmp_path: Path) -> None:
-    run = cli.json("runs", "list")[0]["id"]
+    run = cli.json("runs", "list")["runs"][0]["id"]
     _error(cli("runs", "show", "zzz", ok=False), 2, "no run 'zzz'")
-    _error(cli("runs", "compare", run, ok=False), 1, "compare needs at least two runs")
-    _error(cli("bundle", "--name", "x", "--key", "release", ok=False), 1, "give either a RUN_ID or --model")
-    _error(cli("bundle", run, "--model", str(cli.csv), "--name", "x", "--key", "release", ok=False), 1, "either")
+    _error(cli("runs", "compare", run, ok=False), 2, "compare needs at least two runs")
+    _error(cli("bundle", "--name", "x", "--key", "release", ok=False), 2, "give either a RUN_ID or --model")
+    _error(cli("bundle", run, "--model", str(cli.csv), "--name", "x", "--key", "release", ok=False), 2, "either")
     _error(
         cli("bundle", "--model", str(cli.csv), "--name", "x", "--key", "release", ok=False),
-        1,
+        2,
         "--model needs --reference",
     )
     _error(cli("registry", "show", "nothing", ok=False), 2, "no model named 'nothing'")
@@ -225,3 +231,14 @@ def test_reproduce_exit_codes(cli: Cli, tmp_path: Path) -> None:
     report = json.loads(differs.stdout)
     assert not report["match"] and report["predictions"]["max_abs_dp"] > 1e-3
     assert "DOES NOT MATCH" in cli("runs", "reproduce", run, ok=False).stdout
+
+
+def test_shell_completion_works_as_the_readme_says() -> None:
+    """``eval "$(_EDGEKIT_COMPLETE=bash_source edgekit)"`` installs it; completing asks click."""
+    source = CliRunner().invoke(main, [], prog_name="edgekit", env={"_EDGEKIT_COMPLETE": "bash_source"})
+    assert source.exit_code == 0 and "_edgekit_completion" in source.stdout
+    env = {"_EDGEKIT_COMPLETE": "bash_complete", "COMP_WORDS": "edgekit ru", "COMP_CWORD": "1"}
+    words = CliRunner().invoke(main, [], prog_name="edgekit", env=env)
+    assert words.exit_code == 0 and "plain,runs" in words.stdout.splitlines()
+    env = {"_EDGEKIT_COMPLETE": "bash_complete", "COMP_WORDS": "edgekit runs re", "COMP_CWORD": "2"}
+    assert "plain,reproduce" in CliRunner().invoke(main, [], prog_name="edgekit", env=env).stdout.splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -233,10 +234,77 @@ def test_constant_columns_warn_and_all_constant_is_refused(tmp_path: Path) -> No
     assert "every feature column is constant (a, b)" in message
 
 
-def test_identifier_like_text_column_warns(tmp_path: Path) -> None:
+def test_identifier_like_text_column_is_refused_with_what_to_do(tmp_path: Path) -> None:
     rows = [[f"id-{i}", i, i % 2] for i in range(30)]
-    table = load_table(write_csv(tmp_path / "i.csv", ["id", "x", "y"], rows), "y")
-    assert any("'id' has 30 distinct text values" in w for w in table.warnings)
+    path = write_csv(tmp_path / "i.csv", ["id", "x", "y"], rows)
+    message = refusal(path)
+    assert "'id' has 30 distinct values in 30 rows" in message and "--drop id" in message
+    assert load_table(path, "y", drop=["id"]).feature_names == ["x"]
+    forced = load_table(path, "y", categorical=["id"], max_categories=5)  # the user decided: capped
+    assert forced.features[0].type == "categorical" and forced.features[0].max_categories == 5
+
+
+def sensor_rows(n: int = 336) -> list[list[object]]:
+    """Hourly readings over two weeks: a date column with one value per row."""
+    start = datetime(2024, 3, 4)
+    rng = np.random.default_rng(1)
+    rows: list[list[object]] = []
+    for i in range(n):
+        t = start + timedelta(hours=i)
+        temp = 20 + 5 * np.sin(t.hour / 24 * 2 * np.pi) + rng.normal(0, 0.5)
+        rows.append([t.strftime("%Y-%m-%d %H:%M:%S"), f"{temp:.2f}", "on" if 8 <= t.hour < 18 else "off"])
+    return rows
+
+
+def test_a_date_column_is_refused_and_named(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "s.csv", ["ts", "temp", "state"], sensor_rows())
+    message = refusal(path, "state")
+    assert "'ts' holds dates or times" in message and "--datetime ts" in message and "--drop ts" in message
+    us = write_csv(
+        tmp_path / "us.csv",
+        ["ts", "temp", "state"],
+        [[f"03/{1 + i % 28:02d}/2024 10:{i % 60:02d}", i, i % 2] for i in range(40)],
+    )
+    assert "write it as ISO 8601" in refusal(us, "state")
+
+
+def test_datetime_columns_become_their_parts(tmp_path: Path) -> None:
+    rows = sensor_rows()
+    path = write_csv(tmp_path / "s.csv", ["ts", "temp", "state"], rows)
+    table = load_table(path, "state", datetimes=["ts"])
+    # March only: the month never changes, so it is left out of the default parts
+    assert table.feature_names == ["ts.hour", "ts.weekday", "temp"]
+    assert table.schema[0].to_dict() == {
+        "name": "ts",
+        "type": "datetime",
+        "allow_missing": False,
+        "parts": ["hour", "weekday"],
+    }
+    assert table.X[:3, 0].tolist() == [0.0, 1.0, 2.0] and table.X[0, 1] == 0.0  # 2024-03-04 is a Monday
+    assert table.rows is not None and table.rows[5, 0] == rows[5][0]  # what a device receives
+    chosen = load_table(path, "state", datetimes={"ts": ["month", "dayofyear"]})
+    assert chosen.feature_names == ["ts.month", "ts.dayofyear", "temp"]
+    assert "unknown date/time part 'hours'" in refusal(path, "state", datetimes={"ts": ["hours"]})
+    bad = [list(r) for r in rows]
+    bad[7][0] = "yesterday"
+    assert "'yesterday' on line 9, which is not an ISO 8601" in refusal(
+        write_csv(tmp_path / "b.csv", ["ts", "temp", "state"], bad), "state", datetimes=["ts"]
+    )
+
+
+def test_drop_and_datetime_names_are_checked(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "s.csv", ["ts", "temp", "state"], sensor_rows(40))
+    assert "no column 'tz' to drop" in refusal(path, "state", drop=["tz"])
+    assert "'state' is the target" in refusal(path, "state", drop=["state"])
+    assert "both as drop and as datetime" in refusal(path, "state", drop=["ts"], datetimes=["ts"])
+
+
+def test_many_categories_are_capped(tmp_path: Path) -> None:
+    rows = [[f"shop-{i % 60}", i % 7, i % 2] for i in range(600)]
+    path = write_csv(tmp_path / "c.csv", ["shop", "x", "y"], rows)
+    assert load_table(path, "y", max_categories=20).features[0].max_categories == 20
+    assert load_table(path, "y", max_categories=None).features[0].max_categories is None
+    assert load_table(path, "y", max_categories=60).features[0].max_categories is None
 
 
 def test_regression_inferred_from_floats_and_many_integers(tmp_path: Path) -> None:
@@ -293,12 +361,13 @@ def test_parquet_without_pyarrow_says_so(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_parquet_cells_are_read_like_csv_cells() -> None:
     """The Parquet reader's cell conversion (pyarrow is optional, so its values are fed by hand)."""
-    from edgekit.data import _build, _parquet_cell
+    from edgekit.data import _build, _Options, _parquet_cell
 
     columns = [
         [_parquet_cell(v) for v in col] for col in ([1.5, None, 3.0] * 10, ["a", None, "b"] * 10, [0, 1, 1] * 10)
     ]
-    table = _build("t.parquet", ["x", "c", "y"], columns, lambda i: f"data row {i + 1}", "y", 20, None, set())
+    options = _Options(set(), set(), {})
+    table = _build("t.parquet", ["x", "c", "y"], columns, lambda i: f"data row {i + 1}", "y", 20, None, options)
     assert [(f.type, f.allow_missing) for f in table.features] == [("numeric", True), ("categorical", True)]
     assert table.X[1, 1] == "" and np.isnan(table.X[1, 0]) and table.y.dtype == np.int64
     assert _parquet_cell(True) == "True" and _parquet_cell(" x ") == "x"
@@ -331,3 +400,20 @@ def test_parquet_reads_like_the_same_csv(tmp_path: Path) -> None:
     for j in range(3):
         a, b = from_parquet.X[:, j].tolist(), from_csv.X[:, j].tolist()
         assert [str(v) for v in a] == [str(v) for v in b]
+
+
+def test_a_field_over_the_size_limit_says_so_and_how_to_raise_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [[i, f"site-{i % 3}", i % 2] for i in range(30)]
+    rows[4][1] = "x" * 200_000  # a long field (or a quote left open) on data line 5 = file line 6
+    path = write_csv(tmp_path / "long.csv", ["a", "b", "y"], rows)
+    message = refusal(path)
+    assert "line 6 has a field longer than 131,072 characters, the CSV reader's size limit" in message
+    assert "EDGEKIT_CSV_FIELD_LIMIT=1048576" in message and "syntax" not in message
+    monkeypatch.setenv("EDGEKIT_CSV_FIELD_LIMIT", "300000")
+    table = load_table(path, "y")  # raised: the long value is read
+    assert table.X.shape == (30, 2) and len(table.X[4, 1]) == 200_000
+    assert csv.field_size_limit() == 131_072, "the csv module's limit is put back"
+    monkeypatch.setenv("EDGEKIT_CSV_FIELD_LIMIT", "lots")
+    assert "$EDGEKIT_CSV_FIELD_LIMIT is 'lots'" in refusal(path)

@@ -149,6 +149,40 @@ def test_skl2onnx_model_from_outside_edgekit(
     assert "user-supplied model exported.onnx" in registry.history(ws, "iris-lr")[0].reason
 
 
+@pytest.mark.parametrize("labels", ["strings", "integers"])
+def test_a_zipmap_export_is_read_through_its_probability_tensor(
+    labels: str, ws: Workspace, iris: tuple[Path, Path, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """skl2onnx's default export ends in a ZipMap (a list of maps): accepted, the probabilities
+    read from the tensor it is fed, its class labels taken as the class order."""
+    csv_path, int_csv, X, y = iris
+    target = SPECIES[y] if labels == "strings" else y
+    clf = LogisticRegression(max_iter=1000).fit(X, target)
+    proto = to_onnx(clf, X[:1].astype(np.float32), target_opset=17)  # zipmap on, the default
+    assert any(n.op_type == "ZipMap" for n in proto.graph.node)
+    model_path = _save(proto, tmp_path / "zipmap.onnx")
+
+    built = bundler.build_from_model(
+        ws, model_path, csv_path if labels == "strings" else int_csv, "species", f"iris-zm-{labels}", "release"
+    )
+    loaded = _device_check(ws, built.path)
+    for row in (X[0], X[60], X[-1]):
+        got = loaded.predict_row(row.tolist())
+        want = clf.predict_proba(row.reshape(1, -1))[0]
+        assert got.label == clf.predict(row.reshape(1, -1))[0]
+        np.testing.assert_allclose(got.probabilities, want, atol=1e-5)
+    m = verify(built.path.read_bytes(), keys.trust_file(ws), now=time.time()).manifest
+    assert m["model"]["classes"] == clf.classes_.tolist()
+    lineage = m["lineage"]
+    assert lineage["classes_from"] == "the class labels of the model's ZipMap"
+    assert lineage["model_file"]["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert "ZipMap removed" in lineage["model_file"]["rewritten"][0]
+    shipped = onnx.load_from_string(
+        verify(built.path.read_bytes(), keys.trust_file(ws), now=time.time()).files["model.onnx"]
+    )
+    assert not any(n.op_type == "ZipMap" for n in shipped.graph.node)
+
+
 def test_hand_built_onnx_graph(
     ws: Workspace, iris: tuple[Path, Path, np.ndarray, np.ndarray], fitted: LogisticRegression, tmp_path: Path
 ) -> None:
@@ -193,7 +227,6 @@ def test_classes_given_in_the_wrong_order_are_refused(
     ("case", "message"),
     [
         ("external_data", "keeps 2 tensor\\(s\\) in external data files"),
-        ("zipmap", "list of maps .*ZipMap"),
         ("two_inputs", "has 2 inputs"),
         ("int_input", "is a tensor of int64"),
         ("regression", "no \\[N, C\\] float output of class probabilities"),
@@ -213,7 +246,7 @@ def test_what_cannot_be_mapped_is_refused_clearly(
     fitted: LogisticRegression,
     tmp_path: Path,
 ) -> None:
-    _, int_csv, X, y = iris
+    _, int_csv, _, _ = iris
     W, b = fitted.coef_.T, fitted.intercept_
     path = tmp_path / f"{case}.onnx"
     csv_path = int_csv
@@ -226,9 +259,6 @@ def test_what_cannot_be_mapped_is_refused_clearly(
             location="weights.bin",
             size_threshold=0,
         )
-    elif case == "zipmap":
-        clf = LogisticRegression(max_iter=1000).fit(X, y)
-        _save(to_onnx(clf, X[:1].astype(np.float32), target_opset=17), path)
     elif case == "two_inputs":
         graph = helper.make_graph(
             [helper.make_node("Add", ["a", "b"], ["probs"])],

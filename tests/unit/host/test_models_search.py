@@ -104,7 +104,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
 
 
 def test_train_run_records_search_and_reproducible_inputs(tmp_path: Path) -> None:
-    from edgekit import runs, workspace
+    from edgekit import pipeline, runs, workspace
 
     ws = workspace.init(tmp_path / "ws")
     rng = np.random.default_rng(1)
@@ -113,7 +113,7 @@ def test_train_run_records_search_and_reproducible_inputs(tmp_path: Path) -> Non
         a, site = rng.normal(), str(rng.choice(["n", "s", ""]))
         rows.append([a if rng.random() > 0.1 else "NA", site, int(a + (1 if site == "n" else 0) > 0.5)])
     path = write_csv(tmp_path / "d.csv", ["a", "site", "y"], rows)
-    run = runs.train_run(ws, path, "y", "auto", seed=0, time_budget=2.0, metric="f1_macro")
+    run = pipeline.train_run(ws, path, "y", "auto", seed=0, time_budget=2.0, metric="f1_macro")
     rec = run.record
     model = rec["model"]
     assert model["task"] == "classification" and model["classes"] == [0, 1]

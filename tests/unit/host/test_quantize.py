@@ -20,7 +20,7 @@ from sklearn.utils import Bunch
 
 from device_agent.bundle import MODEL, verify
 from device_agent.runtime import LoadedModel
-from edgekit import bundler, keys, runs, workspace
+from edgekit import bundler, keys, pipeline, runs, workspace
 from edgekit.cli import main as cli_main
 from edgekit.convert import OnnxModel, session, to_onnx
 from edgekit.data import Table, load_table
@@ -283,7 +283,7 @@ def test_cli_quantize_and_the_device_serves_the_result(tmp_path: Path, family: s
     ws = workspace.init(tmp_path)
     data = tmp_path / "wine.csv"
     table_from(load_wine(), data)
-    run = runs.train_run(ws, data, "label", family, seed=0)
+    run = pipeline.train_run(ws, data, "label", family, seed=0)
     res = CliRunner().invoke(
         cli_main, ["quantize", run.id, "--json"], env={"EDGEKIT_WORKSPACE": str(tmp_path)}, catch_exceptions=False
     )

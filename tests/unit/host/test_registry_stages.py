@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sklearn.datasets import load_wine
 
-from edgekit import bundler, keys, registry, runs, workspace
+from edgekit import bundler, keys, pipeline, registry, workspace
 from edgekit.errors import BundleBuildError
 from edgekit.registry import RegistryError
 from edgekit.workspace import Workspace
@@ -28,7 +28,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, str]:
         w.writerow([*(n.replace("/", "_") for n in data.feature_names), "label"])
         for x, y in zip(data.data, data.target, strict=True):
             w.writerow([*x.tolist(), int(y)])
-    run = runs.train_run(ws, path, "label", "logreg")
+    run = pipeline.train_run(ws, path, "label", "logreg")
     return ws, run.id
 
 
@@ -208,3 +208,69 @@ def test_who_is_the_os_user_without_edgekit_user(monkeypatch: pytest.MonkeyPatch
     assert registry.actor() == getpass.getuser()
     monkeypatch.setenv("EDGEKIT_USER", "  ci-bot ")
     assert registry.actor() == "ci-bot"
+
+
+def test_the_issue_s_story_rollback_then_deploy(built: tuple[Workspace, str]) -> None:
+    """rollback --to 1 gives v3 (rollback_of 1); deploying v3 makes it production, so 'deploy
+    NAME' ships v3, not the v1 every device would refuse; v1 itself is refused up front."""
+    from edgekit.rollback import rollback
+
+    ws, run_id = built
+    _bundles(ws, run_id, "wine", 2)
+    registry.promote(ws, "wine", 1, "production", "first release")
+    assert registry.record_deployment(ws, "wine", 1, "group:plant-a") == []  # already production
+    changes = registry.record_deployment(ws, "wine", 2, "group:plant-a")
+    assert [(c.version, c.from_stage, c.to_stage) for c in changes] == [
+        (1, "production", "archived"),
+        (2, "staging", "production"),
+    ]
+    assert changes[1].reason == "deployed to group:plant-a"
+
+    v3 = rollback(ws, "wine", 1, "release")
+    mv = registry.get(ws, "wine", v3.version)
+    assert (v3.version, mv.source, mv.rollback_of, mv.stage) == (3, "rollback", 1, "staging")
+    assert registry.show(ws, "wine")["versions"][2]["rollback_of"] == 1
+
+    # v1 is below what devices were given: refused, pointing at the rollback that restores it.
+    with pytest.raises(registry.DeployRefused, match="v1 is older than v2, which was deployed to group:plant-a") as exc:
+        registry.check_deployable(ws, "wine", 1)
+    assert exc.value.exit_code == 2 and "v3 already restores v1: use wine@3" in str(exc.value)
+    with pytest.raises(registry.DeployRefused):
+        registry.record_deployment(ws, "wine", 1, "group:plant-a")
+    with pytest.raises(RegistryError, match="v3 already restores v1"):
+        registry.promote(ws, "wine", 1, "production", "go back")
+
+    assert registry.check_deployable(ws, "wine", 3).version == 3
+    registry.record_deployment(ws, "wine", 3, "group:plant-a")
+    assert registry.production(ws, "wine").version == 3  # type: ignore[union-attr]
+    assert registry.resolve(ws, "wine") == bundler.bundle_path(ws, "wine", 3)
+    assert registry.floor(ws, "wine").version == 3  # type: ignore[union-attr]
+    assert [(d.version, d.target) for d in registry.deployments(ws, "wine")] == [
+        (1, "group:plant-a"),
+        (2, "group:plant-a"),
+        (3, "group:plant-a"),
+    ]
+    summary = {m["name"]: m for m in registry.models(ws)}["wine"]
+    assert (summary["production"], summary["deployed"], summary["archived"]) == (3, 3, [1, 2])
+    # Never below what was deployed, even for a version never made production.
+    with pytest.raises(
+        registry.DeployRefused, match="roll back with a new, higher version: edgekit rollback wine --to 2"
+    ):
+        registry.check_deployable(ws, "wine", 2)
+
+
+def test_the_registry_protects_production_and_staging(built: tuple[Workspace, str]) -> None:
+    ws, run_id = built
+    _bundles(ws, run_id, "mill", 3)
+    registry.promote(ws, "mill", 2, "production", "ok")
+    registry.archive(ws, "mill", 1, "old")
+    protected = {k: v for k, v in registry.protected_versions(ws).items() if k[0] == "mill"}
+    assert protected == {("mill", 2): "production in the registry", ("mill", 3): "staging in the registry"}
+
+
+def test_unknown_versions_cannot_be_recorded_as_deployed(built: tuple[Workspace, str]) -> None:
+    ws, run_id = built
+    _bundles(ws, run_id, "drill", 1)
+    with pytest.raises(RegistryError, match="no version 4"):
+        registry.record_deployment(ws, "drill", 4, "device:d1")
+    assert registry.deployments(ws, "drill") == []

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from edgekit import explain, runs, workspace
-from edgekit.errors import DataError
+from edgekit import compare, explain, pipeline, reproduce, runs, workspace
+from edgekit.errors import DataError, UsageError
 from edgekit.workspace import Workspace
 
 
@@ -30,8 +30,8 @@ def ws_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path, 
     root = tmp_path_factory.mktemp("runs")
     ws = workspace.init(root)
     data = _cancer_csv(root / "cancer.csv")
-    a = runs.train_run(ws, data, "diagnosis", "logreg", seed=0)
-    b = runs.train_run(ws, data, "diagnosis", "logreg", seed=1)
+    a = pipeline.train_run(ws, data, "diagnosis", "logreg", seed=0)
+    b = pipeline.train_run(ws, data, "diagnosis", "logreg", seed=1)
     return ws, data, a, b
 
 
@@ -65,7 +65,7 @@ def test_permutation_importance_is_stored_with_the_run(ws_runs: tuple[Workspace,
 
 def test_compare_marks_what_differs(ws_runs: tuple[Workspace, Path, runs.Run, runs.Run]) -> None:
     _, _, a, b = ws_runs
-    result = runs.compare([a, b])
+    result = compare.compare([a, b])
     assert result["runs"] == [a.id, b.id]
     by_field = {f["field"]: f for f in result["fields"]}
     assert by_field["seed"]["differs"] and by_field["seed"]["values"] == [0, 1]
@@ -77,18 +77,31 @@ def test_compare_marks_what_differs(ws_runs: tuple[Workspace, Path, runs.Run, ru
     # Sections come in a fixed order: data before params before metrics.
     fields = [f["field"] for f in result["fields"]]
     assert fields.index("data.sha256") < fields.index("params.C") < fields.index("metrics.holdout.accuracy")
-    same = runs.compare([a, a])
+    same = compare.compare([a, a])
     assert same["differing"] == 0
+
+
+def test_the_diff_filter_is_the_library_s(ws_runs: tuple[Workspace, Path, runs.Run, runs.Run]) -> None:
+    """--diff-only --json gives a script what a person sees: only the differing rows, with the
+    count of every field compared."""
+    _, _, a, b = ws_runs
+    full = compare.compare([a, b])
+    only = compare.compare([a, b], diff_only=True)
+    assert only["fields"] == [f for f in full["fields"] if f["differs"]]
+    assert only["total"] == full["total"] == len(full["fields"]) > only["differing"] == len(only["fields"]) > 0
+    assert only["diff_only"] and not full["diff_only"]
+    with pytest.raises(UsageError):
+        compare.compare([a])
 
 
 def test_reproduce_matches_exactly(ws_runs: tuple[Workspace, Path, runs.Run, runs.Run]) -> None:
     ws, _, a, _ = ws_runs
-    report = runs.reproduce(ws, a.id)
+    report = reproduce.reproduce(ws, a.id)
     assert report["match"] and report["metrics_match"] and report["predictions_match"]
     assert report["predictions"]["max_abs_dp"] == 0.0 and report["predictions"]["same_holdout_rows"]
     assert report["predictions"]["label_agreement"] == 1.0 and report["predictions"]["rows"] == 143
     assert all(m["delta"] == 0.0 for m in report["metrics"].values())
-    assert report["inputs"] == {"model": "logreg", "seed": 0, "test_size": 0.25}
+    assert report["inputs"] == {"model": "logreg", "seed": 0, "test_size": 0.25, "max_categories": 30}
     assert report["model_bytes_identical"]
     new = runs.load_run(ws, report["reproduction"])
     assert new.record["reproduces"] == a.id and new.id != a.id
@@ -104,14 +117,14 @@ def test_reproduce_refuses_changed_data_before_training(
     lines[5] = lines[5].replace(lines[5].split(",")[0], "99.5", 1)  # one value of one row
     changed.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="the data changed since run") as exc:
-        runs.reproduce(ws, a.id, changed)
+        reproduce.reproduce(ws, a.id, changed)
     assert "569 rows" in str(exc.value) and exc.value.exit_code == 3
     with pytest.raises(DataError, match="is gone"):
-        runs.reproduce(ws, a.id, tmp_path / "missing.csv")
+        reproduce.reproduce(ws, a.id, tmp_path / "missing.csv")
     renamed = tmp_path / "renamed.csv"
     renamed.write_text(data.read_text().replace("diagnosis", "label", 1))
     with pytest.raises(DataError, match=r"no longer loads as it did: .*no target column 'diagnosis'"):
-        runs.reproduce(ws, a.id, renamed)
+        reproduce.reproduce(ws, a.id, renamed)
     assert len(runs.list_runs(ws)) == before  # nothing was trained
 
 
@@ -122,7 +135,7 @@ def test_reproduce_from_a_moved_file_with_the_same_content(
     moved = tmp_path / "elsewhere.csv"
     # Same table, other bytes: CRLF line endings do not change the fingerprint.
     moved.write_bytes(data.read_bytes().replace(b"\n", b"\r\n"))
-    report = runs.reproduce(ws, b.id, moved)
+    report = reproduce.reproduce(ws, b.id, moved)
     assert report["match"] and report["inputs"]["seed"] == 1
 
 
@@ -137,7 +150,7 @@ def test_reproduce_notices_a_model_that_is_not_what_was_recorded(
     forged = runs.Run(ws.runs_dir / copy_id, {**a.record, "id": copy_id})
     shutil.copyfile(b.artifact(runs.FLOAT_MODEL), forged.artifact(runs.FLOAT_MODEL))
     forged.save()
-    report = runs.reproduce(ws, copy_id)
+    report = reproduce.reproduce(ws, copy_id)
     assert not report["match"] and not report["predictions_match"] and report["metrics_match"]
     assert report["predictions"]["max_abs_dp"] > 1e-3 and not report["model_bytes_identical"]
     # The original holdout rows are compared, with the reproduction's model on the same rows.
@@ -149,9 +162,9 @@ def test_reproduce_quantizes_again_when_the_run_was_quantized(
     ws_runs: tuple[Workspace, Path, runs.Run, runs.Run],
 ) -> None:
     ws, data, _, _ = ws_runs
-    run = runs.train_run(ws, data, "diagnosis", "logreg", seed=2)
-    run, _ = runs.quantize_run(ws, run.id)
-    report = runs.reproduce(ws, run.id)
+    run = pipeline.train_run(ws, data, "diagnosis", "logreg", seed=2)
+    run, _ = pipeline.quantize_run(ws, run.id)
+    report = reproduce.reproduce(ws, run.id)
     q = report["quantization"]
     recorded = run.record["quantization"]
     assert q["applied"][0] == bool(recorded["applied"]) and q["method"][0] == recorded.get("method")
@@ -164,8 +177,8 @@ def test_an_auto_search_reproduces_by_retraining_its_choice(
 ) -> None:
     """The search depends on the time budget; the family and parameters it chose do not."""
     ws, data, _, _ = ws_runs
-    run = runs.train_run(ws, data, "diagnosis", "auto", time_budget=1.0)
-    report = runs.reproduce(ws, run.id)
+    run = pipeline.train_run(ws, data, "diagnosis", "auto", time_budget=1.0)
+    report = reproduce.reproduce(ws, run.id)
     chosen = run.record["inputs"]
     assert report["inputs"]["model"] == chosen["model"] != "auto"
     assert report["inputs"].get("params") == chosen["params"]
@@ -194,11 +207,11 @@ def test_categorical_and_missing_values_are_explained_reproduced_and_bundled(tmp
             )
     ws = workspace.init(tmp_path / "ws")
     keys.generate(ws, "release")
-    run = runs.train_run(ws, path, "alarm", "logreg")
+    run = pipeline.train_run(ws, path, "alarm", "logreg")
     assert run.record["model"]["input"]["layout"] == "columns"
     imp = runs.load_run(ws, run.id).record["explain"]["permutation_importance"]
     assert set(imp) == {"temp", "site", "load"} and imp["load"]["mean"] < min(imp["temp"]["mean"], imp["site"]["mean"])
-    assert runs.reproduce(ws, run.id)["match"]
+    assert reproduce.reproduce(ws, run.id)["match"]
 
     built = bundler.build(ws, run.id, "sites", "release")
     vb = verify(built.path.read_bytes(), keys.trust_file(ws), now=time.time())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sklearn.datasets import load_wine
 
-from edgekit import bundler, keys, registry, runs, store, workspace
+from edgekit import bundler, keys, pipeline, registry, runs, store, workspace
 from edgekit.errors import WorkspaceError
 from edgekit.workspace import Workspace
 
@@ -32,20 +32,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, runs.R
     root = tmp_path_factory.mktemp("store")
     ws = workspace.init(root)
     keys.generate(ws, "release")
-    run = runs.train_run(ws, _wine_csv(root / "wine.csv"), "label", "logreg")
+    run = pipeline.train_run(ws, _wine_csv(root / "wine.csv"), "label", "logreg")
     built = bundler.build(ws, run.id, "wine", "release")
     return ws, run, built.path
 
 
 def test_a_new_database_is_at_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
     with store.session(tmp_path / ".edgekit") as conn:
-        assert store.schema_version(conn) == store.SCHEMA_VERSION == 2
+        assert store.schema_version(conn) == store.SCHEMA_VERSION == 3
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         applied = [tuple(r) for r in conn.execute("SELECT version, description FROM schema_migrations ORDER BY 1")]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert [v for v, _ in applied] == [1, 2]
-    assert {"runs", "run_metrics", "models", "model_versions", "stage_history", "schema_migrations"} <= tables
+    assert [v for v, _ in applied] == [1, 2, 3]
+    assert {"runs", "run_metrics", "models", "model_versions", "stage_history", "deployments"} <= tables
     assert (tmp_path / ".edgekit" / "edgekit.db").is_file()
 
 
@@ -53,8 +53,8 @@ def test_opening_again_changes_nothing(tmp_path: Path) -> None:
     state = tmp_path / ".edgekit"
     store.connect(state).close()
     with store.session(state) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 2
-        assert store.migrate(conn, state) == 2
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 3
+        assert store.migrate(conn, state) == 3
 
 
 def test_run_round_trip_through_the_store(trained: tuple[Workspace, runs.Run, Path]) -> None:
@@ -144,7 +144,7 @@ def test_migrating_a_version_1_database_keeps_its_runs(
     shutil.copyfile(bundle, state / "bundles" / "wine" / "v1.ekb")
 
     with store.session(state) as conn:
-        assert store.schema_version(conn) == 2
+        assert store.schema_version(conn) == 3
         assert conn.execute("SELECT id FROM runs").fetchone()[0] == run.id
         assert tuple(conn.execute("SELECT name, version, stage FROM model_versions").fetchone()) == (
             "wine",
@@ -152,14 +152,45 @@ def test_migrating_a_version_1_database_keeps_its_runs(
             "staging",
         )
         applied = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
-    assert applied == [1, 2]
+    assert applied == [1, 2, 3]
+
+
+def test_a_version_2_database_learns_its_rollbacks_lineage(
+    tmp_path: Path, trained: tuple[Workspace, runs.Run, Path]
+) -> None:
+    """Rollbacks built before the lineage column: migration 3 reads rollback_of from their manifests."""
+    from edgekit.rollback import rollback
+
+    ws, run, _ = trained
+    bundler.build(ws, run.id, "lineage", "release")
+    bundler.build(ws, run.id, "lineage", "release")
+    rollback(ws, "lineage", 1, "release")
+    with store.session(ws.state) as conn:  # as a version 2 database had it
+        conn.execute("ALTER TABLE model_versions DROP COLUMN rollback_of")
+        conn.execute("DROP TABLE deployments")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+        conn.execute("PRAGMA user_version = 2")
+    with store.session(ws.state) as conn:
+        assert store.schema_version(conn) == 3
+    assert [v.rollback_of for v in registry.versions(ws, "lineage")] == [None, None, 1]
+    assert registry.deployments(ws, "lineage") == []
+
+
+def test_deployments_are_append_only(trained: tuple[Workspace, runs.Run, Path]) -> None:
+    ws, _, _ = trained
+    registry.record_deployment(ws, "wine", 1, "device:d1")
+    with store.session(ws.state) as conn:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE deployments SET version = 0")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM deployments")
 
 
 def test_a_database_from_a_newer_edgekit_is_refused(tmp_path: Path) -> None:
     state = tmp_path / ".edgekit"
     with store.session(state) as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(store.StoreError, match="schema version 99; this edgekit knows up to 2") as exc:
+    with pytest.raises(store.StoreError, match="schema version 99; this edgekit knows up to 3") as exc:
         store.connect(state)
     assert exc.value.exit_code == 2
 
