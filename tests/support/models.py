@@ -30,7 +30,7 @@ class Shipped:
 def _ship(
     root: Path, name: str, names: Sequence[str], x: np.ndarray, y: np.ndarray, model: str, **params: Any
 ) -> Shipped:
-    from edgekit import bundler, keys, runs, workspace
+    from edgekit import bundler, keys, pipeline, workspace
 
     root.mkdir(parents=True, exist_ok=True)
     ws = workspace.init(root)
@@ -43,7 +43,7 @@ def _ship(
         w.writerow([*names, "label"])
         for row, label in zip(x.tolist(), y.tolist(), strict=True):
             w.writerow([*row, label])
-    run = runs.train_run(ws, path, "label", model, params=params or None)
+    run = pipeline.train_run(ws, path, "label", model, params=params or None)
     bundles = [bundler.build(ws, run.id, name, "release", root).path for _ in range(2)]
     with zipfile.ZipFile(bundles[0]) as z:
         size = z.getinfo("model.onnx").file_size
