@@ -22,6 +22,7 @@ from device_agent.config import ApiSettings, EngineSettings
 from device_agent.engine import InferenceEngine
 from device_agent.errors import ListenFailed
 from device_agent.events import Event
+from device_agent.local_api import Health
 from device_agent.runtime import LoadedModel
 
 
@@ -356,3 +357,29 @@ def test_a_tensor_over_mqtt_comes_in_one_message(server: Server) -> None:
     short = json.loads(server.handler.handle_message(message[:-4]))
     assert short["error"] == "client.bad_request" and "carries 44" in short["detail"]
     assert "prediction" in json.loads(server.handler.handle_message(json.dumps(ROWS[0]).encode()))
+
+
+def test_the_health_command_answers_a_watchdog(tmp_path: Path, model: LoadedModel) -> None:
+    from click.testing import CliRunner
+
+    from device_agent import cli
+
+    serving = Server(tmp_path, model)
+    try:
+        result = CliRunner().invoke(cli.main, ["health", "--socket", serving.path])
+        assert result.exit_code == 0
+        assert result.output.strip() == "d1: serving demo@1, phase active, connected, outbox 0"
+    finally:
+        serving.stop()
+    idle = Server(tmp_path, None)
+    idle.handler.health = lambda: Health(
+        False, "d1", "0", None, False, "idle", False, {"code": "trust.unavailable", "detail": "no trust file", "ts": 0},
+        None, 3, 0, 0, 0, 0.0,
+    )  # fmt: skip
+    try:
+        result = CliRunner().invoke(cli.main, ["health", "--socket", idle.path])
+        assert result.exit_code == 1
+        assert "serving no model" in result.output and "offline from the fleet broker" in result.output
+        assert "last error trust.unavailable: no trust file" in result.output
+    finally:
+        idle.stop()
