@@ -4,21 +4,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench mosquitto clean
+.PHONY: demo test lint bench mosquitto postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[host,parquet,dev]'
+	$(PY) -m pip install -q -e '.[host,parquet,serve,dev]'
 	touch $(STAMP)
 
 mosquitto:
 	@bash scripts/ensure-mosquitto.sh
 
+postgres:
+	@bash scripts/ensure-postgres.sh
+
 demo: $(STAMP) mosquitto
 	$(PY) examples/demo.py
 
-test: $(STAMP) mosquitto
+test: $(STAMP) mosquitto postgres
 	$(PY) -m pytest
 
 lint: $(STAMP)

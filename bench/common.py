@@ -30,6 +30,12 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("quantization", "bench/quantization.py", "what each quantization strategy does per model family"),
     ("auto-vs-default", "bench/auto_vs_default.py", "`--model auto` against the default model"),
     (
+        "drift-power",
+        "bench/drift_power.py",
+        "drift verdicts: false alarms on every bundled data set, detection power and delay by window size and shift",
+    ),
+    ("collector", "bench/collector.py", "`edgekit serve` ingestion vs a bare paho subscriber (SQLite, PostgreSQL)"),
+    (
         "local-api",
         "bench/local_api.py",
         "applications calling the agent's socket: single rows, batches, concurrent clients, against bare onnxruntime",

@@ -25,10 +25,23 @@ class Publish:
 
 @dataclass(frozen=True)
 class Send:
-    """Must reach the host: goes through the durable outbox, in order, with an id."""
+    """Must reach the host: goes through the durable outbox, in order, with an id. The boot
+    and sequence number let the outbox find it again when the host asks for a resend."""
 
     topic: str
     payload: bytes
+    boot_id: str | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Resend:
+    """Put the delivered messages of boot ``boot_id`` with these sequence numbers back in the
+    outbox, from its history; answer with ``ResendDone`` (what was requeued, queued, gone)."""
+
+    command: str
+    boot_id: str
+    ranges: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,7 @@ class DropStaging:
 Action = (
     Publish
     | Send
+    | Resend
     | Subscribe
     | Unsubscribe
     | SaveState

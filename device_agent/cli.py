@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import Any
 
 import click
@@ -181,6 +182,10 @@ def check_api(config: AgentConfig) -> None:
 def run(config: AgentConfig) -> None:
     from .service import Service
     from .sources import serve_csv, serve_stdin
+
+    # A value beyond float32 (1e300) is answered as row.out_of_range; numpy's own overflow
+    # warning (from whichever thread serves the row) would only add noise to the device's log.
+    warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
 
     try:
         service = Service(config)

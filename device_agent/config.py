@@ -76,6 +76,8 @@ class CoreSettings:
     event_burst: int = _setting(20, "events", "failure events of one code per period; the rest are counted")
     event_period_s: float = _setting(60.0, "s", "the period of event_burst")
     max_payload_bytes: int = _setting(1 << 20, "bytes", "largest control message read (desired, transfer document)")
+    resend_burst: int = _setting(10, "commands", "resend commands handled per event_period_s; the rest are refused")
+    resend_max_messages: int = _setting(10_000, "messages", "most messages one resend command may ask for")
     max_chunk_bytes: int = _setting(4 << 20, "bytes", "largest bundle chunk accepted")
 
 
@@ -99,6 +101,9 @@ class OutboxSettings:
 
     max_rows: int = _setting(100_000, "messages", "oldest telemetry is dropped (and counted) beyond this")
     batch: int = _setting(100, "messages", "messages in flight to the broker at once")
+    history_rows: int = _setting(
+        10_000, "messages", "delivered messages kept to answer the host's resend requests (0: none)"
+    )
 
 
 @dataclass(frozen=True)

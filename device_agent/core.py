@@ -55,6 +55,7 @@ from .actions import (
     DropStaging,
     Install,
     Publish,
+    Resend,
     Restore,
     Revert,
     SaveState,
@@ -71,6 +72,7 @@ from .errors import (
     AgentError,
     BundleTooLarge,
     ChunkRejected,
+    CommandRejected,
     DesiredRejected,
     HashMismatch,
     Lifecycle,
@@ -90,6 +92,7 @@ from .events import (
     Event,
     InstallDone,
     Message,
+    ResendDone,
     Restored,
     RowRejected,
     Started,
@@ -100,6 +103,7 @@ from .events import (
 from .phases import BUSY, Phase, check_transition
 from .protocol import (
     BundleRef,
+    Command,
     DesiredBundle,
     DesiredState,
     DeviceEvent,
@@ -110,10 +114,12 @@ from .protocol import (
     Heartbeat,
     Progress,
     Reported,
+    ResendReply,
     Stats,
     Topics,
     TransferInfo,
     check_id,
+    range_count,
 )
 from .state import Persisted
 from .transfer import Assembly
@@ -185,6 +191,7 @@ class AgentCore:
         self._committing: Persisted | None = None  # the state before a Commit, until Committed
         self._rng = random.Random(boot_id)  # jitter; seeded so a test can replay it
         self._burst: dict[str, tuple[float, int]] = {}  # code -> (period start, events sent)
+        self._commands: tuple[float, int] = (-1e18, 0)  # (period start, resend commands handled)
         self.suppressed: dict[str, int] = {}
         self._last_hb = -1e18
         self._last_reported = -1e18
@@ -250,6 +257,8 @@ class AgentCore:
             self._on_trial_done(event, now, out)
         elif isinstance(event, Committed):
             self._on_committed(event, now, out)
+        elif isinstance(event, ResendDone):
+            self._on_resend_done(event, now, out)
         elif isinstance(event, Stopping):
             self._on_stopping(event, now, out)
         # Phase changes go out at once; progress and counters at most every reported_min_interval_s.
@@ -278,6 +287,7 @@ class AgentCore:
             previous=self.previous,
             desired=self.goal.ref if self.goal else None,
             progress=progress,
+            trial=self.stats.trial if self.phase == Phase.TRIAL else None,
             last_error=self.last_error,
             last_runtime_error=self.last_runtime_error,
             last_drift=self.last_drift,
@@ -302,7 +312,7 @@ class AgentCore:
             ts=now,
         )
         out.append(Publish(self.topics.state(self.device), birth.encode(), retain=True))
-        subs = [self.topics.desired_device(self.device)]
+        subs = [self.topics.desired_device(self.device), self.topics.cmd(self.device)]
         subs += [self.topics.desired_group(g) for g in self.groups]
         out.append(Subscribe(tuple(subs)))
         if self.trust is None:
@@ -334,6 +344,9 @@ class AgentCore:
                 raise ProtocolError(f"message of {len(msg.payload)} bytes is above the limit")
             if topic == self.topics.desired_device(self.device):
                 self._on_desired("device", msg.payload, now, out)
+                return
+            if topic == self.topics.cmd(self.device):
+                self._on_command(msg.payload, now, out)
                 return
             for g in self.groups:
                 if topic == self.topics.desired_group(g):
@@ -373,6 +386,40 @@ class AgentCore:
             self._save(out, replace(self.state, desired_seq={**self.state.desired_seq, source: doc.seq}))
         self.desired[source] = Goal(source, doc.seq, doc.bundle)
         self._pursue(now, out, retry=fresh)
+
+    def _on_command(self, payload: bytes, now: float, out: list[Action]) -> None:
+        """A resend request only makes the device publish again what it already published;
+        still, it must be for this device, bounded, and not too frequent."""
+        cmd = Command.decode(payload, self.settings.max_payload_bytes)
+        if cmd.device != self.device:
+            raise CommandRejected(f"command {cmd.id!r} is addressed to {cmd.device!r}")
+        asked = range_count(cmd.resend.ranges)
+        if asked > self.settings.resend_max_messages:
+            raise CommandRejected(
+                f"command {cmd.id!r} asks for {asked} messages, above {self.settings.resend_max_messages}"
+            )
+        start, handled = self._commands
+        if now - start >= self.settings.event_period_s:
+            start, handled = now, 0
+        if handled >= self.settings.resend_burst:
+            limit = self.settings.resend_burst
+            raise CommandRejected(f"command {cmd.id!r} is above the limit of {limit} resend commands per period")
+        self._commands = (start, handled + 1)
+        out.append(Resend(cmd.id, cmd.resend.boot_id, cmd.resend.ranges))
+
+    def _on_resend_done(self, event: ResendDone, now: float, out: list[Action]) -> None:
+        if not self.connected:
+            return  # the host asks again
+        reply = ResendReply(
+            command=event.command,
+            ts=now,
+            device=self.device,
+            boot_id=event.boot_id,
+            requeued=event.requeued,
+            queued=event.queued,
+            missing=event.missing,
+        )
+        out.append(Publish(self.topics.resent(self.device), reply.encode()))
 
     def _effective(self) -> Goal | None:
         if "device" in self.desired:
@@ -660,6 +707,8 @@ class AgentCore:
     # ── periodic work ───────────────────────────────────────────────────────────────
 
     def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
+        if self.phase == Phase.TRIAL and event.stats.trial != self.stats.trial:
+            self._reported_dirty = True  # a deploy that waits shows the trial's rows
         self.stats = event.stats
         downloading = self.connected and self.phase == Phase.DOWNLOADING
         if downloading and self.transfer is not None and self.retry_at:
@@ -690,6 +739,7 @@ class AgentCore:
                 phase=self.phase,
                 active=self.active,
                 stats=self.stats,
+                seq=self.seq,
             )
             # Retained so `edgekit fleet status` sees counters and last-seen without waiting.
             out.append(Publish(self.topics.hb(self.device), hb.encode(), qos=0, retain=True))
@@ -707,7 +757,7 @@ class AgentCore:
         )
         self.last_drift = msg.summary()
         self._reported_dirty = True
-        out.append(Send(self.topics.drift(self.device), msg.encode()))
+        out.append(Send(self.topics.drift(self.device), msg.encode(), self.boot_id, self.seq))
 
     # ── helpers ─────────────────────────────────────────────────────────────────────
 
@@ -788,7 +838,7 @@ class AgentCore:
             detail=detail[:DETAIL_MAX],
             bundle=bundle,
         )
-        out.append(Send(self.topics.events(self.device), msg.encode()))
+        out.append(Send(self.topics.events(self.device), msg.encode(), self.boot_id, self.seq))
 
     def _reported(self, now: float) -> Publish:
         self._last_reported = now

@@ -23,7 +23,7 @@ from .config import EngineSettings
 from .drift import DriftWindow, Reference
 from .errors import InferenceFailed, NoModel, ProtocolError, RowError, TrialFailed
 from .events import DriftReady, Event, RowRejected, TrialDone
-from .protocol import Latency, Stats
+from .protocol import Latency, Progress, Stats
 from .runtime import Columns, LoadedModel, Prediction
 
 
@@ -359,4 +359,6 @@ class InferenceEngine:
             "low_confidence": self.low_confidence,
             "drift_unaccounted": self.unaccounted,
         }
-        return Stats(counters=counters, latency=latency)
+        trial = self._trial
+        progress = Progress(min(trial.ok, trial.rows), trial.rows) if trial is not None and not trial.decided else None
+        return Stats(counters=counters, latency=latency, trial=progress)

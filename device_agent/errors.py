@@ -301,6 +301,14 @@ class DesiredRejected(ProtocolError):
     action = "Deploy again with edgekit deploy; replayed or misaddressed documents are refused."
 
 
+class CommandRejected(ProtocolError):
+    """A command on this device's command topic was refused: addressed to another device,
+    asking for more than one command may, or above the rate limit for commands."""
+
+    code = "command.rejected"
+    action = "Find who publishes on dev/<id>/cmd; edgekit serve asks only for what it is missing, a few times."
+
+
 class TransferError(AgentError):
     """A bundle transfer failed."""
 

@@ -85,6 +85,18 @@ class Committed(_Outcome):
 
 
 @dataclass(frozen=True)
+class ResendDone:
+    """The worker's answer to ``Resend``: of the sequence numbers asked for, which went back
+    into the outbox, which were still waiting there, and which are gone."""
+
+    command: str
+    boot_id: str
+    requeued: tuple[tuple[int, int], ...] = ()
+    queued: tuple[tuple[int, int], ...] = ()
+    missing: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Stopping:
     reason: str = "shutdown"
 
@@ -101,5 +113,6 @@ Event = (
     | InstallDone
     | TrialDone
     | Committed
+    | ResendDone
     | Stopping
 )

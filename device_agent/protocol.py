@@ -11,6 +11,8 @@ topic strings or reading payloads by string keys. Each document is a frozen data
     Reported         D→  retained: deployment phase, progress, active/previous, last errors
     DeviceEvent      D→  outbox: a failure or a lifecycle milestone, with an id
     DriftMessage     D→  outbox: one window of drift statistics
+    Command          →D  a request to one device (``resend``: publish again what was sent)
+    ResendReply      D→  what a device did with a resend request: requeued, still queued, gone
 
 Parsing is strict where it matters: every payload from outside goes through
 :func:`loads_strict` (no duplicate keys, no NaN/Infinity, bounded size), every field the
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -50,12 +52,17 @@ def _reject_constant(name: str) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
+    out = dict(pairs)  # C speed; the collector reads thousands of documents a second
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
 def loads_strict(data: bytes | str, max_bytes: int = 1 << 20, what: str = "message") -> Any:
@@ -64,7 +71,7 @@ def loads_strict(data: bytes | str, max_bytes: int = 1 << 20, what: str = "messa
         raise ProtocolError(f"{what} is {len(data)} bytes, above the {max_bytes}-byte limit")
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
 
@@ -107,6 +114,12 @@ class Topics:
 
     def desired_device(self, device: str) -> str:
         return self.dev(device, "desired")
+
+    def cmd(self, device: str) -> str:
+        return self.dev(device, "cmd")
+
+    def resent(self, device: str) -> str:
+        return self.dev(device, "resent")
 
     def desired_group(self, group: str) -> str:
         return f"{self.prefix}/group/{group}/desired"
@@ -496,12 +509,65 @@ class OutboxStats:
 
 
 @dataclass(frozen=True)
+class Progress:
+    received: int  # chunks of a transfer, or good rows of a trial
+    total: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"received": self.received, "total": self.total}
+
+    @classmethod
+    def optional(cls, obj: Mapping[str, Any], key: str, what: str) -> Progress | None:
+        if obj.get(key) is None:
+            return None
+        p = req_obj(obj, key, what)
+        return cls(req_int(p, "received", what), req_int(p, "total", what))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the agent process uses of its device, so the host can warn before the disk fills.
+
+    ``cpu_s`` counts user + system seconds since the process started (rates come from two
+    heartbeats); ``cpu_pct`` is the share of one core over about the last heartbeat interval."""
+
+    rss_bytes: int
+    cpu_s: float
+    cpu_pct: float
+    disk_free_bytes: int  # of the file system holding the state dir
+    disk_total_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rss_bytes": self.rss_bytes,
+            "cpu_s": self.cpu_s,
+            "cpu_pct": self.cpu_pct,
+            "disk_free_bytes": self.disk_free_bytes,
+            "disk_total_bytes": self.disk_total_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], what: str = "resources") -> Resources:
+        return cls(
+            rss_bytes=req_int(obj, "rss_bytes", what),
+            cpu_s=req_num(obj, "cpu_s", what),
+            cpu_pct=req_num(obj, "cpu_pct", what),
+            disk_free_bytes=req_int(obj, "disk_free_bytes", what),
+            disk_total_bytes=req_int(obj, "disk_total_bytes", what),
+        )
+
+
+@dataclass(frozen=True)
 class Stats:
-    """What the serving side knows: counters (served, rejected, ...), latency, the outbox."""
+    """What the serving side knows: counters (served, rejected, ...), latency, the outbox,
+    what the process uses of the device, and how far a trial has got (good live rows of those
+    it needs)."""
 
     counters: Mapping[str, int] = field(default_factory=dict)
     latency: Latency | None = None
     outbox: OutboxStats | None = None
+    resources: Resources | None = None
+    trial: Progress | None = None
 
 
 @dataclass(frozen=True)
@@ -517,9 +583,10 @@ class Heartbeat(Document):
     phase: Phase
     active: BundleRef | None
     stats: Stats = field(default_factory=Stats)
+    seq: int | None = None  # the last sequence number given to an event or drift window this boot
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "ts": self.ts,
             "interval": self.interval,
@@ -531,6 +598,11 @@ class Heartbeat(Document):
             "latency": None if self.stats.latency is None else self.stats.latency.to_json(),
             "outbox": None if self.stats.outbox is None else self.stats.outbox.to_json(),
         }
+        if self.stats.resources is not None:
+            doc["resources"] = self.stats.resources.to_json()
+        if self.seq is not None:
+            doc["seq"] = self.seq
+        return doc
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Self:
@@ -538,6 +610,9 @@ class Heartbeat(Document):
         check_format(obj, what)
         latency = None if obj.get("latency") is None else Latency.from_json(req_obj(obj, "latency", what))
         outbox = None if obj.get("outbox") is None else OutboxStats.from_json(req_obj(obj, "outbox", what))
+        resources = None
+        if obj.get("resources") is not None:
+            resources = Resources.from_json(req_obj(obj, "resources", what), f"{what}: resources")
         return cls(
             ts=req_num(obj, "ts", what),
             interval=req_num(obj, "interval", what),
@@ -545,7 +620,8 @@ class Heartbeat(Document):
             bdseq=req_int(obj, "bdseq", what),
             phase=_phase(obj, what),
             active=BundleRef.optional(obj, "active", what),
-            stats=Stats(int_map(obj, "counters", what), latency, outbox),
+            stats=Stats(int_map(obj, "counters", what), latency, outbox, resources),
+            seq=opt_int(obj, "seq", what),
         )
 
 
@@ -592,15 +668,6 @@ class ErrorRecord:
 
 
 @dataclass(frozen=True)
-class Progress:
-    received: int  # chunks
-    total: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"received": self.received, "total": self.total}
-
-
-@dataclass(frozen=True)
 class DriftSummary:
     """The latest drift window's verdict, kept in ``reported`` for status at a glance."""
 
@@ -643,7 +710,8 @@ class Reported(Document):
     active: BundleRef | None = None
     previous: BundleRef | None = None
     desired: BundleRef | None = None
-    progress: Progress | None = None
+    progress: Progress | None = None  # chunks received of the bundle being downloaded
+    trial: Progress | None = None  # good live rows of those the bundle on trial needs
     last_error: ErrorRecord | None = None  # why the last deployment failed
     last_runtime_error: ErrorRecord | None = None  # the latest bad row, message or trust problem
     last_drift: DriftSummary | None = None
@@ -662,6 +730,7 @@ class Reported(Document):
             "previous": _ref_json(self.previous),
             "desired": _ref_json(self.desired),
             "progress": None if self.progress is None else self.progress.to_json(),
+            "trial": None if self.trial is None else self.trial.to_json(),
             "last_error": None if self.last_error is None else self.last_error.to_json(),
             "last_runtime_error": None if self.last_runtime_error is None else self.last_runtime_error.to_json(),
             "last_drift": None if self.last_drift is None else self.last_drift.to_json(),
@@ -674,10 +743,6 @@ class Reported(Document):
     def from_json(cls, obj: Mapping[str, Any]) -> Self:
         what = cls.WHAT
         check_format(obj, what)
-        progress = None
-        if obj.get("progress") is not None:
-            p = req_obj(obj, "progress", what)
-            progress = Progress(req_int(p, "received", what), req_int(p, "total", what))
         drift = None if obj.get("last_drift") is None else DriftSummary.from_json(req_obj(obj, "last_drift", what))
         return cls(
             ts=req_num(obj, "ts", what),
@@ -687,7 +752,8 @@ class Reported(Document):
             active=BundleRef.optional(obj, "active", what),
             previous=BundleRef.optional(obj, "previous", what),
             desired=BundleRef.optional(obj, "desired", what),
-            progress=progress,
+            progress=Progress.optional(obj, "progress", what),
+            trial=Progress.optional(obj, "trial", what),
             last_error=ErrorRecord.optional(obj, "last_error", what),
             last_runtime_error=ErrorRecord.optional(obj, "last_runtime_error", what),
             last_drift=drift,
@@ -810,4 +876,154 @@ class DriftMessage(Document):
             device=check_id("device id", req_str(obj, "device", what)),
             bundle=BundleRef.from_json(req_obj(obj, "bundle", what), what),
             window=window,
+        )
+
+
+# ── commands to a device, and its answers ─────────────────────────────────────────────
+
+COMMAND_KINDS = ("resend",)
+MAX_RANGES = 256  # ranges in one resend request or reply
+
+
+def _ranges(obj: Mapping[str, Any], key: str, what: str) -> tuple[tuple[int, int], ...]:
+    """Inclusive ``[[first, last], ...]`` ranges of sequence numbers (absent = none)."""
+    value = obj.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_RANGES:
+        raise ProtocolError(f"{what}: field {key!r} must be a list of at most {MAX_RANGES} [first, last] ranges")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(type(v) is int for v in item)
+            or not 1 <= item[0] <= item[1]
+        ):
+            raise ProtocolError(f"{what}: field {key!r}: {item!r} is not a [first, last] range with 1 <= first <= last")
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+def ranges_json(ranges: tuple[tuple[int, int], ...]) -> list[list[int]]:
+    return [[first, last] for first, last in ranges]
+
+
+def to_ranges(seqs: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted, merged inclusive ranges of a set of sequence numbers."""
+    out: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if out and seq == out[-1][1] + 1:
+            out[-1] = (out[-1][0], seq)
+        else:
+            out.append((seq, seq))
+    return tuple(out)
+
+
+def range_count(ranges: tuple[tuple[int, int], ...]) -> int:
+    return sum(last - first + 1 for first, last in ranges)
+
+
+@dataclass(frozen=True)
+class ResendRequest:
+    """Publish again the events and drift windows of boot ``boot_id`` with these sequence numbers."""
+
+    boot_id: str
+    ranges: tuple[tuple[int, int], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"boot_id": self.boot_id, "ranges": ranges_json(self.ranges)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], what: str = "resend request") -> ResendRequest:
+        return cls(req_str(obj, "boot_id", what), _ranges(obj, "ranges", what))
+
+
+@dataclass(frozen=True)
+class Command(Document):
+    """A request to one device on ``dev/{d}/cmd`` (QoS 1, never retained).
+
+    ``kind`` names the request and its body; a kind this agent does not know is refused with
+    a message saying to upgrade. Unsigned for now: the only command, ``resend``, makes a device
+    publish again what it already published, so a forged one costs bandwidth, not safety
+    (and the device rate-limits it)."""
+
+    WHAT = "command"
+
+    id: str
+    ts: float
+    device: str
+    resend: ResendRequest
+
+    @property
+    def kind(self) -> str:
+        return "resend"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "id": self.id,
+            "ts": self.ts,
+            "device": self.device,
+            "kind": self.kind,
+            "resend": self.resend.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        what = cls.WHAT
+        check_format(obj, what)
+        kind = req_str(obj, "kind", what)
+        if kind not in COMMAND_KINDS:
+            known = list(COMMAND_KINDS)
+            raise ProtocolError(f"{what}: kind {kind!r} is unknown to this agent (known: {known}): upgrade it")
+        return cls(
+            id=req_str(obj, "id", what),
+            ts=req_num(obj, "ts", what),
+            device=check_id("device id", req_str(obj, "device", what)),
+            resend=ResendRequest.from_json(req_obj(obj, "resend", what), f"{what}: resend"),
+        )
+
+
+@dataclass(frozen=True)
+class ResendReply(Document):
+    """The device's answer to a resend command, on ``dev/{d}/resent`` (QoS 1, not retained).
+
+    Of the sequence numbers asked for: ``requeued`` were found in the outbox history and are
+    on their way again, ``queued`` have not been delivered yet and will come anyway, and
+    ``missing`` are gone for good (past the history's bound, dropped from a full outbox, or
+    never sent): the host can stop waiting for them."""
+
+    WHAT = "resend reply"
+
+    command: str  # the command's id
+    ts: float
+    device: str
+    boot_id: str
+    requeued: tuple[tuple[int, int], ...] = ()
+    queued: tuple[tuple[int, int], ...] = ()
+    missing: tuple[tuple[int, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "command": self.command,
+            "ts": self.ts,
+            "device": self.device,
+            "boot_id": self.boot_id,
+            "requeued": ranges_json(self.requeued),
+            "queued": ranges_json(self.queued),
+            "missing": ranges_json(self.missing),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        what = cls.WHAT
+        check_format(obj, what)
+        return cls(
+            command=req_str(obj, "command", what),
+            ts=req_num(obj, "ts", what),
+            device=check_id("device id", req_str(obj, "device", what)),
+            boot_id=req_str(obj, "boot_id", what),
+            requeued=_ranges(obj, "requeued", what),
+            queued=_ranges(obj, "queued", what),
+            missing=_ranges(obj, "missing", what),
         )

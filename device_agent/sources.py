@@ -182,9 +182,24 @@ def serve_stdin(engine: InferenceEngine) -> int:
     return serve_lines(engine, iter(sys.stdin.readline, ""), sys.stdout)
 
 
-def csv_rows(path: str) -> Iterator[dict[str, str]]:
+def csv_rows(path: str) -> Iterator[dict[str, str] | RowError]:
+    """The file's records, or for a line the reader cannot take, the error to answer it with
+    (one bad line must not end the replay)."""
     with open(path, newline="") as fh:
-        yield from csv.DictReader(fh)
+        reader = csv.DictReader(fh)
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                limit = csv.field_size_limit()
+                why = (
+                    f"a field is over the CSV reader's size limit of {limit} characters" if "limit" in str(exc) else exc
+                )
+                yield BadValue(f"CSV line {reader.line_num + 1}: {why}; the line was skipped")
+                continue
+            yield record
 
 
 def _csv_row(record: dict[str, str], features: Sequence[Feature]) -> list[Any]:
@@ -218,6 +233,8 @@ def serve_csv(engine: InferenceEngine, path: str, rate: float, out: TextIO, wait
     for record in csv_rows(path):
         model = engine.model
         try:
+            if isinstance(record, RowError):
+                raise record
             if model is None:
                 raise NoModel("no model is active yet; the row was not served")
             result = answer(engine, count, _csv_row(record, model.spec.features))

@@ -31,6 +31,7 @@ from .actions import (
     DropStaging,
     Install,
     Publish,
+    Resend,
     Restore,
     Revert,
     SaveState,
@@ -46,9 +47,22 @@ from .config import AgentConfig
 from .core import AgentCore
 from .engine import InferenceEngine
 from .errors import AgentError, InstallFailed, Lifecycle, ProtocolError, TrustError
-from .events import Committed, Connected, Disconnected, Event, InstallDone, Restored, Started, Stopping, Tick, TrialDone
+from .events import (
+    Committed,
+    Connected,
+    Disconnected,
+    Event,
+    InstallDone,
+    ResendDone,
+    Restored,
+    Started,
+    Stopping,
+    Tick,
+    TrialDone,
+)
 from .outbox import Outbox
 from .protocol import DeviceEvent, OutboxStats, Stats, Topics
+from .resources import ResourceMeter
 from .runtime import LoadedModel
 from .slots import Slots
 from .trust import Trust
@@ -126,6 +140,7 @@ class Worker:
         self.link: Link | None = None
         self.connected = False
         self.outbox_errors = 0
+        self.meter = ResourceMeter(config.state_dir, config.core.heartbeat_interval_s)
         self._loaded: dict[str, LoadedModel] = {}  # installed, waiting for StartTrial
         self._inflight: dict[int, int] = {}  # message id -> outbox row id
         self._last_sent = 0
@@ -155,7 +170,7 @@ class Worker:
         stats = self.engine.stats()
         oversized = self.link.oversized if self.link is not None else 0
         outbox = OutboxStats(len(self.outbox), self.outbox.dropped, self.outbox_errors, oversized)
-        return Stats(stats.counters, stats.latency, outbox)
+        return Stats(stats.counters, stats.latency, outbox, self.meter.read(), stats.trial)
 
     # ── the loop ────────────────────────────────────────────────────────────────────
 
@@ -205,6 +220,8 @@ class Worker:
         link = self.link
         if isinstance(action, Send):
             self._send(action)
+        elif isinstance(action, Resend):
+            self._resend(action)
         elif isinstance(action, Publish):
             if link is not None and self.connected:
                 link.publish(action.topic, action.payload, action.qos, action.retain)
@@ -237,12 +254,21 @@ class Worker:
         if action.topic.endswith("/events"):
             _log_event(action.payload)
         try:
-            self.outbox.put(action.topic, action.payload)
+            self.outbox.put(action.topic, action.payload, action.boot_id, action.seq)
         except sqlite3.Error as exc:  # a full or broken disk: deliver now, best effort
             self.outbox_errors += 1
             log.error("outbox unavailable (%s); publishing without durability", exc)
             if self.link is not None and self.connected:
                 self.link.publish(action.topic, action.payload, 1, False)
+
+    def _resend(self, action: Resend) -> None:
+        """Delivered messages the host asked for go back into the queue, from the history."""
+        try:
+            requeued, queued, missing = self.outbox.requeue(action.boot_id, action.ranges)
+        except sqlite3.Error as exc:
+            log.error("resend of %s from the outbox history failed: %s", action.command, exc)
+            return  # the host asks again
+        self.queue.put(ResendDone(action.command, action.boot_id, requeued, queued, missing))
 
     def _storage(self, write: Callable[[], None]) -> None:
         """A state write that failed is reported; the model that serves keeps serving."""
@@ -383,7 +409,7 @@ class Agent:
         self.config = config
         slots = Slots(config.state_dir)
         persisted = slots.load()
-        outbox = Outbox(Path(config.state_dir) / "outbox.sqlite", config.outbox.max_rows)
+        outbox = Outbox(Path(config.state_dir) / "outbox.sqlite", config.outbox.max_rows, config.outbox.history_rows)
         trust: Trust | None
         trust_error = ""
         try:

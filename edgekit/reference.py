@@ -4,19 +4,22 @@ The output is the ``reference.json`` member of a bundle; its format, the binning
 the PSI definition live in :mod:`device_agent.drift` and are imported from there, so the
 host and the device cannot disagree about a bin or a threshold.
 
-Why the thresholds are bootstrapped: a fixed "PSI > 0.1" alarms on most windows of 50-100
+Why the thresholds are calibrated: a fixed "PSI > 0.1" alarms on most windows of 50-100
 rows purely from sampling noise, and the chi-square approximation of n*PSI is optimistic
-below ~150 rows. Drawing many windows of the deployed size from the training data itself
-and taking a high quantile of their PSI gives a threshold with the false-alarm rate we ask
-for at the window size we actually use; the chi-square value is kept as a floor so a lucky
-bootstrap can never make the threshold looser than theory says. Windows resampled from the
-training rows match the reference proportions exactly, while live windows are compared with
-proportions *estimated* from those rows, so the shipped value is widened by ``1 + window/n``
+below ~150 rows. The shipped PSI threshold of each feature is the ``alpha/F`` quantile of
+PSI for windows of the deployed size drawn from the reference proportions — in distribution
+exactly a bootstrap of windows from the training rows — computed once, in
+:func:`device_agent.drift.psi_limit`, for host and device alike: exactly for columns of up
+to 3 bins (near-constant ones), else from 20,000 simulated windows with a fitted exponential
+tail, because a Bonferroni-sized quantile of 2,000 raw draws sat at their maximum (too low,
+and 2.85x apart between seeds). Windows drawn from the reference match its proportions
+exactly, while live windows are compared with proportions *estimated* from the training
+rows, so the shipped value is widened by ``1 + window/n``
 (:func:`device_agent.drift.reference_factor`).
 
 Categorical features get their :data:`~device_agent.drift.MAX_CATEGORIES` most frequent
 categories (ties by name) and one "other" share, computed over non-missing values; their PSI
-thresholds are bootstrapped the same way over those bins. A regressor's reference describes
+thresholds are calibrated the same way over those bins. A regressor's reference describes
 its out-of-fold predictions in bins (the numeric features' binning rule) and has no
 confidence distribution.
 """
@@ -34,11 +37,10 @@ import numpy.typing as npt
 from device_agent.drift import (
     FORMAT,
     MAX_CATEGORIES,
+    NULL_DRAWS,
     Reference,
     bin_index,
-    psi_rows,
-    psi_threshold,
-    reference_factor,
+    psi_limit,
 )
 from edgekit.errors import DataError
 
@@ -81,21 +83,6 @@ def _proportions(counts: IntArray) -> list[float]:
     return [float(c) / total for c in counts]
 
 
-def _bootstrap_psi(codes: npt.NDArray[np.integer[Any]], idx: IntArray, ref_props: FloatArray) -> FloatArray:
-    """PSI of every bootstrap window (rows of ``idx``) for one coded column.
-
-    ``codes`` holds each row's bin, or ``len(ref_props)`` for missing (excluded from PSI,
-    exactly as on the device). One gather and one ``bincount`` for all windows, then the
-    device's own :func:`device_agent.drift.psi_rows`.
-    """
-    bins = ref_props.size
-    draws, _ = idx.shape
-    width = bins + 1
-    flat = codes[idx].astype(np.int64) + (np.arange(draws, dtype=np.int64) * width)[:, None]
-    counts = np.bincount(flat.ravel(), minlength=draws * width).reshape(draws, width)[:, :bins]
-    return psi_rows(ref_props, counts)
-
-
 def _scalar(value: Any) -> Any:
     """numpy scalars → plain Python, so labels serialise as JSON."""
     return value.item() if isinstance(value, np.generic) else value
@@ -122,7 +109,7 @@ def build_reference(
     window: int = 200,
     alpha: float = 0.01,
     seed: int = 0,
-    bootstrap: int = 2000,
+    draws: int = NULL_DRAWS,
     *,
     feature_types: Sequence[str] | None = None,
     task: str = "classification",
@@ -137,7 +124,8 @@ def build_reference(
     (``task="regression"``, ``classes`` empty) it is the (m,) out-of-fold predicted values.
     ``window`` is the device's window size: the shipped PSI thresholds are calibrated for
     exactly that many rows at family-wise false-alarm rate ``alpha`` (Bonferroni over
-    features). Deterministic for a given seed.
+    features), from ``draws`` simulated windows per feature where the null is not computed
+    exactly. Deterministic for a given seed.
     """
     raw = np.asarray(X)
     names = list(feature_names)
@@ -170,14 +158,12 @@ def build_reference(
         raise DataError(f"a regressor's out-of-fold predictions must have shape (m,), got {proba.shape}")
     if not np.isfinite(proba).all():
         raise DataError("oof_proba holds non-finite values")
-    if window < 1 or bootstrap < 1:
-        raise DataError("window and bootstrap must be positive")
+    if window < 1 or draws < 100:
+        raise DataError(f"window must be positive and draws at least 100, got {window} and {draws}")
     if not 0.0 < alpha < 1.0:
         raise DataError(f"alpha must be in (0, 1), got {alpha}")
 
-    rng = np.random.default_rng(seed)
     alpha_f = alpha / n_features
-    idx = rng.integers(0, n, size=(bootstrap, window))
     features: list[dict[str, Any]] = []
     psi_thresholds: dict[str, float] = {}
     for j, name in enumerate(names):
@@ -187,10 +173,7 @@ def build_reference(
                 raise DataError(f"feature {name!r} has no values in the reference data", hint="drop the column")
             props = _proportions(counts)
             missing = int(np.count_nonzero(codes > len(top)))
-            boot = _bootstrap_psi(codes, idx, np.asarray(props))
-            bins = len(top) + 1
-            null = max(float(np.quantile(boot, 1.0 - alpha_f)), psi_threshold(window, bins, alpha_f))
-            psi_thresholds[name] = null * reference_factor(window, n)
+            psi_thresholds[name] = psi_limit(props, window, n, alpha_f, seed=seed, exact=True, draws=draws)
             features.append(
                 {
                     "name": name,
@@ -210,11 +193,7 @@ def build_reference(
         bins = edges.size + 1
         counts = np.bincount(bin_index(edges, values), minlength=bins)
         props = _proportions(counts)
-        num_codes = np.full(n, bins, dtype=np.int8)
-        num_codes[present] = bin_index(edges, values)
-        boot = _bootstrap_psi(num_codes, idx, np.asarray(props))
-        null = max(float(np.quantile(boot, 1.0 - alpha_f)), psi_threshold(window, bins, alpha_f))
-        psi_thresholds[name] = null * reference_factor(window, n)
+        psi_thresholds[name] = psi_limit(props, window, n, alpha_f, seed=seed, exact=True, draws=draws)
         features.append(
             {
                 "name": name,
@@ -250,11 +229,7 @@ def build_reference(
         pred_props = _proportions(np.bincount(predicted, minlength=n_bins))
         prediction = {"kind": "bins", "edges": [float(e) for e in pred_edges], "proportions": pred_props}
         confidence = None
-    pred_idx = rng.integers(0, predicted.size, size=(bootstrap, window))
-    pred_boot = _bootstrap_psi(predicted, pred_idx, np.asarray(pred_props))
-    prediction_psi = max(
-        float(np.quantile(pred_boot, 1.0 - alpha)), psi_threshold(window, n_bins, alpha)
-    ) * reference_factor(window, predicted.size)
+    prediction_psi = psi_limit(pred_props, window, predicted.size, alpha, seed=seed, exact=True, draws=draws)
 
     obj: dict[str, Any] = {
         "format": FORMAT,

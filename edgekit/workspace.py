@@ -32,6 +32,11 @@ max_categories = 30         # categories kept per categorical column; the rest b
 [policy]
 drift_window = 200          # rows per drift window reported by devices
 low_confidence = 0.6        # predictions below this confidence are counted (and later captured)
+
+[serve]                     # edgekit serve, the telemetry collector
+# store = "postgresql://edgekit@db-host/telemetry"   # default: SQLite in .edgekit/telemetry.db
+# metrics_port = 9310
+# session_expiry_s = 86400  # how long the broker queues for a stopped collector
 """
 
 

@@ -136,7 +136,7 @@ class Device:
 
 def status(cwd: Path) -> list[dict[str, Any]]:
     proc = subprocess.run([str(BIN / "edgekit"), "fleet", "status", "--json"], cwd=cwd, capture_output=True, text=True)
-    return json.loads(proc.stdout) if proc.returncode == 0 else []
+    return list(json.loads(proc.stdout)["devices"]) if proc.returncode == 0 else []
 
 
 def wait_status(cwd: Path, check: Any, timeout: float = 30.0) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture
@@ -58,3 +59,23 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> HostSetup:
     b1 = bundler.build(ws, run.id, "wine", "release", root)
     b2 = bundler.build(ws, run.id, "wine", "release", root)
     return HostSetup(root, trust, path, data.data.tolist(), names, {1: b1.path, 2: b2.path}, run.id)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL for the session (a few seconds to start); each test takes a fresh database."""
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The telemetry store's URL, once per backend: the same tests run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'telemetry.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()

@@ -24,6 +24,7 @@ from ..errors import EdgekitError, ExitCode
 from .output import fail
 
 HOST_ONLY = frozenset({"sklearn", "skl2onnx", "onnx", "pyarrow", "tqdm"})
+SERVE_ONLY = frozenset({"psycopg", "prometheus_client"})
 
 
 class EdgekitGroup(click.Group):
@@ -61,12 +62,14 @@ class EdgekitGroup(click.Group):
                 exc.code, exc.detail if as_json else f"{exc.code}: {exc.detail}", None, ExitCode.VERIFY_FAILED, as_json
             )
         except ImportError as exc:
-            if (exc.name or "").split(".")[0] not in HOST_ONLY:
+            top = (exc.name or "").split(".")[0]
+            if top not in HOST_ONLY | SERVE_ONLY:
                 raise
+            needed = "serve" if top in SERVE_ONLY else "host"
             fail(
                 "missing_extra",
                 f"this command needs {exc.name}",
-                "install the host extra: pip install 'edgekit[host]'",
+                f"install the {needed} extra: pip install 'edgekit[{needed}]'",
                 ExitCode.ERROR,
                 as_json,
             )
@@ -83,9 +86,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import bundles, delivery, fleet, keys, registry, runs, workspace
+    from . import bundles, delivery, fleet, keys, registry, runs, serve, workspace
 
-    for module in (workspace, keys, runs, bundles, registry, fleet, delivery):
+    for module in (workspace, keys, runs, bundles, registry, fleet, delivery, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

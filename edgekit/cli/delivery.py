@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .. import workspace
+from .. import registry, workspace
 from ..fleet.gc import collect_garbage
 from ..rollback import rollback
 from .output import emit, json_option
@@ -28,7 +28,7 @@ def gc_cmd(broker: str | None, dry_run: bool, as_json: bool) -> None:
     Example: edgekit bundles gc --dry-run
     """
     ws = workspace.find()
-    report = collect_garbage(broker or ws.broker, ws.prefix, dry_run=dry_run)
+    report = collect_garbage(broker or ws.broker, ws.prefix, dry_run=dry_run, protected=registry.protected_versions(ws))
 
     def text(d: dict[str, Any]) -> str:
         verb = "would remove" if d["dry_run"] else "removed"
@@ -37,7 +37,7 @@ def gc_cmd(broker: str | None, dry_run: bool, as_json: bool) -> None:
         lines += [f"  kept {k['name']} v{k['version']} ({k['why']})" for k in d["kept"]]
         return "\n".join(lines)
 
-    emit(report.to_dict(), as_json, text)
+    emit(report.to_dict(), as_json, text, kind="gc")
 
 
 @click.command("rollback")
@@ -54,13 +54,14 @@ def rollback_cmd(name: str, to_version: int, key_name: str, out_dir: Path, as_js
     out_dir.mkdir(parents=True, exist_ok=True)
     built = rollback(workspace.find(), name, to_version, key_name, out_dir)
     emit(
-        built.to_dict(),
+        {**built.to_dict(), "rollback_of": to_version},
         as_json,
         lambda d: (
             f"{d['path']}  {d['name']} v{d['version']} restores v{to_version}\n"
             f"deploy it like any upgrade: edgekit deploy {d['name']}@{d['version']} --group GROUP "
             f"(or promote it: edgekit registry promote {d['name']} {d['version']} --to production --reason ...)"
         ),
+        kind="bundle",
     )
 
 

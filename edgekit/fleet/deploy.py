@@ -22,7 +22,7 @@ from device_agent.protocol import DesiredBundle, DesiredState, DeviceState, Repo
 from device_agent.transfer import split
 from device_agent.trust import DESIRED_DOMAIN, TRANSFER_DOMAIN, Trust, seal
 
-from ..errors import FleetError
+from ..errors import FleetError, UsageError
 from .client import Connection, collect, connect, publish_all
 
 DEFAULT_CHUNK = 256 * 1024  # bytes
@@ -36,7 +36,7 @@ class Target:
 
     def __post_init__(self) -> None:
         if (self.device is None) == (self.group is None):
-            raise FleetError("deploy to exactly one of --device or --group")
+            raise UsageError("deploy to exactly one of --device or --group", "e.g. --group plant-a")
         check_id("device id" if self.device else "group", self.device or self.group or "")
 
     @property
@@ -60,14 +60,34 @@ class DeployResult:
     seconds: float
     published: int = 0  # messages published; fewer than chunks + 1 when the broker already had them
     outcome: dict[str, Any] | None = None
+    waited: float = 0.0  # seconds the deploy was allowed to wait for the devices
 
     @property
     def succeeded(self) -> bool | None:
         """None when the deploy did not wait; else whether every targeted device is active."""
         return None if self.outcome is None else succeeded(self.outcome)
 
+    @property
+    def note(self) -> str | None:
+        """Why a deploy that waited did not succeed, in words a person can act on."""
+        if self.outcome is None or self.succeeded:
+            return None
+        if not self.outcome:
+            return (
+                f"no device of {self.target} reported within {self.waited:.0f} s: check the device id or group, "
+                "and that its agents are running and connected to this broker"
+            )
+        failed = sorted(d for d, s in self.outcome.items() if s.startswith("failed"))
+        pending = sorted(d for d, s in self.outcome.items() if s.startswith("pending"))
+        parts = []
+        if failed:
+            parts.append(f"{len(failed)} device(s) refused or failed the bundle ({', '.join(failed[:5])})")
+        if pending:
+            parts.append(f"{len(pending)} device(s) not done within {self.waited:.0f} s ({', '.join(pending[:5])})")
+        return "; ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "succeeded": self.succeeded}
+        return {**self.__dict__, "succeeded": self.succeeded, "note": self.note}
 
 
 def chunk_size_for(max_packet: int | None, wanted: int = DEFAULT_CHUNK) -> int:
@@ -174,6 +194,7 @@ def deploy(
     chunk_size: int = DEFAULT_CHUNK,
     wait: float = 0.0,
     progress: Callable[[str], None] = lambda _m: None,
+    on_outcome: Callable[[dict[str, str]], None] | None = None,
 ) -> DeployResult:
     """Publish a bundle and point ``target`` at it; with ``trust``, first verify it as a device would."""
     started = time.monotonic()
@@ -193,7 +214,7 @@ def deploy(
         info, published = publish_bundle(conn, topics, data, name, version, bundle_key, chunk_size)
         seq = publish_desired(conn, topics, target, info, deploy_key)
         progress(f"desired state seq {seq} -> {target.label}")
-        outcome = wait_for(conn, topics, target, info.sha256, wait, progress) if wait > 0 else None
+        outcome = wait_for(conn, topics, target, info.sha256, wait, progress, on_outcome) if wait > 0 else None
     return DeployResult(
         name,
         version,
@@ -206,13 +227,21 @@ def deploy(
         round(time.monotonic() - started, 3),
         published,
         outcome,
+        wait,
     )
 
 
 def wait_for(
-    conn: Connection, topics: Topics, target: Target, sha: str, timeout: float, progress: Callable[[str], None]
+    conn: Connection,
+    topics: Topics,
+    target: Target,
+    sha: str,
+    timeout: float,
+    progress: Callable[[str], None],
+    on_outcome: Callable[[dict[str, str]], None] | None = None,
 ) -> dict[str, Any]:
-    """Watch the retained 'reported' documents until the targeted devices are active or failed."""
+    """Watch the retained 'reported' documents until the targeted devices are active or failed;
+    ``on_outcome`` sees every round's per-device states."""
     deadline = time.monotonic() + timeout
     outcome: dict[str, str] = {}
     while time.monotonic() < deadline:
@@ -220,10 +249,13 @@ def wait_for(
         members = target_members(target, states)
         reported = _docs(collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0), topics, Reported)
         outcome = deployment_outcome(members, reported, sha)
+        if on_outcome is not None:
+            on_outcome(outcome)
         done = [d for d, s in outcome.items() if is_done(s)]
         if members and len(done) == len(members):
             break
-        progress(f"waiting: {len(done)}/{len(members) or '?'} devices done")
+        if on_outcome is None:
+            progress(f"waiting: {len(done)}/{len(members) or '?'} devices done")
         time.sleep(0.5)
     return dict(outcome)
 
@@ -238,20 +270,24 @@ def succeeded(outcome: dict[str, Any] | None) -> bool:
 
 
 def deployment_outcome(members: set[str], reported: dict[str, Reported], sha: str) -> dict[str, str]:
-    """Per targeted device: active, failed (with the code), or pending (with its phase)."""
-    outcome: dict[str, str] = {}
-    for device in sorted(members):
-        doc = reported.get(device)
-        if doc is None:
-            continue
-        err = doc.last_error
-        if doc.active is not None and doc.active.sha256 == sha:
-            outcome[device] = "active"
-        elif doc.phase == "failed" and err is not None and err.sha256 == sha:
-            outcome[device] = f"failed: {err.code}: {err.detail}"
-        else:  # still on its way (its phase may read "active": that is the old bundle)
-            outcome[device] = f"pending ({doc.phase})"
-    return outcome
+    """Per targeted device that has reported: ``active``, ``failed: CODE: detail``, or
+    ``pending (…)`` with where it is (downloading n/N chunks, installing, trial n/N rows)."""
+    return {d: device_outcome(reported[d], sha) for d in sorted(members) if d in reported}
+
+
+def device_outcome(doc: Reported, sha: str) -> str:
+    err = doc.last_error
+    if doc.active is not None and doc.active.sha256 == sha:
+        return "active"
+    if doc.phase == "failed" and err is not None and err.sha256 == sha:
+        return f"failed: {err.code}: {err.detail}"
+    if doc.desired is None or doc.desired.sha256 != sha:
+        return f"pending (has not taken the desired state; {doc.phase})"
+    if doc.phase == "downloading" and doc.progress is not None:
+        return f"pending (downloading {doc.progress.received}/{doc.progress.total} chunks)"
+    if doc.phase == "trial" and doc.trial is not None:
+        return f"pending (trial {doc.trial.received}/{doc.trial.total} rows)"
+    return f"pending ({doc.phase})"
 
 
 def target_members(target: Target, states: dict[str, DeviceState]) -> set[str]:

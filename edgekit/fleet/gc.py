@@ -59,12 +59,18 @@ def needed_versions(messages: Iterable[Item], topics: Topics) -> dict[tuple[str,
     return needed
 
 
-def plan_gc(messages: Iterable[Item], topics: Topics, dry_run: bool = False) -> tuple[GcReport, list[Item]]:
-    """What to delete, given every retained message under the fleet's prefix: the report and
-    the empty retained messages that clear the versions no one needs."""
+def plan_gc(
+    messages: Iterable[Item],
+    topics: Topics,
+    dry_run: bool = False,
+    protected: dict[tuple[str, int], str] | None = None,
+) -> tuple[GcReport, list[Item]]:
+    """What to delete, given every retained message under the fleet's prefix and the versions
+    the registry protects (production, staging): the report and the empty retained messages
+    that clear the versions no one needs."""
     messages = list(messages)
     report = GcReport(dry_run=dry_run)
-    needed = needed_versions(messages, topics)
+    needed = {**(protected or {}), **needed_versions(messages, topics)}
     clear: list[Item] = []
     for topic, payload, retained in messages:
         where = topics.parse_manifest_topic(topic)
@@ -93,7 +99,9 @@ def plan_gc(messages: Iterable[Item], topics: Topics, dry_run: bool = False) -> 
     return report, clear
 
 
-def collect_garbage(broker: str, prefix: str, dry_run: bool = False) -> GcReport:
+def collect_garbage(
+    broker: str, prefix: str, dry_run: bool = False, protected: dict[tuple[str, int], str] | None = None
+) -> GcReport:
     topics = Topics(prefix)
     with connect(broker, purpose="gc") as conn:
         messages = collect(
@@ -106,7 +114,7 @@ def collect_garbage(broker: str, prefix: str, dry_run: bool = False) -> GcReport
             ],
             settle=0.4,
         )
-        report, clear = plan_gc(messages, topics, dry_run)
+        report, clear = plan_gc(messages, topics, dry_run, protected)
         if clear and not dry_run:
             publish_all(conn, clear)
     return report

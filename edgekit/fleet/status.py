@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from device_agent.errors import ProtocolError
@@ -70,11 +71,12 @@ class DeviceStatus:
         failure = self.last_failure()
 
         def jsn(obj: Any) -> Any:
-            return None if obj is None else obj.to_json()
+            return None if obj is None else with_iso_times(obj.to_json())
 
         return {
             "device": self.device,
             "status": self.connectivity(now),
+            "last_seen": iso(seen),
             "last_seen_s": None if seen is None else round(max(0.0, now - seen), 1),
             "groups": list(state.groups) if state is not None else [],
             "agent": state.agent if state is not None else None,
@@ -94,6 +96,24 @@ class DeviceStatus:
             "outbox": jsn(hb.stats.outbox if hb is not None else None),
             "unreadable": dict(self.unreadable),
         }
+
+
+def iso(ts: float | None) -> str | None:
+    """A wire timestamp (Unix seconds) as ISO 8601 UTC, for people and scripts."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def with_iso_times(doc: dict[str, Any]) -> dict[str, Any]:
+    """A document's ``ts`` fields (at any depth) as ISO 8601 UTC."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key == "ts" and isinstance(value, (int, float)):
+            out[key] = iso(float(value))
+        elif isinstance(value, dict):
+            out[key] = with_iso_times(value)
+        else:
+            out[key] = value
+    return out
 
 
 def read_devices(messages: Iterable[tuple[str, bytes, bool]], topics: Topics) -> dict[str, DeviceStatus]:
@@ -120,8 +140,47 @@ def status_view(messages: Iterable[tuple[str, bytes, bool]], topics: Topics, now
     return [devices[d].to_dict(now) for d in sorted(devices)]
 
 
+@dataclass(frozen=True)
+class FleetView:
+    devices: list[dict[str, Any]]  # what to show
+    hidden: list[str]  # devices not seen for longer than ``stale_after``, left out of ``devices``
+    stale_after_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"devices": self.devices, "hidden": self.hidden, "stale_after_s": self.stale_after_s}
+
+
+def split_stale(devices: list[dict[str, Any]], stale_after: float | None) -> FleetView:
+    """Devices not seen for longer than ``stale_after`` seconds (and not online) go to ``hidden``:
+    fleets only grow otherwise, since a device that left keeps its retained 'offline'."""
+    if stale_after is None:
+        return FleetView(devices, [])
+    gone = [
+        d["device"]
+        for d in devices
+        if d["status"] != "online" and (d["last_seen_s"] is None or d["last_seen_s"] > stale_after)
+    ]
+    return FleetView([d for d in devices if d["device"] not in gone], gone, stale_after)
+
+
 def fleet_status(broker: str, prefix: str, settle: float = 0.5) -> list[dict[str, Any]]:
     topics = Topics(prefix)
     with connect(broker, purpose="status") as conn:
         messages = collect(conn, [topics.all_devices(leaf) for leaf in LEAVES], settle=settle)
     return status_view(messages, topics, time.time())
+
+
+def fleet_view(broker: str, prefix: str, stale_after: float | None = None) -> FleetView:
+    return split_stale(fleet_status(broker, prefix), stale_after)
+
+
+def forget(broker: str, prefix: str, devices: list[str]) -> list[str]:
+    """Clear every retained topic of ``devices`` (state, heartbeat, reported, their device-level
+    desired state): they leave ``fleet status``. Returns the topics cleared."""
+    from .client import publish_all
+
+    topics = Topics(prefix)
+    cleared = [topics.dev(d, leaf) for d in devices for leaf in (*LEAVES, "desired")]
+    with connect(broker, purpose="forget") as conn:
+        publish_all(conn, [(t, b"", True) for t in cleared])
+    return cleared

@@ -60,6 +60,8 @@ def test_group_deploy_activates_on_both_and_serves(host: HostSetup, broker: Brok
             assert out["bundle"] == "wine@1"
             assert out["prediction"] == 0 and out["confidence"] > 0.5
             assert a.ask(host.rows[-1])["prediction"] == 2
+        huge = agents[0].ask([1e300, *host.rows[0][1:]])  # beyond float32: the row's fault, said once
+        assert huge["error"] == "row.out_of_range"
         wait_until(
             lambda: "lifecycle.activated" in watcher.codes("a1") and "lifecycle.activated" in watcher.codes("a2"),
             what="activation events",
@@ -72,6 +74,7 @@ def test_group_deploy_activates_on_both_and_serves(host: HostSetup, broker: Brok
         for a in agents:
             a.stop()
         watcher.close()
+    assert "RuntimeWarning" not in agents[0].stderr(), "numpy's overflow warning leaked to the device's log"
 
 
 def test_bad_inputs_are_reported_and_the_model_keeps_serving(host: HostSetup, broker: Broker, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sklearn.datasets import load_wine
@@ -15,6 +16,7 @@ from sklearn.datasets import load_wine
 from edgekit import bundler, keys, pipeline, registry, workspace
 from edgekit.fleet.deploy import Target, deploy
 from edgekit.fleet.gc import collect_garbage
+from edgekit.fleet.release import release
 from edgekit.fleet.status import fleet_status
 from edgekit.rollback import rollback
 from tests.support.agent import AgentProcess, wait_until
@@ -25,15 +27,14 @@ P = "edgekit/v1"
 
 
 def _deploy(ws: workspace.Workspace, broker: Broker, spec: str) -> None:
-    """What ``edgekit deploy SPEC --group plant-a`` does with the registry: check, publish, record."""
-    name, _, at = spec.partition("@")
-    version = int(at) if at else registry.production(ws, name).version  # type: ignore[union-attr]
-    registry.check_deployable(ws, name, version)
+    """``edgekit deploy SPEC --group plant-a --wait 40``: check, publish, record, watch."""
     key = keys.load_private(ws, "release")
-    path = registry.resolve(ws, f"{name}@{version}")
-    result = deploy(broker.url, P, path, Target(group="plant-a"), key, key, keys.trust_file(ws), wait=40)
+    result = release(ws, spec, Target(group="plant-a"), broker=broker.url, bundle_key=key, deploy_key=key, wait=40)
     assert result.outcome == {"r1": "active", "r2": "active"}, result.outcome
-    registry.record_deployment(ws, name, version, "group:plant-a")
+
+
+def key_of(ws: workspace.Workspace) -> Any:
+    return keys.load_private(ws, "release")
 
 
 def test_rollback_deploy_and_gc_tell_one_story(tmp_path: Path, broker: Broker) -> None:
@@ -81,9 +82,23 @@ def test_rollback_deploy_and_gc_tell_one_story(tmp_path: Path, broker: Broker) -
         # devices' previous bundle is v2 — v3 carries v1's model under a new version).
         protected = registry.protected_versions(ws)
         assert ("wine", 3) in protected and ("wine", 1) not in protected
-        report = collect_garbage(broker.url, P, dry_run=True)
+        report = collect_garbage(broker.url, P, dry_run=True, protected=protected)
         assert {(r["name"], r["version"]) for r in report.removed} == {("wine", 1)}
         assert all(ws_key not in {(r["name"], r["version"]) for r in report.removed} for ws_key in protected)
+
+        # A version the registry never recorded reaches the devices (another workspace, or a
+        # plain file): the devices' own reports still stop a lower one before it is published.
+        v4 = bundler.build(ws, run.id, "wine", "release")
+        deploy(broker.url, P, v4.path, Target(group="plant-a"), key_of(ws), key_of(ws), keys.trust_file(ws), wait=40)
+        with pytest.raises(registry.DeployRefused, match=r"which r[12] runs"):
+            release(
+                ws,
+                f"wine@{v3.version}",
+                Target(group="plant-a"),
+                broker=broker.url,
+                bundle_key=key_of(ws),
+                deploy_key=key_of(ws),
+            )
     finally:
         for agent in agents:
             agent.stop()

@@ -30,7 +30,9 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
 class Broker:
     """mosquitto with a temporary config; ``stop``/``start`` keep the same port and store."""
 
-    def __init__(self, port: int | None = None, persistence: bool = False, extra: str = "") -> None:
+    def __init__(
+        self, port: int | None = None, persistence: bool = False, extra: str = "", max_queued_messages: int = 100_000
+    ) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
             raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto (make test does this)")
@@ -44,7 +46,7 @@ class Broker:
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
-            "max_queued_messages 100000",
+            f"max_queued_messages {max_queued_messages}",  # per client; QoS 1 messages past it are dropped
             f"log_dest file {self.dir}/mosquitto.log",
             extra,
         ]

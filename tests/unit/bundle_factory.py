@@ -169,7 +169,7 @@ def health_doc() -> dict[str, Any]:
 def _reference_doc() -> dict[str, Any]:
     x = sample_rows(300, seed=2)
     oof = predict_proba(model_bytes(), x)
-    return build_reference(x, list(FEATURES), list(CLASSES), oof, window=WINDOW, bootstrap=200)
+    return build_reference(x, list(FEATURES), list(CLASSES), oof, window=WINDOW, draws=2000)
 
 
 def reference_doc() -> dict[str, Any]:

@@ -35,6 +35,7 @@ from device_agent.actions import (
     DropStaging,
     Install,
     Publish,
+    Resend,
     Restore,
     Revert,
     SaveState,
@@ -62,6 +63,7 @@ from device_agent.events import (
     Disconnected,
     InstallDone,
     Message,
+    ResendDone,
     Restored,
     RowRejected,
     Started,
@@ -70,7 +72,18 @@ from device_agent.events import (
     TrialDone,
 )
 from device_agent.phases import Phase
-from device_agent.protocol import BundleRef, DeviceEvent, DeviceState, Heartbeat, Reported, Stats, Topics
+from device_agent.protocol import (
+    BundleRef,
+    Command,
+    DeviceEvent,
+    DeviceState,
+    Heartbeat,
+    Reported,
+    ResendReply,
+    ResendRequest,
+    Stats,
+    Topics,
+)
 from device_agent.state import Persisted
 from device_agent.trust import DESIRED_DOMAIN, Trust, seal
 
@@ -255,7 +268,7 @@ def test_connected_publishes_birth_and_subscribes_to_desired() -> None:
     assert doc.boot_id == "boot-1"
     assert doc.groups == (GROUP,)
     assert doc.active is None
-    assert set(subscribed(out)) == {T.desired_device(DEV), T.desired_group(GROUP)}
+    assert set(subscribed(out)) == {T.desired_device(DEV), T.cmd(DEV), T.desired_group(GROUP)}
     assert events(out) == []
     assert published(out, T.reported(DEV))[-1].retain and reported(out).phase == IDLE
 
@@ -1055,3 +1068,56 @@ def test_a_commit_that_cannot_be_written_puts_the_old_state_back() -> None:
     assert of_type(out, Revert) == [Revert(V2.sha256)]
     assert of_type(out, SaveState) == [SaveState(replace(before, desired_seq={"device": 2}))]
     assert core.active == active_ref(V1) and core.phase == FAILED
+
+
+# ── resend commands from the host ────────────────────────────────────────────────────
+
+
+def command(ranges: tuple[tuple[int, int], ...], device: str = DEV, boot: str = "boot-1", cid: str = "c1") -> Message:
+    return Message(T.cmd(DEV), Command(cid, NOW, device, ResendRequest(boot, ranges)).encode())
+
+
+def test_sends_carry_boot_and_sequence_and_the_heartbeat_announces_the_last() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    out = core.handle(RowRejected(NotFinite("nan")), NOW)
+    sent = of_type(out, Send)
+    assert [(s.boot_id, s.seq) for s in sent] == [("boot-1", 1)]
+    assert DeviceEvent.decode(sent[0].payload).seq == 1
+    hb = Heartbeat.decode(published(core.handle(Tick(), NOW + HB), T.hb(DEV))[0].payload)
+    assert hb.seq == 1 and hb.boot_id == "boot-1"
+
+
+def test_a_resend_command_asks_the_worker_and_its_outcome_is_answered() -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    out = core.handle(command(((3, 5), (9, 9))), NOW)
+    assert of_type(out, Resend) == [Resend("c1", "boot-1", ((3, 5), (9, 9)))]
+    out = core.handle(ResendDone("c1", "boot-1", requeued=((3, 4),), missing=((5, 5), (9, 9))), NOW)
+    reply = ResendReply.decode(published(out, T.resent(DEV))[0].payload)
+    assert (reply.command, reply.device, reply.boot_id) == ("c1", DEV, "boot-1")
+    assert (reply.requeued, reply.queued, reply.missing) == (((3, 4),), (), ((5, 5), (9, 9)))
+
+
+@pytest.mark.parametrize(
+    ("msg", "why"),
+    [
+        (command(((1, 1),), device="dev2"), "addressed to 'dev2'"),
+        (command(((1, DEFAULTS.resend_max_messages + 1),)), "asks for"),
+        (Message(T.cmd(DEV), b'{"format": 1, "kind": "reboot"}'), "unknown to this agent"),
+    ],
+)
+def test_commands_that_do_not_fit_are_refused_and_reported(msg: Message, why: str) -> None:
+    core = new_core()
+    core.handle(Connected(), NOW)
+    out = core.handle(msg, NOW)
+    assert of_type(out, Resend) == []
+    assert events(out)[0].code in ("command.rejected", "protocol.bad_message") and why in events(out)[0].detail
+
+
+def test_resend_commands_are_rate_limited_per_period() -> None:
+    core = new_core(resend_burst=2, event_period_s=60.0)
+    core.handle(Connected(), NOW)
+    asked = [of_type(core.handle(command(((1, 1),), cid=f"c{i}"), NOW + i), Resend) for i in range(3)]
+    assert [len(a) for a in asked] == [1, 1, 0]
+    assert of_type(core.handle(command(((1, 1),), cid="later"), NOW + 61), Resend)  # a new period

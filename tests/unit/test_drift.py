@@ -19,14 +19,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_agent.drift import (
+    DEVICE_DRAWS,
     MAX_EDGES,
+    NULL_DRAWS,
     DriftWindow,
+    ExactNull,
+    NullTail,
     Reference,
+    assess,
     bin_index,
+    calibration_rows,
     chi2_quantile,
+    excess_count_p,
     js_distance,
-    null_psi_quantile,
+    location_test,
+    merge_windows,
     psi,
+    psi_limit,
+    psi_null,
+    psi_rows,
     psi_threshold,
     reference_factor,
     welford_merge,
@@ -210,14 +221,165 @@ def test_welford_merge_matches_numpy() -> None:
     assert welford_merge((0, 0.0, 0.0), (0, 0.0, 0.0)) == (0, 0.0, 0.0)
 
 
-def test_null_psi_quantile_is_deterministic_and_above_chi2_for_small_windows() -> None:
+def test_psi_null_is_deterministic_and_above_chi2_for_small_windows() -> None:
     props = tuple([0.1] * 10)
-    a = null_psi_quantile(props, 50, 0.998)
-    null_psi_quantile.cache_clear()
-    assert null_psi_quantile(props, 50, 0.998) == a
+    a = psi_null(props, 50).quantile(0.002)
+    psi_null.cache_clear()
+    assert psi_null(props, 50).quantile(0.002) == a
     # At 50 rows the eps floor makes the tail far heavier than chi-square predicts.
     assert a > 1.5 * psi_threshold(50, 10, 0.002)
     assert reference_factor(200, 2000) == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize(
+    ("props", "rows"),
+    [
+        ((0.1,) * 10, 200),
+        ((0.6, 0.2, 0.1, 0.05, 0.03, 0.02), 200),
+        ((0.5, 0.2, 0.1, 0.08, 0.05, 0.03, 0.02, 0.01, 0.006, 0.004), 100),
+    ],
+)
+def test_null_tail_holds_its_rate_and_seed(props: tuple[float, ...], rows: int) -> None:
+    """The fitted tail against 400,000 independent draws, at a Bonferroni-sized rate that
+    20,000 draws cannot resolve empirically; and two seeds agree."""
+    a = 2e-4
+    truth = psi_rows(props, np.random.default_rng(99).multinomial(rows, props, size=400_000))
+    limits = [psi_null(props, rows, seed).quantile(a) for seed in (1, 2, 3)]
+    assert max(limits) / min(limits) < 1.15
+    for limit in limits:
+        assert 0.3 * a < np.mean(truth > limit) < 2.0 * a
+
+
+def test_null_tail_never_interpolates_into_a_lattice() -> None:
+    # A bin lit in 0.5 % of rows: at 50 rows the count of lit values is 0, 1, 2 or 3 with
+    # P(>= 3) = 0.2 %, so the 0.1 % threshold must sit at (not below) the 3-lit PSI.
+    props = (0.995, 0.005)
+    three = psi(props, [47, 3])
+    assert psi_null(props, 50).quantile(0.001) >= three
+    exact_tail = sum(math.comb(50, k) * 0.005**k * 0.995 ** (50 - k) for k in range(4, 51))
+    assert exact_tail < 0.001
+
+
+def naive_quantile(props: list[float], rows: int, a: float) -> float:
+    """The smallest PSI value exceeded with probability <= a, by listing every count of
+    the second of two bins with its binomial probability."""
+    support = []
+    for k in range(rows + 1):
+        prob = math.comb(rows, k) * props[1] ** k * props[0] ** (rows - k)
+        support.append((naive_psi(props, [rows - k, k]), prob))
+    for value, _ in sorted(support):
+        if sum(p for v, p in support if v > value + 1e-12) <= a:
+            return value
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(
+    ("props", "rows", "a"), [((0.97, 0.03), 200, 1.6e-4), ((0.9993, 0.0007), 200, 1.6e-4), ((0.6, 0.4), 50, 0.003)]
+)
+def test_two_bin_null_is_exact(props: tuple[float, float], rows: int, a: float) -> None:
+    assert psi_null(props, rows).quantile(a) == pytest.approx(naive_quantile(list(props), rows, a), abs=1e-9)
+    # Exact means no seed: the draws never enter.
+    assert psi_null(props, rows, 1).quantile(a) == psi_null(props, rows, 2).quantile(a)
+
+
+def test_three_bin_null_against_draws() -> None:
+    props = (0.9, 0.07, 0.03)
+    exact = psi_null(props, 200)
+    assert isinstance(exact, ExactNull)
+    draws = psi_rows(props, np.random.default_rng(5).multinomial(200, props, size=400_000))
+    for a in (0.01, 0.001):
+        assert np.mean(draws > exact.quantile(a)) <= a * 1.1
+    assert isinstance(psi_null(props, 1000), NullTail)  # 501,501 compositions: simulated
+
+
+def test_null_tail_by_hand() -> None:
+    tail = NullTail.fit(np.arange(20_000, dtype=float))  # uniform 0..19,999
+    assert tail.quantile(0.5) == 9999.0 and tail.quantile(0.05) == 18999.0
+    # The top 200 (19,800..19,999) lie above u = 19,799: u + their mean excess * ln(1 % / a).
+    assert tail.quantile(0.001) == pytest.approx(19799 + 100.5 * math.log(10))
+    # With >= 5 draws beyond the asked rate the empirical value is a floor: 0.6 % of the
+    # draws lie above 19,879, where the exponential would say 19,850.
+    assert tail.quantile(0.006) == 19879.0
+    with pytest.raises(ValueError):
+        tail.quantile(0.0)
+    small = NullTail.fit(np.arange(1000, dtype=float))  # fewer draws: the tail is the top 20 %
+    # Between knots, linear in log exceedance probability: 0.5 (value 499) and 0.2 (799).
+    assert small.quantile(0.3) == pytest.approx(499 + 300 * math.log(0.5 / 0.3) / math.log(0.5 / 0.2))
+    assert small.quantile(0.01) > 989.0
+
+
+def test_calibration_rows_grid() -> None:
+    assert [calibration_rows(m) for m in (1, 30, 64)] == [1, 30, 64]
+    for m in range(65, 5000, 7):
+        assert abs(calibration_rows(m) / m - 1.0) < 0.023
+    assert len({calibration_rows(m) for m in range(100, 201)}) == 17
+    # The shipped window's own threshold is simulated at exactly that size.
+    props = (0.1,) * 10
+    assert psi_limit(props, 200, 2000, 0.003, exact=True, draws=NULL_DRAWS) == pytest.approx(
+        psi_null(props, 200).quantile(0.003) * reference_factor(200, 2000)
+    )
+    # Elsewhere the calibration point's threshold, scaled: m * PSI barely moves in 2 %.
+    assert calibration_rows(180) == 181
+    assert psi_limit(props, 180, 2000, 0.003) == pytest.approx(
+        psi_null(props, 181, 0, DEVICE_DRAWS).quantile(0.003) * 181 / 180 * reference_factor(180, 2000)
+    )
+
+
+# --- the location test and the exact count test ----------------------------------------------
+
+
+def naive_location(props: list[float], counts: list[int], n_ref: int) -> tuple[float, float]:
+    """Mean ridit z and the skewness correction, written out with loops."""
+    ridit, below = [], 0.0
+    for p in props:
+        ridit.append(below + p / 2)
+        below += p
+    var = sum(p * (r - 0.5) ** 2 for p, r in zip(props, ridit, strict=True))
+    third = sum(p * (r - 0.5) ** 3 for p, r in zip(props, ridit, strict=True))
+    m = sum(counts)
+    mean = sum(c * r for c, r in zip(counts, ridit, strict=True)) / m
+    z = (mean - 0.5) / math.sqrt(var * (1 / m + 1 / n_ref))
+    gamma = third / var**1.5 * (1 / m**2 - 1 / n_ref**2) / (1 / m + 1 / n_ref) ** 1.5
+    return z, gamma / 6
+
+
+def test_location_test_against_naive() -> None:
+    props = [0.1] * 10
+    counts = [5, 10, 15, 20, 25, 30, 35, 30, 20, 10]
+    z, g = naive_location(props, counts, 2000)
+    assert g == pytest.approx(0.0, abs=1e-12)  # symmetric scores: no correction
+    assert location_test(props, counts, 2000) == pytest.approx(z, rel=1e-12)
+    skewed = [0.7, 0.2, 0.1]
+    counts = [120, 50, 30]
+    z, g = naive_location(skewed, counts, 1000)
+    w = location_test(skewed, counts, 1000)
+    assert w is not None and g != 0.0
+    assert w + g * (w * w - 1) == pytest.approx(z, rel=1e-12)  # Cornish-Fisher, inverted
+    assert location_test([1.0], [50], 1000) is None  # a single bin has no location
+    assert location_test([0.995, 0.005], [199, 1], 1000) is None  # too skewed at 200 rows
+    assert location_test([0.995, 0.005], [4950, 50], 100_000) is not None  # fine at 5,000
+
+
+def naive_excess_p(k: int, m: int, a: int, n: int) -> float:
+    total = a + k
+    return sum(math.comb(total, x) * math.comb(n + m - total, m - x) for x in range(k, min(total, m) + 1)) / math.comb(
+        n + m, m
+    )
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "a", "n"),
+    [(0, 200, 0, 2000), (1, 200, 0, 2000), (3, 200, 0, 2000), (12, 200, 40, 2000), (60, 80, 10, 300), (5, 5, 0, 10)],
+)
+def test_excess_count_p_against_comb(k: int, m: int, a: int, n: int) -> None:
+    assert excess_count_p(k, m, a, n) == pytest.approx(naive_excess_p(k, m, a, n), rel=1e-9)
+
+
+def test_excess_count_p_hand_computed() -> None:
+    # One value off the constant in 200 window rows, none in 2,000 reference rows: the
+    # chance that the single such value landed in the window is 200 / 2,200.
+    assert excess_count_p(1, 200, 0, 2000) == pytest.approx(200 / 2200)
+    assert excess_count_p(3, 200, 0, 2000) == pytest.approx((200 * 199 * 198) / (2200 * 2199 * 2198))
 
 
 # --- binning -------------------------------------------------------------------------------------
@@ -363,10 +525,32 @@ def test_constant_reference_feature() -> None:
     w = make_window(obj)
     w.update(np.full((50, 1), 4.0))
     f = w.report()["features"]["f0"]
-    assert not f["drifted"] and f["z"] == 0.0
+    assert not f["drifted"] and f["z"] == 0.0 and f["differs_p"] == 1.0
+    # One value off the constant is what 2,000 reference rows cannot rule out (p = 51/2051):
+    # the old rule called it drift, and digits' edge pixels false-alarmed on it.
     w.update(np.full((1, 1), 4.5))
     f = w.report()["features"]["f0"]
-    assert f["drifted"] and f["z"] is None and f["psi"] == 0.0
+    assert not f["drifted"] and f["z"] is None and f["psi"] == 0.0 and f["out_of_range"] == 1
+    assert f["differs_p"] == pytest.approx(51 / 2051)
+    w.update(np.full((4, 1), 4.5))  # 5 of 55: p ~ 3e-8
+    f = w.report()["features"]["f0"]
+    assert f["drifted"] and f["fired"] == ["differs"] and f["score"] > 1.0
+
+
+def test_missing_values_need_more_than_chance() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((200, 3))
+    w = make_window()
+    x[:2, 0] = np.nan  # 2 NaN against none in 2,000 reference rows: p = 0.0083 > 0.01/3
+    w.update(x)
+    f = w.report()["features"]["f0"]
+    assert not f["drifted"] and f["missing_p"] == pytest.approx(naive_excess_p(2, 200, 0, 2000))
+    w.reset()
+    x[2, 0] = np.nan  # 3: p = 7.5e-4
+    w.update(x)
+    f = w.report()["features"]["f0"]
+    assert f["drifted"] and f["fired"] == ["missing"]
+    assert f["missing_z"] > 3.0  # the display z still says how unusual it is
 
 
 def test_thresholds_follow_the_window_size() -> None:
@@ -568,7 +752,12 @@ def test_categorical_counts_psi_js_against_naive() -> None:
         "js",
         "missing_z",
         "drifted",
+        "psi_limit",
+        "missing_p",
+        "score",
+        "fired",
     }
+    assert f["fired"] == ["psi"] and f["psi_limit"] == w.report()["thresholds"]["psi"]["f1"]
     assert w.report()["features"]["f0"]["kind"] == "numeric"
 
 
@@ -634,3 +823,93 @@ def test_regression_reference_needs_null_confidence() -> None:
     obj["prediction"]["edges"] = [1.0, 0.0]
     with pytest.raises(ProtocolError):
         Reference.from_json(obj)
+
+
+# --- judging merged windows on the host ----------------------------------------------------------
+
+
+def windows_of(ref: Reference, x: np.ndarray, rows: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Reports of consecutive windows over ``x``, as devices would publish them."""
+    out = []
+    w = DriftWindow(ref, window=rows, low_confidence=0.5)
+    for start in range(0, x.shape[0], rows):
+        part = x[start : start + rows]
+        w.reset()
+        w.update(part, rng.integers(0, 3, part.shape[0]), rng.uniform(0.3, 1.0, part.shape[0]))
+        out.append(json.loads(dumps(w.report())))  # through the wire format
+    return out
+
+
+def test_merged_windows_are_judged_like_one_long_window() -> None:
+    ref = Reference.from_json(reference_obj())
+    x, labels, conf = random_batch(np.random.default_rng(21), 1000, shift=0.1)
+    long = DriftWindow(ref, window=1000, low_confidence=0.5)
+    long.update(x, labels, conf)
+    parts = []
+    for start in range(0, 1000, 200):
+        w = DriftWindow(ref, window=200, low_confidence=0.5)
+        w.update(x[start : start + 200], labels[start : start + 200], conf[start : start + 200])
+        parts.append(json.loads(dumps(w.report())))
+    merged = merge_windows(parts)
+    assert merged["windows"] == 5 and merged["n"] == 1000
+    close(assess(ref, merged), long.report())
+    json.loads(dumps(assess(ref, merged)))
+
+
+def test_merged_windows_see_a_shift_single_windows_miss() -> None:
+    ref = Reference.from_json(reference_obj())
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((5000, 3))
+    x[:, 0] += 0.15
+    reports = windows_of(ref, x, 200, rng)
+    single = np.mean([r["features"]["f0"]["drifted"] for r in reports])
+    assert single < 0.5
+    merged = assess(ref, merge_windows(reports))
+    assert merged["drifted"] == ["f0"] and "location" in merged["features"]["f0"]["fired"]
+    assert merged["features"]["f0"]["location_z"] > 2 * merged["thresholds"]["z"]
+
+
+def test_merged_clean_windows_stay_quiet() -> None:
+    ref = Reference.from_json(reference_obj())
+    rng = np.random.default_rng(23)
+    alarms = 0
+    for _ in range(150):
+        reports = windows_of(ref, rng.standard_normal((2000, 3)), 200, rng)
+        alarms += assess(ref, merge_windows(reports))["verdict"] == "drift"
+    assert alarms / 150 <= 0.03
+
+
+def test_assess_at_another_rate() -> None:
+    ref = Reference.from_json(reference_obj())
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((200, 3))
+    x[:, 1] += 0.25
+    (report,) = windows_of(ref, x, 200, rng)
+    strict, loose = assess(ref, report), assess(ref, report, alpha=0.3)
+    assert loose["thresholds"]["alpha"] == 0.3 and loose["thresholds"]["feature_alpha"] == pytest.approx(0.1)
+    assert loose["thresholds"]["z"] == pytest.approx(NormalDist().inv_cdf(1 - 0.3 / 6))
+    assert loose["thresholds"]["psi"]["f1"] < strict["thresholds"]["psi"]["f1"]
+    assert set(strict["drifted"]) <= set(loose["drifted"]) and "f1" in loose["drifted"]
+    assert strict == report  # the shipped rate reproduces the device's own verdict
+
+
+def test_assess_and_merge_refuse_what_does_not_fit() -> None:
+    ref = Reference.from_json(reference_obj())
+    (report,) = windows_of(ref, np.zeros((50, 3)), 50, np.random.default_rng(25))
+    short = copy.deepcopy(report)
+    short["features"]["f0"]["counts"] = [1, 2]
+    other = copy.deepcopy(report)
+    del other["features"]["f2"]
+    negative = copy.deepcopy(report)
+    negative["features"]["f1"]["missing"] = -1
+    for bad, message in [(short, "10 counts"), (other, "one entry per"), (negative, "non-negative")]:
+        with pytest.raises(ValueError, match=message):
+            assess(ref, bad)
+    with pytest.raises(ValueError, match="alpha"):
+        assess(ref, report, alpha=1.0)
+    with pytest.raises(ValueError, match="no windows"):
+        merge_windows([])
+    with pytest.raises(ValueError, match="same features"):
+        merge_windows([report, other])
+    with pytest.raises(ValueError, match="line up"):
+        merge_windows([report, short])

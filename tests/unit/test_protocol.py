@@ -14,6 +14,7 @@ from device_agent.errors import ProtocolError
 from device_agent.phases import Phase
 from device_agent.protocol import (
     BundleRef,
+    Command,
     DesiredBundle,
     DesiredState,
     DeviceEvent,
@@ -27,9 +28,14 @@ from device_agent.protocol import (
     OutboxStats,
     Progress,
     Reported,
+    ResendReply,
+    ResendRequest,
+    Resources,
     Stats,
     Topics,
     TransferInfo,
+    range_count,
+    to_ranges,
 )
 
 REF = BundleRef("pump", 3, "ab" * 32)
@@ -64,6 +70,18 @@ EXAMPLES: list[Document] = [
     DeviceEvent("boot-1", "boot", 1, 3.0, "d1", "failure", "row.not_finite", "nan", None),
     DeviceEvent("boot-2", "boot", 2, 3.0, "d1", "lifecycle", "lifecycle.activated", "pump v3 is active", REF),
     DriftMessage("boot-3", "boot", 3, 4.0, "d1", REF, {"n": 200, "verdict": "ok", "drifted": [], "features": {}}),
+    Heartbeat(
+        1.0,
+        5.0,
+        "boot",
+        4,
+        Phase.ACTIVE,
+        REF,
+        Stats({"served": 3}, None, OutboxStats(0, 0, 0, 0), Resources(50 << 20, 1.25, 3.5, 10**9, 4 * 10**9)),
+        seq=17,
+    ),
+    Command("c1", 9.0, "d1", ResendRequest("boot", ((3, 4), (9, 9)))),
+    ResendReply("c1", 9.5, "d1", "boot", requeued=((3, 3),), queued=((9, 9),), missing=((4, 4),)),
 ]
 
 
@@ -109,6 +127,15 @@ def test_unknown_fields_are_ignored(doc: Document) -> None:
         (TransferInfo, {"chunks": ["a"]}),
         (TransferInfo, {"chunks": [1, 2, 3]}),
         (DriftMessage, {"window": {"n": "many"}}),
+        (Heartbeat, {"resources": {"rss_bytes": "big"}}),
+        (Heartbeat, {"seq": -2}),
+        (Command, {"kind": "reboot"}),
+        (Command, {"resend": {"boot_id": "b", "ranges": [[4, 3]]}}),
+        (Command, {"resend": {"boot_id": "b", "ranges": [[0, 3]]}}),
+        (Command, {"resend": {"boot_id": "b", "ranges": [[1, 2, 3]]}}),
+        (Command, {"resend": {"boot_id": "b", "ranges": [[1, 1]] * 257}}),
+        (Command, {"device": "a/b"}),
+        (ResendReply, {"missing": [[True, 2]]}),
     ],
 )
 def test_strict_parsing(cls: type[Document], change: dict[str, Any]) -> None:
@@ -135,7 +162,17 @@ def test_random_bytes_are_a_protocol_error_or_a_document(cls: type[Document], pa
 @settings(max_examples=200, deadline=None, derandomize=True)
 def test_any_json_value_is_refused_cleanly(obj: Any) -> None:
     payload = json.dumps({"format": 1, "phase": "idle", **obj} if isinstance(obj, dict) else obj).encode()
-    for cls in (Reported, Heartbeat, DeviceState, DeviceEvent, DriftMessage, DesiredState, TransferInfo):
+    for cls in (
+        Reported,
+        Heartbeat,
+        DeviceState,
+        DeviceEvent,
+        DriftMessage,
+        DesiredState,
+        TransferInfo,
+        Command,
+        ResendReply,
+    ):
         with contextlib.suppress(ProtocolError):
             cls.decode(payload)
 
@@ -147,3 +184,16 @@ def test_topic_parsers() -> None:
     assert t.parse_chunk_topic(t.bundle_chunk("pump", 3, 1)) == ("pump", 3, 1)
     assert t.parse_device_topic(t.reported("d1")) == ("d1", "reported")
     assert t.parse_device_topic("other/dev/d1/reported") is None
+
+
+def test_an_older_heartbeat_without_resources_or_seq_still_reads() -> None:
+    obj = Heartbeat(1.0, 5.0, "boot", 4, Phase.IDLE, None).to_json()
+    assert "resources" not in obj and "seq" not in obj
+    hb = Heartbeat.from_json(obj)
+    assert hb.stats.resources is None and hb.seq is None
+
+
+def test_ranges_merge_and_count() -> None:
+    assert to_ranges([5, 1, 2, 3, 9, 8, 3]) == ((1, 3), (5, 5), (8, 9))
+    assert to_ranges([]) == ()
+    assert range_count(((1, 3), (5, 5))) == 4

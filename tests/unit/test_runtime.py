@@ -416,3 +416,22 @@ def test_row_errors_echo_the_row_id(model: LoadedModel) -> None:
         ("r1", "row.wrong_shape"),
         ("r2", None),
     ]
+
+
+def test_a_csv_line_over_the_readers_field_limit_is_answered_and_the_replay_goes_on(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    import io
+
+    from device_agent.sources import serve_csv
+
+    path = tmp_path / "rows.csv"
+    path.write_text("f0,f1,f2\n0.1,0.2,0.3\n" + "9" * 200_000 + ",0,0\n0.3,0.2,0.1\n")
+    engine = InferenceEngine(Recorder(), EngineSettings(drift_window_rows=100))
+    engine.activate(model)
+    out = io.StringIO()
+    assert serve_csv(engine, str(path), 0.0, out) == 3
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    answers = [("prediction" in a, a.get("error")) for a in lines]
+    assert answers == [(True, None), (False, "row.bad_value"), (True, None)]
+    assert "size limit" in lines[1]["detail"] and "skipped" in lines[1]["detail"]

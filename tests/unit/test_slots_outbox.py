@@ -350,3 +350,74 @@ def test_interrupted_trials_are_persisted(tmp_path: Path) -> None:
     slots.save(Persisted(interrupted={SHA: 1}, bdseq=7))
     loaded = Slots(tmp_path).load()
     assert loaded.interrupted == {SHA: 1} and loaded.bdseq == 7
+
+
+# ── the outbox's history, for the host's resend requests ────────────────────────────
+
+
+def _sent(box: Outbox, n: int, boot: str = "b1", start: int = 1) -> None:
+    """Queue n messages of ``boot`` and have the broker acknowledge all of them."""
+    for seq in range(start, start + n):
+        box.put("p/dev/d/events", f"m{seq}".encode(), boot, seq)
+    for row_id, _, _ in box.peek(n):
+        box.ack(row_id)
+
+
+def test_acknowledged_messages_stay_in_the_history_not_in_the_queue(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", history_rows=100)
+    try:
+        _sent(box, 5)
+        assert (len(box), box.history) == (0, 5)
+        assert box.peek(10) == []
+        box.put("p/dev/d/drift", b"m6", "b1", 6)  # still waiting
+        requeued, queued, missing = box.requeue("b1", [(2, 3), (6, 8)])
+        assert (requeued, queued, missing) == (((2, 3),), ((6, 6),), ((7, 8),))
+        assert [p for _, _, p in box.peek(10)] == [b"m6", b"m2", b"m3"]  # back at the end of the queue, in order
+        assert (len(box), box.history) == (3, 3)
+        assert box.requeue("other-boot", [(1, 2)]) == ((), (), ((1, 2),))
+        assert box.requeue("b1", [(2, 2)]) == ((), ((2, 2),), ())  # asked twice: already on its way
+    finally:
+        box.close()
+
+
+def test_the_history_is_bounded_and_what_fell_out_is_missing(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", history_rows=8)
+    try:
+        _sent(box, 40)
+        assert 8 <= box.history <= 9  # trimmed in steps, never far above its bound
+        requeued, _, missing = box.requeue("b1", [(1, 40)])
+        assert requeued[-1][1] == 40 and missing[0] == (1, 40 - box_len(requeued))
+    finally:
+        box.close()
+
+
+def box_len(ranges: tuple[tuple[int, int], ...]) -> int:
+    return sum(b - a + 1 for a, b in ranges)
+
+
+def test_without_a_history_acknowledged_rows_are_deleted(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite")
+    try:
+        _sent(box, 3)
+        assert box.history == 0
+        assert box.requeue("b1", [(1, 3)]) == ((), (), ((1, 3),))
+    finally:
+        box.close()
+
+
+def test_an_outbox_from_before_the_history_is_adopted(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL)")
+    db.execute("INSERT INTO outbox (topic, payload) VALUES ('t', x'00')")
+    db.commit()
+    db.close()
+    box = Outbox(path, history_rows=10)
+    try:
+        assert len(box) == 1 and box.peek(1)[0][1:] == ("t", b"\x00")
+        box.put("t2", b"x", "b", 1)
+        assert len(box) == 2
+    finally:
+        box.close()

@@ -1,0 +1,131 @@
+"""``edgekit serve``: the collector, running until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import workspace
+from ..errors import WorkspaceError
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, sort_keys=True)
+
+
+def _setup_logging(json_log: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_log else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+@click.command("serve")
+@click.option(
+    "--store",
+    "store_url",
+    default=None,
+    help="postgresql://… or sqlite:///PATH (default: edgekit.toml [serve] store, else .edgekit/telemetry.db).",
+)
+@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@click.option("--prefix", default=None, help="Topic prefix (default: edgekit.toml).")
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=None, help="Serve Prometheus /metrics on this port."
+)
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
+@click.option("--name", default=None, help="This collector's MQTT session name (default: the host name); one each.")
+@click.option(
+    "--end-session",
+    is_flag=True,
+    help="On exit, end the MQTT session (leave the share group for good) instead of letting the broker queue.",
+)
+@click.option("--json-log", is_flag=True, help="Log JSON lines on stderr.")
+def serve_cmd(
+    store_url: str | None,
+    broker: str | None,
+    prefix: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+    name: str | None,
+    end_session: bool,
+    json_log: bool,
+) -> None:
+    """Collect the fleet's telemetry into a store, losing none of it, until stopped.
+
+    Events, drift windows, heartbeats, summaries, births and Wills are stored as they come;
+    gaps in a device's sequence are asked for again. Several collectors may share the load
+    (each with its own --name) into one PostgreSQL.
+
+    Example: edgekit serve --store postgresql://edgekit@db/telemetry --metrics-port 9310
+    """
+    from ..fleet.collector import Collector, ServeSettings
+    from ..fleet.metrics import CollectorMetrics, serve_http
+    from ..telemetry import DEFAULT_FILE, open_store
+
+    ws = None
+    try:
+        ws = workspace.find()
+    except WorkspaceError:
+        if store_url is None or broker is None:
+            raise WorkspaceError(
+                "no edgekit workspace here, and no --store and --broker given",
+                "run in a workspace (edgekit init) or pass --store and --broker",
+            ) from None
+    section: dict[str, Any] = ws.config.get("serve", {}) if ws is not None else {}
+    for key in ("session_expiry_s", "metrics_port"):
+        if key in section and (isinstance(section[key], bool) or not isinstance(section[key], int)):
+            raise WorkspaceError(f"[serve] {key} in edgekit.toml must be an integer, got {section[key]!r}")
+    url = store_url or section.get("store") or f"sqlite:///{Path(ws.state if ws else '.') / DEFAULT_FILE}"
+    settings = ServeSettings(
+        **{k: section[k] for k in ("session_expiry_s", "share_group") if k in section},
+        name=name or section.get("name") or ServeSettings().name,
+        prefix=prefix or (ws.prefix if ws is not None else ServeSettings().prefix),
+    )
+    port = metrics_port if metrics_port is not None else section.get("metrics_port")
+    _setup_logging(json_log)
+    log = logging.getLogger("edgekit.serve")
+
+    metrics = CollectorMetrics()
+    collector = Collector(lambda: open_store(str(url)), broker or (ws.broker if ws else ""), settings, metrics)
+    server = None
+    if port is not None:
+        server, bound = serve_http(metrics, int(port), metrics_addr)
+        log.info("metrics on http://%s:%d/metrics", metrics_addr, bound)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    collector.start()
+    backend, who = collector.store.backend, collector.client_id
+    log.info("collecting %s/… from %s into %s as %s", settings.prefix, collector.broker, backend, who)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("stopping: storing what was received")
+        collector.stop(end_session=end_session)
+        if server is not None:
+            server.shutdown()
+        log.info("stopped")
+
+
+COMMANDS = [serve_cmd]
