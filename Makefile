@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[host,parquet,serve,dev]'
+	$(PY) -m pip install -q -e '.[host,boosting,parquet,serve,dev]'
 	touch $(STAMP)
 
 mosquitto:

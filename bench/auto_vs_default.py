@@ -104,8 +104,8 @@ def section(outcomes: list[Outcome], budget: float, seed: int, started: float, l
         START,
         "## Model search: auto vs default RandomForest",
         "",
-        "`--model auto` (cross-validated search over logistic/linear regression, random forest, "
-        "histogram gradient boosting and MLP, see `edgekit/search.py`) against `--model rf` "
+        "`--model auto` (the cost-aware search over every installed family, see `edgekit/search.py`) "
+        "against `--model rf` "
         "(scikit-learn's RandomForest defaults, 100 trees) on the same 25 % holdout (same seed, "
         "stratified for classification). The search sees only the training split. Score: holdout "
         "accuracy (classification) / r2 (regression), the default declared metrics.",

@@ -29,6 +29,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("transfer", "bench/transfer.py", "a 10 MiB bundle to 20 agent processes against raw mosquitto delivery"),
     ("quantization", "bench/quantization.py", "what each quantization strategy does per model family"),
     ("auto-vs-default", "bench/auto_vs_default.py", "`--model auto` against the default model"),
+    ("auto-vs-flaml", "bench/auto_vs_flaml.py", "`--model auto` against FLAML at equal time budgets"),
     (
         "drift-power",
         "bench/drift_power.py",

@@ -7,7 +7,7 @@ the section between ``<!-- quantization:start -->`` and ``<!-- quantization:end 
 other benchmarks.
 
 For each data set (breast_cancer, wine, digits; diabetes as regression) and each model family
-(logreg / linear, rf, hgb, mlp) the real pipeline runs: a CSV → ``edgekit.data.load_table`` →
+(logreg / linear, rf, hgb, LightGBM, XGBoost, mlp) the real pipeline runs: a CSV → ``edgekit.data.load_table`` →
 ``edgekit.train.train`` (seed 0, 25 % holdout) → ``edgekit.convert.to_onnx`` →
 ``edgekit.quantize.quantize`` with the holdout rows as the gate's rows and the training rows as
 calibration rows. ``quantize`` tries every strategy that fits the family, measures each
@@ -53,7 +53,10 @@ DATASETS: list[tuple[str, Callable[[], Bunch], str]] = [
     ("digits", load_digits, "classification"),
     ("diabetes", load_diabetes, "regression"),
 ]
-FAMILIES = {"classification": ("logreg", "rf", "hgb", "mlp"), "regression": ("linear", "rf", "hgb", "mlp")}
+FAMILIES = {
+    "classification": ("logreg", "rf", "hgb", "lgbm", "xgb", "mlp"),
+    "regression": ("linear", "rf", "hgb", "lgbm", "xgb", "mlp"),
+}
 PACKAGES = ("numpy", "scikit-learn", "skl2onnx", "onnx", "onnxruntime")
 
 
@@ -164,7 +167,7 @@ def render(cases: list[Case], args: argparse.Namespace, seconds: float, load: tu
         "| family | chosen (count) | size ratio | p50 ratio | accuracy / R² change (pt) | label agreement (min) |",
         "|---|---|---|---|---|---|",
     ]
-    for family in ("logreg/linear", "rf", "hgb", "mlp"):
+    for family in ("logreg/linear", "rf", "hgb", "lgbm", "xgb", "mlp"):
         mine = [c.report for c in done if c.family in family.split("/") and c.report is not None]
         if not mine:
             continue

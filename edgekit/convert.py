@@ -32,6 +32,7 @@ from skl2onnx.operator_converters.multilayer_perceptron import convert_sklearn_m
 from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
 from sklearn.impute import SimpleImputer
 
+from edgekit.boosting import register_converters
 from edgekit.categories import CategoryCap, cap_converter, cap_shape
 from edgekit.errors import ConversionError
 from edgekit.onnx_model import OnnxModel, feeds, session
@@ -129,6 +130,8 @@ def to_onnx(result: TrainResult, dtype: str = "float32") -> OnnxModel:
 
 def _skl2onnx(result: TrainResult, columns: bool, dtype: str) -> tuple[onnx.ModelProto, list[str]]:
     final = result.estimator.steps[-1][1]
+    if result.model in ("lgbm", "xgb"):
+        register_converters()  # onnxmltools' LightGBM / XGBoost converters, inside the same pipeline
     if columns:
         names = input_names_for([f.name for f in result.features])
         initial: list[tuple[str, Any]] = [

@@ -4,21 +4,9 @@ Classification and regression, numeric and categorical features, missing values.
 pipeline starts with the preprocessing the device must not have to do: the ONNX graph gets
 the raw features exactly as the table has them.
 
-Preprocessing per family (``build_pipeline``)
-    * numeric features: mean imputation where the training data had missing values, and a
-      ``StandardScaler`` for the families that need one (logistic / linear regression, MLP: an
-      MLP on raw breast_cancer / wine features converges poorly). Tree ensembles get **no**
-      scaler: a float64 scaler in front of a tree makes the float32 ONNX graph compute the
-      scaled value with a different rounding than scikit-learn, and rows near a split then take
-      the other branch (the classic float32 pitfall). HistGradientBoosting gets no imputer
-      either: it learns a direction for NaN, which the converted graph keeps.
-    * categorical features: one-hot encoding with ``handle_unknown="ignore"`` (a category the
-      model never saw encodes as all zeros rather than failing). Missing categoricals arrive as
-      ``""`` (see :mod:`edgekit.data`) and are a category of their own, which is what a constant
-      imputer would do, without the extra graph node.
-    * MLP regression standardises the target while fitting and folds the scale back into the
-      output layer (:class:`TargetScaledMLPRegressor`), so the converted graph predicts in the
-      target's units with no extra node.
+The families and their preprocessing live in :mod:`edgekit.families`, the metrics in
+:mod:`edgekit.metrics`, the folds in :mod:`edgekit.crossval`; their names stay importable from
+here.
 
 Besides the fitted pipeline, training returns out-of-fold predictions on the training split:
 the drift reference describes the model's outputs on rows it has not seen, because confidence
@@ -35,234 +23,46 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, clone
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (
-    ExtraTreesClassifier,
-    ExtraTreesRegressor,
-    HistGradientBoostingClassifier,
-    HistGradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    log_loss,
-    mean_absolute_error,
-    mean_squared_error,
-    r2_score,
-    roc_auc_score,
-)
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
-from sklearn.neural_network import MLPClassifier, MLPRegressor
+from sklearn.base import clone
+from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from edgekit.categories import CategoryCap
+from edgekit.crossval import CV_FOLDS, folds_for, out_of_fold
 from edgekit.data import FeatureInfo, Table
 from edgekit.errors import DataError
+from edgekit.families import (
+    SCALED_FAMILIES,
+    TargetScaledMLPRegressor,
+    build_pipeline,
+    canonical_family,
+    category_caps,
+    default_params,
+    families_for,
+)
+from edgekit.metrics import DEFAULT_METRIC, METRICS, Metric, check_metric, score
+from edgekit.search import DEFAULT_BUDGET_S, search
 
-MODELS = ("logreg", "rf", "et", "hgb", "mlp")  # classification families (``linear`` is an alias of logreg)
-REGRESSION_MODELS = ("linear", "rf", "et", "hgb", "mlp")  # regression families (``logreg`` is an alias of linear)
-CHOICES = ("logreg", "linear", "rf", "et", "hgb", "mlp", "auto")
-CV_FOLDS = 5
-SCALED_FAMILIES = frozenset({"logreg", "linear", "mlp"})
+MODELS = families_for("classification")  # the installed classification families, cheapest first
+REGRESSION_MODELS = families_for("regression")
+CHOICES = ("logreg", "linear", "rf", "et", "hgb", "lgbm", "xgb", "mlp", "auto")
+__all__ = [  # moved to their own modules; importable from here as before
+    "CV_FOLDS",
+    "DEFAULT_METRIC",
+    "METRICS",
+    "SCALED_FAMILIES",
+    "Metric",
+    "TargetScaledMLPRegressor",
+    "build_pipeline",
+    "category_caps",
+    "check_metric",
+    "default_params",
+    "folds_for",
+    "out_of_fold",
+    "score",
+]
 
 Progress = Callable[[str], None]
-
-
-# --- metrics --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    task: str
-    greater_is_better: bool
-    binary_only: bool = False
-
-
-METRICS: dict[str, Metric] = {
-    m.name: m
-    for m in (
-        Metric("accuracy", "classification", True),
-        Metric("f1_macro", "classification", True),
-        Metric("roc_auc", "classification", True, binary_only=True),
-        Metric("log_loss", "classification", False),
-        Metric("r2", "regression", True),
-        Metric("neg_mae", "regression", True),
-        Metric("neg_rmse", "regression", True),
-    )
-}
-DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2"}
-
-
-def check_metric(metric: str | None, task: str, n_classes: int = 0) -> Metric:
-    name = metric or DEFAULT_METRIC[task]
-    found = METRICS.get(name)
-    choices = [m.name for m in METRICS.values() if m.task == task and not (m.binary_only and n_classes > 2)]
-    if found is None or found.task != task:
-        raise DataError(f"metric '{name}' is not a {task} metric", f"choose one of: {', '.join(choices)}")
-    if found.binary_only and n_classes > 2:
-        raise DataError(
-            f"metric '{name}' needs a binary target; this one has {n_classes} classes",
-            f"choose one of: {', '.join(choices)}",
-        )
-    return found
-
-
-def score(metric: str, y_true: np.ndarray, output: np.ndarray, classes: np.ndarray | None = None) -> float:
-    """``metric`` of predictions ``output``: class probabilities (n, C) in ``classes`` order for
-    classification, predicted values (n,) for regression. Orientation as named (log_loss: lower
-    is better; neg_mae / neg_rmse: higher is better)."""
-    if metric in ("r2", "neg_mae", "neg_rmse"):
-        pred = np.asarray(output, dtype=np.float64).reshape(-1)
-        if metric == "r2":
-            return float(r2_score(y_true, pred))
-        if metric == "neg_mae":
-            return -float(mean_absolute_error(y_true, pred))
-        return -math.sqrt(float(mean_squared_error(y_true, pred)))
-    assert classes is not None
-    proba = np.asarray(output, dtype=np.float64)
-    if metric == "log_loss":
-        return float(log_loss(y_true, proba, labels=classes))
-    if metric == "roc_auc":
-        return float(roc_auc_score(y_true == classes[1], proba[:, 1]))
-    predicted = classes[np.argmax(proba, axis=1)]
-    if metric == "accuracy":
-        return float(accuracy_score(y_true, predicted))
-    if metric == "f1_macro":
-        return float(f1_score(y_true, predicted, average="macro"))
-    raise DataError(f"unknown metric '{metric}'", f"choose one of: {', '.join(METRICS)}")
-
-
-# --- pipelines ------------------------------------------------------------------------------------
-
-
-class TargetScaledMLPRegressor(MLPRegressor):  # type: ignore[misc]
-    """An MLPRegressor fitted on the standardised target, with the scale folded back into its
-    output layer after fitting: ``predict`` (and the converted ONNX graph, which reads the same
-    weights) returns values in the target's units. Plain MLPRegressor on a target like
-    diabetes' (mean 152, std 77) converges poorly at default settings."""
-
-    def fit(self, X: Any, y: Any, **kwargs: Any) -> TargetScaledMLPRegressor:
-        target = np.asarray(y, dtype=np.float64)
-        mean = float(target.mean())
-        std = float(target.std()) or 1.0
-        super().fit(X, (target - mean) / std, **kwargs)
-        self.coefs_[-1] = self.coefs_[-1] * std
-        self.intercepts_[-1] = self.intercepts_[-1] * std + mean
-        return self
-
-
-def canonical_family(model: str, task: str) -> str:
-    if model in ("logreg", "linear"):
-        return "logreg" if task == "classification" else "linear"
-    if model in ("rf", "et", "hgb", "mlp"):
-        return model
-    families = MODELS if task == "classification" else REGRESSION_MODELS
-    raise DataError(f"unknown model '{model}'", f"choose one of: {', '.join([*families, 'auto'])}")
-
-
-def default_params(family: str, task: str) -> dict[str, Any]:
-    """The defaults ``--model FAMILY`` trains with (and the first candidates of a search)."""
-    if family == "logreg":
-        return {"C": 1.0}
-    if family == "linear":
-        return {"alpha": 1.0}
-    if family in ("rf", "et"):
-        return {"n_estimators": 100, "max_features": "sqrt" if task == "classification" else 1.0, "min_samples_leaf": 1}
-    if family == "hgb":
-        return {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 31, "min_samples_leaf": 20}
-    if family == "mlp":
-        # Regression: early stopping on a 10 % validation split; without it the default MLP
-        # overfits diabetes (holdout r2 -0.07; 0.35 with it).
-        return {"hidden_layer_sizes": (64,), "alpha": 1e-4, "early_stopping": task == "regression"}
-    raise DataError(f"unknown model '{family}'")
-
-
-def _estimator(family: str, task: str, seed: int, params: dict[str, Any]) -> BaseEstimator:
-    p = dict(params)
-    if family == "logreg":
-        return LogisticRegression(max_iter=2000, **p)
-    if family == "linear":
-        return Ridge(**p)
-    if family == "rf":
-        cls = RandomForestClassifier if task == "classification" else RandomForestRegressor
-        return cls(random_state=seed, n_jobs=1, **p)
-    if family == "et":  # extremely randomised trees: random split points, often better on many features
-        cls_e = ExtraTreesClassifier if task == "classification" else ExtraTreesRegressor
-        return cls_e(random_state=seed, n_jobs=1, **p)
-    if family == "hgb":
-        cls_h = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
-        return cls_h(random_state=seed, **p)
-    if family == "mlp":
-        if "hidden_layer_sizes" in p:
-            p["hidden_layer_sizes"] = tuple(p["hidden_layer_sizes"])
-        if task == "classification":
-            return MLPClassifier(max_iter=1000, random_state=seed, **p)
-        return TargetScaledMLPRegressor(max_iter=1000, random_state=seed, **p)
-    raise DataError(f"unknown model '{family}'")
-
-
-def build_pipeline(
-    model: str,
-    seed: int,
-    task: str = "classification",
-    features: Sequence[FeatureInfo] | None = None,
-    params: dict[str, Any] | None = None,
-) -> Pipeline:
-    """The preprocessing + model pipeline for one family (see the module docstring).
-
-    ``features`` defaults to all-numeric without missing values (no imputer)."""
-    family = canonical_family(model, task)
-    merged = {**default_params(family, task), **(params or {})}
-    estimator = _estimator(family, task, seed, merged)
-    feats = list(features or [])
-    scale = family in SCALED_FAMILIES
-    numeric = [i for i, f in enumerate(feats) if f.type == "numeric"]
-    categorical = [i for i, f in enumerate(feats) if f.type == "categorical"]
-    impute = family != "hgb" and any(feats[i].allow_missing for i in numeric)
-    num_steps: list[tuple[str, Any]] = []
-    if impute:
-        num_steps.append(("impute", SimpleImputer(strategy="mean")))
-    if scale:
-        num_steps.append(("scale", StandardScaler()))
-    if not categorical:
-        return Pipeline([*num_steps, ("model", estimator)])
-    transformers: list[tuple[str, Any, list[int]]] = []
-    if numeric:
-        transformers.append(("numeric", Pipeline(num_steps) if num_steps else "passthrough", numeric))
-    uncapped = [i for i in categorical if feats[i].max_categories is None]
-    if uncapped:
-        transformers.append(("categorical", _one_hot(), uncapped))
-    for i in categorical:
-        cap = feats[i].max_categories
-        if cap is not None:  # most frequent categories kept, the rest "other", in the graph
-            transformers.append((f"capped_{i}", Pipeline([("cap", CategoryCap(cap)), ("onehot", _one_hot())]), [i]))
-    return Pipeline([("prepare", ColumnTransformer(transformers)), ("model", estimator)])
-
-
-def _one_hot() -> OneHotEncoder:
-    return OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64)
-
-
-def category_caps(estimator: Pipeline, features: Sequence[FeatureInfo]) -> dict[str, dict[str, Any]]:
-    """Per capped categorical column, what the fitted cap kept: distinct values in the training
-    split, categories kept, share of training rows that became "other"."""
-    prepare = estimator.named_steps.get("prepare")
-    if not isinstance(prepare, ColumnTransformer):
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for name, fitted, columns in prepare.transformers_:
-        if name.startswith("capped_") and isinstance(fitted, Pipeline):
-            cap = fitted.named_steps["cap"]
-            out[features[columns[0]].name] = {**cap.summary(), "max_categories": cap.max_categories}
-    return out
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -354,8 +154,6 @@ def train(
     # busy 2-core host OpenMP spin-waits made one HGB fit take 0.4-14 s instead of a steady 0.3 s.
     with threadpool_limits(limits=1):
         if model == "auto":
-            from edgekit.search import DEFAULT_BUDGET_S, search
-
             found = search(
                 X_train,
                 y_train,
@@ -488,42 +286,6 @@ def _check_regression_rows(n: int, test_size: float) -> None:
         f"only {n} rows: a {CV_FOLDS}-fold cross-validation plus a {test_size:.0%} holdout needs at least {needed}",
         "add rows, or use a smaller holdout (--test-size)",
     )
-
-
-def folds_for(task: str, seed: int) -> StratifiedKFold | KFold:
-    if task == "classification":
-        return StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
-    return KFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
-
-
-def out_of_fold(
-    pipeline: Pipeline,
-    X: np.ndarray,
-    y: np.ndarray,
-    task: str,
-    seed: int,
-    metrics: Sequence[str] = (),
-    deadline: float | None = None,
-) -> tuple[np.ndarray, dict[str, list[float]]]:
-    """k-fold out-of-fold outputs (what ``cross_val_predict`` computes) plus per-fold scores
-    for ``metrics`` (and accuracy / r2), in one pass so each fold is fitted once.
-
-    With ``deadline`` (a ``time.perf_counter()`` value) it raises :class:`TimeoutError` between
-    folds once the deadline has passed."""
-    names = list(dict.fromkeys([*metrics, "accuracy" if task == "classification" else "r2"]))
-    scores: dict[str, list[float]] = {name: [] for name in names}
-    classes = np.unique(y) if task == "classification" else None
-    shape = (len(y), len(classes)) if classes is not None else (len(y),)
-    out: np.ndarray = np.zeros(shape, dtype=np.float64)
-    for fit_idx, val_idx in folds_for(task, seed).split(X, y):
-        if deadline is not None and time.perf_counter() > deadline:
-            raise TimeoutError
-        fold = clone(pipeline).fit(X[fit_idx], y[fit_idx])
-        # Every class is in every fit split (checked above), so the columns line up with `classes`.
-        out[val_idx] = fold.predict_proba(X[val_idx]) if classes is not None else fold.predict(X[val_idx])
-        for name in names:
-            scores[name].append(score(name, y[val_idx], out[val_idx], classes))
-    return out, scores
 
 
 def _json_safe(value: Any) -> Any:

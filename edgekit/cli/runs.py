@@ -16,7 +16,7 @@ from .. import runs as runs_mod
 from ..errors import ExitCode, UsageError
 from .output import emit, json_option, table
 
-MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "mlp")
+MODEL_CHOICES = ("logreg", "rf", "et", "hgb", "lgbm", "xgb", "mlp")
 
 
 def _train_text(d: dict[str, Any]) -> str:
@@ -69,21 +69,29 @@ def _train_text(d: dict[str, Any]) -> str:
     if board:
         search = d.get("search") or {}
         lines.append(
-            f"  search     {search.get('evaluated', len(board))} candidates in {search.get('elapsed_s', 0):.0f} s "
-            f"(budget {search.get('time_budget_s', 0):.0f} s), by cv {search.get('metric', '')}; * = chosen:"
+            f"  search     {search.get('evaluated', len(board))} candidates in {search.get('elapsed_s', 0):.1f} s "
+            f"(budget {search.get('time_budget_s', 0):.0f} s), by cv {search.get('metric', '')}; * = chosen"
         )
+        if "cross_validated" in search:
+            lines.append(
+                f"             {search['cross_validated']} cross-validated in full, {search.get('stopped_early', 0)} "
+                f"stopped early by successive halving, {search.get('skipped_over_budget', 0)} not started "
+                "(would not fit in the time left)"
+            )
         rows = [
             [
                 str(e["rank"]) + ("*" if e.get("chosen") else ""),
                 e["model"],
                 f"{e['cv_mean']:.4f} ± {e['cv_std']:.4f}",
+                _evaluated_on(e),
                 f"{e['fit_seconds']:.2f}",
+                str(e.get("size", "")),
                 json.dumps(e["params"], sort_keys=True),
             ]
             for e in board
             if e["rank"] <= 10 or e.get("chosen")  # the chosen model is always shown
         ]
-        body = table(rows, ["#", "MODEL", "CV", "FIT S", "PARAMS"])
+        body = table(rows, ["#", "MODEL", "CV", "EVALUATED ON", "FIT S", "SIZE", "PARAMS"])
         lines.extend("    " + line for line in body.splitlines())
         if len(board) > len(rows):
             lines.append(f"    … {len(board) - len(rows)} more (--json for all)")
@@ -94,6 +102,15 @@ def _train_text(d: dict[str, Any]) -> str:
                 "standard error of its cross-validation, so the default was kept (less luck, same skill)"
             )
     return "\n".join(lines)
+
+
+def _evaluated_on(entry: dict[str, Any]) -> str:
+    """How much evaluation a leaderboard score rests on: folds × fitting rows, or the row sample."""
+    if "folds" not in entry:  # runs recorded before the cost-aware search
+        return "5 folds"
+    if entry["folds"] == 0:
+        return f"1 sample of {entry.get('rows', 0)} rows"
+    return f"{entry['folds']} fold{'s' if entry['folds'] > 1 else ''} × {entry.get('rows', 0)} rows"
 
 
 def _datetime_columns(specs: tuple[str, ...]) -> dict[str, list[str] | None]:
@@ -118,7 +135,7 @@ def _datetime_columns(specs: tuple[str, ...]) -> dict[str, list[str] | None]:
 @click.option("--target", required=True, help="The column to predict.")
 @click.option(
     "--model",
-    type=click.Choice(("logreg", "linear", "rf", "et", "hgb", "mlp", "auto")),
+    type=click.Choice(("logreg", "linear", "rf", "et", "hgb", "lgbm", "xgb", "mlp", "auto")),
     default="logreg",
     show_default=True,
     help="A model family, or auto: a cross-validated search within --time-budget.",
