@@ -36,6 +36,16 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "drift verdicts: false alarms on every bundled data set, detection power and delay by window size and shift",
     ),
     ("collector", "bench/collector.py", "`edgekit serve` ingestion vs a bare paho subscriber (SQLite, PostgreSQL)"),
+    (
+        "local-api",
+        "bench/local_api.py",
+        "applications calling the agent's socket: single rows, batches, concurrent clients, against bare onnxruntime",
+    ),
+    (
+        "small-device",
+        "bench/small_device.py",
+        "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",
+    ),
 )
 
 
