@@ -37,6 +37,16 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ),
     ("collector", "bench/collector.py", "`edgekit serve` ingestion vs a bare paho subscriber (SQLite, PostgreSQL)"),
     ("alerts", "bench/alerts.py", "persisting-drift alerts: false alerts on stationary streams, delay after a step"),
+    (
+        "local-api",
+        "bench/local_api.py",
+        "applications calling the agent's socket: single rows, batches, concurrent clients, against bare onnxruntime",
+    ),
+    (
+        "small-device",
+        "bench/small_device.py",
+        "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",
+    ),
 )
 
 

@@ -116,6 +116,47 @@ class InputSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """The local inference API that applications on the device call (docs/local-api.md)."""
+
+    socket: str = _setting(
+        "agent.sock", "path", "the Unix socket applications call; relative paths are inside state_dir; empty: none"
+    )
+    socket_mode: str = _setting("0660", "octal", "permissions of the socket file: who on the device may call the agent")
+    tcp_port: int = _setting(
+        0, "port", "also listen on 127.0.0.1 at this port (0: off); loopback only: anyone on the device may call"
+    )
+    max_clients: int = _setting(32, "connections", "connections served at once; a further one is told so and closed")
+    max_line_bytes: int = _setting(1 << 20, "bytes", "longest request line (a batch is one line)")
+    max_batch_rows: int = _setting(1024, "rows", "most rows in one batch request")
+    io_timeout_s: float = _setting(
+        10.0, "s", "a client that leaves a request line unfinished, or its answers unread, this long is disconnected"
+    )
+    mqtt_broker: str = _setting("", "URL", "a broker on the device to take requests from too (empty: off)")
+    mqtt_topic: str = _setting(
+        "edgekit/local/infer", "topic", "requests on that broker; answers go to each request's MQTT 5 response topic"
+    )
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What the agent writes to stderr (journald, under systemd)."""
+
+    format: str = _setting("text", "", "text, or json: one JSON object per line, for journald or a log shipper")
+    level: str = _setting("warning", "", "debug, info, warning or error; each -v on the command line lowers it a step")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The systemd unit written by ``edgekit-agent service write-unit``."""
+
+    user: str = _setting("edgekit", "", "the unprivileged user the agent runs as")
+    group: str = _setting("edgekit", "", "its group: applications in it may call the socket (socket_mode 0660)")
+    memory_max: str = _setting("256M", "bytes", "the unit's memory limit (systemd MemoryMax: 128M, 1G)")
+    cpu_quota: str = _setting("100%", "", "the unit's CPU limit (systemd CPUQuota: 100% is one CPU)")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device_id: str = _setting("", "", "this device's id (letters, digits, _ . : -)")
     state_dir: str = _setting("", "path", "where bundles, state and the outbox live")
@@ -128,6 +169,9 @@ class AgentConfig:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     input: InputSettings = field(default_factory=InputSettings)
     limits: Limits = field(default_factory=Limits)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
 
     # ── building one ───────────────────────────────────────────────────────────────
 
@@ -158,6 +202,24 @@ class AgentConfig:
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.mqtt.broker)
 
+    @property
+    def socket_path(self) -> str:
+        """The local API's Unix socket ('' when there is none); relative paths are in state_dir."""
+        path = self.api.socket
+        if not path:
+            return ""
+        return path if os.path.isabs(path) else os.path.join(self.state_dir, path)
+
+    @property
+    def socket_mode(self) -> int:
+        try:
+            mode = int(self.api.socket_mode, 8)
+        except ValueError:
+            mode = -1
+        if not 0 <= mode <= 0o777:
+            raise ConfigError(f"api.socket_mode {self.api.socket_mode!r} is not a file mode; write it in octal: 0660")
+        return mode
+
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
     """``mqtt://host:port`` → (host, port, tls=False). Only plain MQTT for now."""
@@ -183,7 +245,7 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_SECTIONS = {"mqtt", "core", "engine", "outbox", "input", "limits"}
+_SECTIONS = {"mqtt", "core", "engine", "outbox", "input", "limits", "api", "log", "service"}
 
 
 def build(cls: type[AgentConfig], values: dict[str, Any]) -> AgentConfig:

@@ -24,7 +24,7 @@ from .drift import DriftWindow, Reference
 from .errors import InferenceFailed, NoModel, ProtocolError, RowError, TrialFailed
 from .events import DriftReady, Event, RowRejected, TrialDone
 from .protocol import Latency, Progress, Stats
-from .runtime import LoadedModel, Prediction
+from .runtime import Columns, LoadedModel, Prediction
 
 
 class _Window:
@@ -180,48 +180,135 @@ class InferenceEngine:
         with self._lock:
             model = self.model
             if model is None:
-                self.rejected += 1
-                err: RowError = NoModel("no model is active yet; the row was not served")
-                self._notify(RowRejected(err))
-                raise err
+                raise self._no_model_locked()
             t0 = time.perf_counter_ns()
             try:
                 inputs = model.model_row(row)  # date/time values become their parts, as in training
                 pred = model.predict_inputs(inputs)
             except RowError as exc:
-                self.rejected += 1
-                self._notify(RowRejected(exc))
-                trial = self._trial
-                if trial is not None and not trial.decided and isinstance(exc, InferenceFailed):
-                    trial.decided = True
-                    self._notify(TrialDone(trial.sha256, TrialFailed(f"on live row {trial.ok + 1}: {exc.detail}")))
-                    self._revert_locked(trial)
+                self._failed_locked(exc)
                 raise
             self._latency[self._lat_n % len(self._latency)] = time.perf_counter_ns() - t0
             self._lat_n += 1
-            self.served += 1
-            if len(self._rows) < self.settings.max_pending_rows:
-                self._rows.append(inputs)  # drift is accounted on the model's inputs, like the reference
-                self._labels.append(pred.class_index)
-                self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
-            else:
-                self.unaccounted += 1
-            if pred.confidence < self._low_conf_threshold:
-                self.low_confidence += 1
+            self._served_locked(inputs, pred)
+            return pred
+
+    def serve_many(self, rows: Sequence[Sequence[Any]]) -> tuple[LoadedModel | None, list[Prediction | RowError]]:
+        """Serve a batch through one onnxruntime call; return the model that answered and one
+        answer per row. Every row is counted, timed, accounted for drift and for a trial exactly
+        as :meth:`serve` counts one; its latency is the batch's time shared out (time / rows).
+        Should a row fail a model on trial, the rows after it were still answered by that model:
+        they are counted, but kept out of the restored model's drift window."""
+        with self._lock:
+            model = self.model
+            if model is None:
+                return None, [self._no_model_locked() for _ in rows]
+            t0 = time.perf_counter_ns()
+            inputs, results = model.predict_rows(rows)
+            per_row = (time.perf_counter_ns() - t0) / max(1, len(rows))
+            for row, result in zip(inputs, results, strict=True):
+                if isinstance(result, RowError):
+                    self._failed_locked(result)
+                    continue
+                self._latency[self._lat_n % len(self._latency)] = per_row
+                self._lat_n += 1
+                if self.model is model and row is not None:
+                    self._served_locked(row, result)
+                else:
+                    self.served += 1
+            return model, results
+
+    def serve_matrix(self, x: np.ndarray) -> tuple[LoadedModel | None, Columns]:
+        """A tensor batch: rows already in one numeric matrix, answered as columns. Counted,
+        timed, accounted for drift and held against a trial exactly like :meth:`serve_many`'s
+        rows; when no row failed, the accounting is done column-wise too (it is the same sums)."""
+        n = len(x)
+        with self._lock:
+            model = self.model
+            if model is None or n == 0:
+                errors = {i: self._no_model_locked() for i in range(n)}
+                return None, Columns(np.full(n, -1), np.full(n, math.nan), errors)
+            t0 = time.perf_counter_ns()
+            cols = model.predict_matrix(x)
+            per_row = (time.perf_counter_ns() - t0) / max(1, n)
+            if cols.errors:
+                for i in range(n):
+                    err = cols.errors.get(i)
+                    if err is not None:
+                        self._failed_locked(err)
+                        continue
+                    self._latency[self._lat_n % len(self._latency)] = per_row
+                    self._lat_n += 1
+                    if self.model is model:
+                        self._served_locked(x[i], cols.prediction(i, model.spec.classes))
+                    else:
+                        self.served += 1
+                return model, cols
+            ring = len(self._latency)
+            at = (self._lat_n + np.arange(min(n, ring))) % ring
+            self._latency[at] = per_row
+            self._lat_n += n
+            self.served += n
+            room = max(0, self.settings.max_pending_rows - len(self._rows))
+            kept = min(n, room)
+            self._rows.extend(x[:kept])
+            self._labels.extend(cols.class_index[:kept].tolist())
+            self._scores.extend(cols.score[:kept].tolist())
+            self.unaccounted += n - kept
+            if model.spec.task == "classification":  # its score is the confidence
+                self.low_confidence += int(np.count_nonzero(cols.score < self._low_conf_threshold))
             trial = self._trial
             if trial is not None and not trial.decided:
-                trial.ok += 1
+                trial.ok += n
                 if trial.ok >= trial.rows:
                     trial.decided = True
                     self._notify(TrialDone(trial.sha256))
-            return pred
+            return model, cols
+
+    def _no_model_locked(self) -> RowError:
+        self.rejected += 1
+        err: RowError = NoModel("no model is active yet; the row was not served")
+        self._notify(RowRejected(err))
+        return err
+
+    def _failed_locked(self, exc: RowError) -> None:
+        """A row the model did not answer: counted, reported, and held against a model on trial
+        when the model itself failed."""
+        self.rejected += 1
+        self._notify(RowRejected(exc))
+        trial = self._trial
+        if trial is not None and not trial.decided and isinstance(exc, InferenceFailed):
+            trial.decided = True
+            self._notify(TrialDone(trial.sha256, TrialFailed(f"on live row {trial.ok + 1}: {exc.detail}")))
+            self._revert_locked(trial)
+
+    def _served_locked(self, inputs: Sequence[Any], pred: Prediction) -> None:
+        self.served += 1
+        if len(self._rows) < self.settings.max_pending_rows:
+            self._rows.append(inputs)  # drift is accounted on the model's inputs, like the reference
+            self._labels.append(pred.class_index)
+            self._scores.append(pred.confidence if pred.class_index >= 0 else pred.label)
+        else:
+            self.unaccounted += 1
+        if pred.confidence < self._low_conf_threshold:
+            self.low_confidence += 1
+        trial = self._trial
+        if trial is not None and not trial.decided:
+            trial.ok += 1
+            if trial.ok >= trial.rows:
+                trial.decided = True
+                self._notify(TrialDone(trial.sha256))
 
     # ── drift accounting (worker thread) ────────────────────────────────────────────
 
     def _take_locked(self) -> tuple[list[Sequence[Any]], list[int], list[float]]:
-        taken = (self._rows, self._labels, self._scores)
+        rows, labels, scores = self._rows, self._labels, self._scores
         self._rows, self._labels, self._scores = [], [], []
-        return taken
+        n = min(len(rows), len(labels), len(scores))
+        if n < max(len(rows), len(labels), len(scores)):  # a MemoryError between appends: keep what pairs up
+            self.unaccounted += max(len(rows), len(labels), len(scores)) - n
+            del rows[n:], labels[n:], scores[n:]
+        return rows, labels, scores
 
     def _account(
         self, window: _Window, rows: list[Sequence[Any]], labels: list[int], conf: list[float], final: bool

@@ -10,6 +10,7 @@ lifecycle events it reports beside them.
      ├── RowError            one input row cannot be served (shape, NaN, type, no model)
      ├── ProtocolError       a message on a subscribed topic is malformed
      ├── TransferError       a chunk of a bundle transfer is bad
+     ├── ClientError         a local application's request cannot be answered as a whole
      └── InternalError       the agent's own invariants (an illegal phase change), its configuration
 
 Each class carries a stable ``code`` that appears in failure events on the wire, so the
@@ -322,6 +323,37 @@ class ChunkRejected(TransferError):
     action = "Deploy again to republish the chunk; if it repeats, something alters retained messages."
 
 
+# ── local applications calling the agent ──────────────────────────────────────────
+
+
+class ClientError(AgentError):
+    """A request from a local application cannot be answered as a whole; none of its rows was served."""
+
+    code = "client.error"
+    action = "Fix the calling application: docs/local-api.md describes the requests the agent answers."
+
+
+class BadRequest(ClientError):
+    """A request is valid JSON but not one the agent knows (an unknown op, 'rows' that is not a list)."""
+
+    code = "client.bad_request"
+    action = 'Send a row, {"rows": [...]} or {"op": "health"}, one JSON document per line (docs/local-api.md).'
+
+
+class RequestTooLarge(ClientError):
+    """A request line is longer than api.max_line_bytes, or a batch has more rows than api.max_batch_rows."""
+
+    code = "client.too_large"
+    action = "Split the batch into smaller ones, or raise api.max_line_bytes / api.max_batch_rows."
+
+
+class TooManyClients(ClientError):
+    """The local API already serves api.max_clients connections; this one was closed."""
+
+    code = "client.busy"
+    action = "Keep one connection per application (the Python client does), or raise api.max_clients."
+
+
 # ── the agent itself ──────────────────────────────────────────────────────────────────
 
 
@@ -337,6 +369,13 @@ class IllegalTransition(InternalError):
 
     code = "internal.illegal_transition"
     action = "Report it with the agent's log; the deployment is abandoned and the previous model serves."
+
+
+class ListenFailed(InternalError):
+    """The local API cannot listen: its socket is in use by a running agent, or cannot be created."""
+
+    code = "listen.failed"
+    action = "Stop the other agent on that socket, or set api.socket (or api.tcp_port) to a free, writable place."
 
 
 class ConfigError(InternalError):

@@ -7,6 +7,10 @@ Python wrapper's per-call validation and asks only for the output we use. Slow, 
 diagnostics happen only after a row has failed the cheap checks. Models with categorical
 features (the "columns" layout of docs/contract-model-spec.md) take a per-column feed.
 
+Many rows at once (:meth:`LoadedModel.predict_rows`, the local API's batches) go through one
+``session.run`` on a matrix; each row is still validated on its own and gets its own answer
+or error, exactly as it would one at a time.
+
 A ``LoadedModel`` is not thread-safe (its input buffer is shared); the engine serialises
 calls with its lock.
 """
@@ -44,6 +48,24 @@ class Prediction(NamedTuple):
     class_index: int  # -1 for regression
     confidence: float  # max probability; NaN for regression
     probabilities: np.ndarray | None
+
+
+class Columns(NamedTuple):
+    """The answers to a matrix of rows as columns, with no object per row (tensor batches)."""
+
+    class_index: np.ndarray  # class index per row; -1 for a regressor and for a row that failed
+    score: np.ndarray  # confidence (classifier) or predicted value (regressor); NaN for a row that failed
+    errors: dict[int, RowError]  # the rows that failed, by position
+
+    def prediction(self, i: int, classes: Sequence[Any]) -> Prediction:
+        j = int(self.class_index[i])
+        score = float(self.score[i])
+        if j < 0:
+            return Prediction(score, -1, math.nan, None)
+        return Prediction(classes[j], j, score, None)
+
+
+_PENDING = Prediction(None, -1, math.nan, None)  # a batch row's place until the batch has run
 
 
 def _session(model: bytes | str, threads: int) -> ort.InferenceSession:
@@ -123,6 +145,8 @@ class LoadedModel:
             )
         self._output = wanted
         self._any_missing = any(f.allow_missing for f in self.features)
+        # A graph whose batch dimension is fixed (say to 1) cannot take a matrix of rows.
+        self._batchable = all(not isinstance(i.shape[0], int) for i in self.session.get_inputs() if i.shape)
         if self._tensor:
             # One pre-bound input buffer: a row is copied in and run without re-validation.
             self._buf = np.zeros((1, self.n_features), dtype=self._dtype)
@@ -140,6 +164,15 @@ class LoadedModel:
 
     def _load(self, row: Sequence[Any]) -> None:
         """Validate a row for the tensor layout and copy it into the bound input buffer."""
+        values = self._ready(row)
+        try:
+            self._buf[0] = values
+        except (TypeError, ValueError, OverflowError):
+            self._check_slow(row)
+            raise BadValue("row values must be plain numbers") from None
+
+    def _ready(self, row: Sequence[Any]) -> Sequence[Any]:
+        """Validate a row for the tensor layout; the values to feed (a missing value as NaN)."""
         if not isinstance(row, (list, tuple)):
             raise WrongShape(f"a row must be a list of {self.n_features} values")
         if len(row) != self.n_features:
@@ -147,7 +180,7 @@ class LoadedModel:
         total: Any
         try:
             total = sum(row)  # a string, None or a nested list fails here, before numpy can coerce it
-        except TypeError:
+        except (TypeError, OverflowError):  # OverflowError: an integer beyond any float, plus a float
             self._check_slow(row)
             total = 0.0  # only missing values (allowed) made the sum fail
         try:
@@ -156,11 +189,7 @@ class LoadedModel:
             finite = False
         if not finite:
             self._check_slow(row)  # raises for NaN/inf/overflow where not allowed
-        try:
-            self._buf[0] = [math.nan if v is None else v for v in row] if self._any_missing else row
-        except (TypeError, ValueError, OverflowError):
-            self._check_slow(row)
-            raise BadValue("row values must be plain numbers") from None
+        return [math.nan if v is None else v for v in row] if self._any_missing else row
 
     def _feed(self, row: Sequence[Any]) -> dict[str, np.ndarray]:
         """Validate a row for the columns layout and build one [1, 1] array per input."""
@@ -203,17 +232,166 @@ class LoadedModel:
         """Serve a row of model inputs (:meth:`model_row` of a row of features)."""
         out = self._run(row)
         if self._is_classifier:
-            probs = out[0]
-            listed = probs.tolist()
-            confidence = max(listed)
-            if not math.isfinite(confidence):
-                raise OutputNotFinite(_OVERFLOW)
-            idx = listed.index(confidence)
-            return Prediction(self._classes[idx], idx, confidence, probs)
-        value = float(out.reshape(-1)[0])
+            return self._classified(out[0])
+        return self._regressed(float(out.reshape(-1)[0]))
+
+    def _classified(self, probs: np.ndarray) -> Prediction:
+        listed = probs.tolist()
+        confidence = max(listed)
+        if not math.isfinite(confidence):
+            raise OutputNotFinite(_OVERFLOW)
+        idx = listed.index(confidence)
+        return Prediction(self._classes[idx], idx, confidence, probs)
+
+    @staticmethod
+    def _regressed(value: float) -> Prediction:
         if not math.isfinite(value):
             raise OutputNotFinite(_OVERFLOW)
         return Prediction(value, -1, math.nan, None)
+
+    # ── many rows at once ───────────────────────────────────────────────────────────
+
+    def predict_rows(self, rows: Sequence[Any]) -> tuple[list[Sequence[Any] | None], list[Prediction | RowError]]:
+        """Answer every row of features, in order, through one onnxruntime call; return each
+        row's model inputs (what drift accounts; None for a row that failed before the model) and
+        its answer. A row that fails its checks gets its own error and the others are served.
+        Should the call itself fail, each row is run alone, so only a row that makes the model
+        fail is answered with InferenceFailed (the error a trial counts against the model),
+        exactly as if the rows had come one by one."""
+        inputs: list[Sequence[Any] | None] = []
+        results: list[Prediction | RowError] = []
+        ready: list[Sequence[Any]] = []
+        at: list[int] = []
+        for i, row in enumerate(rows):
+            try:
+                x = self.model_row(row)  # date/time values become their parts, as in training
+                ready.append(self._ready(x) if self._tensor else self._checked(x))
+            except RowError as exc:
+                inputs.append(None)
+                results.append(exc)
+            else:
+                inputs.append(x)
+                results.append(_PENDING)
+                at.append(i)
+        if not at:
+            return inputs, results
+        try:
+            if not self._batchable:
+                raise InferenceFailed("the model takes one row at a time")
+            out = self._run_batch(ready)
+        except InferenceFailed:
+            for i in at:
+                results[i] = self._one(inputs[i] or ())
+            return inputs, results
+        for i, answer in zip(at, self._answers(out, len(at)), strict=True):
+            results[i] = answer
+        return inputs, results
+
+    def predict_matrix(self, x: np.ndarray) -> Columns:
+        """Rows that arrive already as one numeric matrix (a tensor batch): validated and
+        answered column-wise, with the same checks, errors and fallback as :meth:`predict_rows`."""
+        if not self._tensor or self.model_row is not _same:
+            raise WrongShape("this model takes categorical or date/time features: send its rows as JSON")
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise WrongShape(f"rows have {x.shape[-1] if x.ndim else 0} values, the model expects {self.n_features}")
+        n = len(x)
+        errors: dict[int, RowError] = {}
+        finite = np.isfinite(x)
+        if not bool(finite.all()):
+            for i in np.flatnonzero(~finite.all(axis=1)).tolist():
+                for feature, value in zip(self.features, x[i].tolist(), strict=True):
+                    err = _bad_value(feature, value)
+                    if err is not None:
+                        errors[i] = err
+                        break
+        index = np.full(n, -1, dtype=np.int64)
+        score = np.full(n, math.nan, dtype=np.float64)
+        ok = np.ones(n, dtype=bool)
+        ok[list(errors)] = False
+        if not bool(ok.any()):
+            return Columns(index, score, errors)
+        try:
+            if not self._batchable:
+                raise InferenceFailed("the model takes one row at a time")
+            out = self._run_batch(x if not errors else x[ok])
+        except InferenceFailed:  # one call failed: each row alone, so only a row that breaks the model fails
+            for i in np.flatnonzero(ok).tolist():
+                answer = self._one(x[i].tolist())
+                if isinstance(answer, RowError):
+                    errors[i] = answer
+                else:
+                    index[i] = answer.class_index
+                    score[i] = answer.confidence if answer.class_index >= 0 else answer.label
+            return Columns(index, score, errors)
+        rows = np.flatnonzero(ok)
+        if self._is_classifier:
+            probs = out.reshape(len(rows), -1)
+            index[rows] = probs.argmax(axis=1)
+            score[rows] = probs.max(axis=1)
+        else:
+            score[rows] = out.reshape(len(rows), -1)[:, 0]
+        if not bool(np.isfinite(score[rows]).all()):
+            for i in rows[~np.isfinite(score[rows])].tolist():
+                errors[i] = OutputNotFinite(_OVERFLOW)
+                index[i], score[i] = -1, math.nan
+        return Columns(index, score, errors)
+
+    def _one(self, inputs: Sequence[Any]) -> Prediction | RowError:
+        try:
+            return self.predict_inputs(inputs)
+        except RowError as exc:
+            return exc
+
+    def _checked(self, row: Sequence[Any]) -> Sequence[Any]:
+        if not isinstance(row, (list, tuple)):
+            raise WrongShape(f"a row must be a list of {self.n_features} values")
+        if len(row) != self.n_features:
+            raise WrongShape(f"row has {len(row)} values, the model expects {self.n_features}")
+        self._check_slow(row)
+        return row
+
+    def _run_batch(self, ready: list[Sequence[Any]] | np.ndarray) -> np.ndarray:
+        if self._tensor:
+            try:
+                x = np.asarray(ready, dtype=self._dtype)
+            except (TypeError, ValueError, OverflowError):
+                raise InferenceFailed("rows could not be put in one matrix; serving them one by one") from None
+            feed = {self.spec.input_name: x}
+        else:
+            feed = {}
+            for j, (name, feature) in enumerate(zip(self.spec.input_names, self.features, strict=True)):
+                if feature.type == "categorical":
+                    feed[name] = np.array([["" if r[j] is None else r[j]] for r in ready], dtype=object)
+                else:
+                    feed[name] = np.array([[math.nan if r[j] is None else r[j]] for r in ready], dtype=np.float32)
+        try:
+            result: np.ndarray = self.session.run([self._output], feed)[0]
+        except Exception as exc:  # onnxruntime's errors carry no useful type
+            raise InferenceFailed(f"inference failed: {exc}") from None
+        return result
+
+    def _answers(self, out: np.ndarray, n: int) -> list[Prediction | RowError]:
+        if self._is_classifier:
+            probs = out.reshape(n, -1)
+            if bool(np.isfinite(probs).all()):
+                index = probs.argmax(axis=1).tolist()
+                confidence = probs.max(axis=1).tolist()
+                classes = self._classes
+                return [
+                    Prediction(classes[j], j, c, probs[k])
+                    for k, (j, c) in enumerate(zip(index, confidence, strict=True))
+                ]
+            rows: list[Prediction | RowError] = []
+            for k in range(n):  # a rare overflow: each row exactly as predict_row decides it
+                try:
+                    rows.append(self._classified(probs[k]))
+                except RowError as exc:
+                    rows.append(exc)
+            return rows
+        answers: list[Prediction | RowError] = []
+        for value in out.reshape(n, -1)[:, 0].tolist():
+            answers.append(self._regressed(value) if math.isfinite(value) else OutputNotFinite(_OVERFLOW))
+        return answers
 
     # ── health ──────────────────────────────────────────────────────────────────────
 

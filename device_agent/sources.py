@@ -1,8 +1,11 @@
-"""Where rows come from: JSON lines on stdin, or a CSV file replayed at a rate.
+"""Where rows come from — JSON lines on stdin, a CSV file replayed at a rate, the local API —
+and the one shape of a row and of its answer that all of them share.
 
-Each input row gets exactly one JSON line on stdout: the prediction, or an error with its
-code. A row is either a JSON list of numbers in the model's feature order, or an object
-``{"id": ..., "features": [...]}`` or ``{"id": ..., "values": {name: number}}``.
+Each input row gets exactly one answer: the prediction, or an error with its code. A row is
+either a JSON list of values in the model's feature order, or an object
+``{"id": ..., "features": [...]}`` or ``{"id": ..., "values": {name: value}}``. The local API
+(:mod:`device_agent.local_api`) adds batches, whose rows take the same forms and whose answers
+are these answers, one per row.
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
+import numpy as np
+
 from .engine import InferenceEngine
 from .errors import BadValue, InferenceFailed, NoModel, RowError, WrongShape
 from .features import Feature
+from .local_api import error as error_answer  # an error's id is echoed, so the caller can match it to its row
 from .missing import is_missing_text
+from .runtime import LoadedModel, Prediction
 
 
-def _as_row(obj: Any, engine: InferenceEngine) -> tuple[Any, list[Any]]:
+def parse_row(obj: Any, engine: InferenceEngine) -> tuple[Any, list[Any]]:
+    """A decoded row in any of its forms → (its id or None, its values in feature order)."""
     if isinstance(obj, list):
         return None, obj
     if isinstance(obj, dict):
@@ -40,25 +48,122 @@ def _as_row(obj: Any, engine: InferenceEngine) -> tuple[Any, list[Any]]:
     raise WrongShape("a row is a JSON list of numbers or an object with 'features' or 'values'")
 
 
-def answer(engine: InferenceEngine, rid: Any, row: list[Any]) -> dict[str, Any]:
-    try:
-        pred = engine.serve(row)
-    except RowError as exc:
-        out: dict[str, Any] = {"error": exc.code, "detail": exc.detail}
-    except Exception as exc:  # the input loop must outlive any single row
-        err = InferenceFailed(f"unexpected error serving the row: {type(exc).__name__}: {exc}")
-        engine.reject(err)
-        out = {"error": err.code, "detail": err.detail}
-    else:
-        model = engine.model
-        out = {"prediction": pred.label}
-        if not math.isnan(pred.confidence):
-            out["confidence"] = round(pred.confidence, 6)
-        if model is not None:
-            out["bundle"] = f"{model.bundle.name}@{model.bundle.version}"
+def _answer(pred: Prediction, bundle: str | None, rid: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"prediction": pred.label}
+    if not math.isnan(pred.confidence):
+        out["confidence"] = round(pred.confidence, 6)
+    if bundle is not None:
+        out["bundle"] = bundle
     if rid is not None:
         out["id"] = rid
     return out
+
+
+def _label(model: LoadedModel | None) -> str | None:
+    return f"{model.bundle.name}@{model.bundle.version}" if model is not None else None
+
+
+def _unexpected(engine: InferenceEngine, exc: Exception) -> RowError:
+    """The serving loop must outlive any single row: an unforeseen error becomes that row's."""
+    err = InferenceFailed(f"unexpected error serving the row: {type(exc).__name__}: {exc}")
+    engine.reject(err)
+    return err
+
+
+def answer(engine: InferenceEngine, rid: Any, row: list[Any]) -> dict[str, Any]:
+    """Serve one row and shape its answer."""
+    try:
+        pred = engine.serve(row)
+    except RowError as exc:
+        return error_answer(exc, rid)
+    except Exception as exc:
+        return error_answer(_unexpected(engine, exc), rid)
+    return _answer(pred, _label(engine.model), rid)
+
+
+def answer_object(engine: InferenceEngine, obj: Any) -> dict[str, Any]:
+    """A decoded row in any of its forms → its answer (a malformed one is rejected and counted)."""
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    try:
+        rid, row = parse_row(obj, engine)
+    except RowError as exc:
+        engine.reject(exc)
+        return error_answer(exc, rid)
+    return answer(engine, rid, row)
+
+
+def answer_rows(engine: InferenceEngine, items: Sequence[Any]) -> list[dict[str, Any]]:
+    """A batch: rows in any of their forms → one answer each, in order. The rows that parse are
+    served together through one onnxruntime call (:meth:`InferenceEngine.serve_many`)."""
+    answers: list[dict[str, Any] | None] = []
+    ids: list[Any] = []
+    rows: list[list[Any]] = []
+    for obj in items:
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        try:
+            rid, row = parse_row(obj, engine)
+        except RowError as exc:
+            engine.reject(exc)
+            answers.append(error_answer(exc, rid))
+            continue
+        answers.append(None)
+        ids.append(rid)
+        rows.append(row)
+    if rows:
+        try:
+            model, results = engine.serve_many(rows)
+        except Exception as exc:
+            err = _unexpected(engine, exc)
+            results, model = [err] * len(rows), None
+        bundle = _label(model)
+        served = iter(zip(ids, results, strict=True))
+        for k, slot in enumerate(answers):
+            if slot is None:
+                rid, result = next(served)
+                if isinstance(result, RowError):
+                    answers[k] = error_answer(result, rid)
+                else:
+                    answers[k] = _answer(result, bundle, rid)
+    return [a for a in answers if a is not None]
+
+
+def answer_matrix(engine: InferenceEngine, x: np.ndarray) -> dict[str, Any]:
+    """A tensor batch → its answers as columns: ``prediction`` and (for a classifier)
+    ``confidence`` per row, ``null`` where a row failed, and that row's error in ``errors``."""
+    try:
+        model, cols = engine.serve_matrix(x)
+    except RowError as exc:  # the matrix as a whole does not fit the model: every row is rejected
+        for _ in range(len(x)):
+            engine.reject(exc)
+        return error_answer(exc)
+    out: dict[str, Any] = {}
+    label = _label(model)
+    if label is not None:
+        out["bundle"] = label
+    failed = cols.errors
+    if model is not None and model.spec.task == "classification":
+        classes = model.spec.classes
+        out["prediction"] = [classes[j] if j >= 0 else None for j in cols.class_index.tolist()]
+        out["confidence"] = [None if math.isnan(c) else c for c in np.round(cols.score, 6).tolist()]
+    else:
+        out["prediction"] = [None if i in failed or math.isnan(v) else v for i, v in enumerate(cols.score.tolist())]
+    out["errors"] = [{"row": i, "error": e.code, "detail": e.detail} for i, e in sorted(failed.items())]
+    return out
+
+
+def not_json(engine: InferenceEngine) -> dict[str, Any]:
+    err = BadValue("input line is not valid JSON")
+    engine.reject(err)
+    return error_answer(err)
+
+
+def answer_line(engine: InferenceEngine, line: str | bytes) -> dict[str, Any]:
+    """One line of text holding one row → its answer."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return not_json(engine)
+    return answer_object(engine, obj)
 
 
 def serve_lines(engine: InferenceEngine, lines: Iterator[str], out: TextIO) -> int:
@@ -68,23 +173,7 @@ def serve_lines(engine: InferenceEngine, lines: Iterator[str], out: TextIO) -> i
         if not line:
             continue
         count += 1
-        rid: Any = None
-        try:
-            obj = json.loads(line)
-            rid = obj.get("id") if isinstance(obj, dict) else None
-            rid, row = _as_row(obj, engine)
-        except ValueError:
-            err = BadValue("input line is not valid JSON")
-            engine.reject(err)
-            result: dict[str, Any] = {"error": err.code, "detail": err.detail}
-        except RowError as exc:
-            engine.reject(exc)
-            result = {"error": exc.code, "detail": exc.detail}
-            if rid is not None:
-                result["id"] = rid  # so the caller can match the error to its row
-        else:
-            result = answer(engine, rid, row)
-        out.write(json.dumps(result, default=str) + "\n")
+        out.write(json.dumps(answer_line(engine, line), default=str) + "\n")
         out.flush()
     return count
 
@@ -151,7 +240,7 @@ def serve_csv(engine: InferenceEngine, path: str, rate: float, out: TextIO, wait
             result = answer(engine, count, _csv_row(record, model.spec.features))
         except RowError as exc:
             engine.reject(exc)
-            result = {"error": exc.code, "detail": exc.detail, "id": count}
+            result = error_answer(exc, count)
         out.write(json.dumps(result, default=str) + "\n")
         count += 1
         if rate > 0:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device_agent.client import AgentClient, RequestRefused
 from edgekit import bundler, keys, pipeline, workspace
 from edgekit.fleet.deploy import Target, deploy
 from edgekit.fleet.status import fleet_status
@@ -125,6 +126,18 @@ def test_dates_and_capped_categories_through_a_real_agent(tmp_path: Path, broker
         assert agent.ask({"values": {"ts": "2024-04-02 10:00:00", "site": "S01", "temp": 21.0}})["prediction"] == "busy"
         assert agent.ask(["2024-04-06 10:00:00", "never-seen", 21.0])["prediction"] == "idle"  # a Saturday
         assert agent.ask(["soon", "S01", 21.0])["error"] == "row.bad_value"
+        # The same rows as a batch through the local API: one call, the same answers, row by row.
+        rows = [
+            ["2024-04-02 10:00:00", "S01", 21.0],
+            ["2024-04-06 10:00:00", "never-seen", 21.0],
+            ["soon", "S01", 21.0],
+        ]
+        with AgentClient(str(tmp_path / "dt1" / "state" / "agent.sock")) as app:
+            batch = app.predict_many(rows)
+            assert [a.get("prediction") for a in batch] == ["busy", "idle", None]
+            assert batch[2]["error"] == "row.bad_value"
+            with pytest.raises(RequestRefused, match="date/time features: send its rows as JSON"):
+                app.predict_array([[1.0, 2.0, 3.0]])
         for k in range(30):
             agent.ask([f"2024-04-0{1 + k % 5} {8 + k % 10:02d}:00:00", "S02", 21.0])
         status = wait_until(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ class AgentProcess:
         extra: tuple[str, ...] = (),
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> None:
+        """``wrap`` turns the command into another that runs it (under limits, say)."""
         args = [
             python,
             "-m",
@@ -51,7 +54,7 @@ class AgentProcess:
         state_dir.parent.mkdir(parents=True, exist_ok=True)
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            args,
+            wrap(args) if wrap is not None else args,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,

@@ -194,6 +194,9 @@ def test_huge_integer_is_a_row_error(model: LoadedModel) -> None:
     row = json.loads("[1" + "0" * 400 + ", 0, 0]")
     with pytest.raises(BadValue):
         model.predict_row(row)
+    row = json.loads("[1" + "0" * 400 + ", 0.5, 0.5]")  # int + float overflows inside the quick check
+    with pytest.raises(BadValue):
+        model.predict_row(row)
 
 
 def test_booleans_are_served_as_zero_and_one(model: LoadedModel) -> None:
