@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from .alert import FIRING, Alert, severity_rank
-from .rules import FIRE, HOLD, Finding
+from .rules import FIRE, Finding
 
 FIRED, ESCALATED, UPDATED, RESOLVED = "fired", "escalated", "updated", "resolved"
 TOLD = (FIRED, ESCALATED, RESOLVED)  # the changes that are published and run the command
@@ -51,7 +51,7 @@ class AlertBook:
         for f in findings:
             seen.add(f.key)
             held = self.open.get(f.key)
-            if f.verdict == HOLD or f.verdict != FIRE:
+            if f.verdict != FIRE:  # HOLD: a firing alert stays as it is, none starts
                 continue
             if held is None:
                 since = f.since if f.since is not None and f.since <= now else now

@@ -31,12 +31,8 @@ pytestmark = pytest.mark.broker
 P = "edgekit/v1"
 WINDOW = 100
 
-ALERTS_TOML = """
-[alerts]
-interval_s = 0.5
-[alerts.offline]
-after_s = 3.0
-"""
+FAST = "[alerts]\ninterval_s = 0.5\n"  # replaces the template's [alerts] line
+OFFLINE = "\n[alerts.offline]\nafter_s = 3.0\n"
 
 
 def _metric(port: int, name: str, labels: str) -> float:
@@ -53,7 +49,9 @@ def test_drift_alerts_are_stored_published_handed_to_the_command_and_printed(
 ) -> None:
     root = tmp_path / "ws"
     shutil.copytree(host.root, root)
-    (root / "edgekit.toml").write_text((root / "edgekit.toml").read_text() + ALERTS_TOML)
+    config = (root / "edgekit.toml").read_text()
+    assert "\n[alerts]" in config  # edgekit init writes the section, with every rule at its default
+    (root / "edgekit.toml").write_text(config.replace("\n[alerts]", "\n" + FAST, 1) + OFFLINE)
     store_url = f"sqlite:///{tmp_path / 'telemetry.db'}"
     received = tmp_path / "on-alert.jsonl"
     port = free_port()
