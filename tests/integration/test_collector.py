@@ -101,10 +101,22 @@ def test_nothing_is_lost_when_the_broker_drops_what_it_queued_for_a_stopped_coll
             timeout=40,
             what="three agents active on v1",
         )
+
+        def settled() -> int | None:
+            """Everything the agents sent so far (the deployment's lifecycle events) is stored."""
+            try:
+                sent = sum(len(_published(tmp_path / a.device / "state")) for a in agents)
+            except AssertionError:
+                return None  # an event still in flight
+            check = open_store(store_url)
+            try:
+                held = len(check.sequences())
+            finally:
+                check.close()
+            return held if held == sent and sent > 0 else None
+
+        before = wait_until(settled, timeout=30, what="the deployment's events stored")
         collector.stop()  # the session stays: the broker queues for it, up to QUEUE messages
-        check = open_store(store_url)
-        before = len(check.sequences())  # the lifecycle events of the deployment
-        check.close()
 
         rows, bad = 200, 30  # per agent: 20 drift windows and 30 failure events while nobody listens
         nan_row = [float("nan"), *host.rows[0][1:]]
