@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench mosquitto postgres clean
+.PHONY: demo test lint bench mosquitto postgres chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[host,boosting,parquet,serve,dev]'
+	$(PY) -m pip install -q -e '.[host,boosting,parquet,serve,report,dev]'
 	touch $(STAMP)
 
 mosquitto:
@@ -18,10 +18,13 @@ mosquitto:
 postgres:
 	@bash scripts/ensure-postgres.sh
 
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 demo: $(STAMP) mosquitto
 	$(PY) examples/demo.py
 
-test: $(STAMP) mosquitto postgres
+test: $(STAMP) mosquitto postgres chromium
 	$(PY) -m pytest
 
 lint: $(STAMP)

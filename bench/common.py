@@ -36,6 +36,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "drift verdicts: false alarms on every bundled data set, detection power and delay by window size and shift",
     ),
     ("collector", "bench/collector.py", "`edgekit serve` ingestion vs a bare paho subscriber (SQLite, PostgreSQL)"),
+    ("alerts", "bench/alerts.py", "persisting-drift alerts: false alerts on stationary streams, delay after a step"),
     (
         "local-api",
         "bench/local_api.py",

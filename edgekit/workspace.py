@@ -37,6 +37,12 @@ low_confidence = 0.6        # predictions below this confidence are counted (and
 # store = "postgresql://edgekit@db-host/telemetry"   # default: SQLite in .edgekit/telemetry.db
 # metrics_port = 9310
 # session_expiry_s = 86400  # how long the broker queues for a stopped collector
+
+[alerts]                    # rules edgekit serve evaluates; every one and its default: docs/alerts.md
+# on_alert = "/usr/local/bin/page-me"   # run per alert fired or resolved, the alert as JSON on stdin
+# [alerts.drift]
+# k = 3                     # a feature must drift in k of the last m windows
+# m = 5
 """
 
 

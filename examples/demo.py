@@ -2,10 +2,11 @@
 
 Trains a classifier on scikit-learn's breast-cancer data (written out as a CSV first, as
 your own data would be), converts and quantizes it, signs it into a bundle, starts a
-mosquitto broker on a free loopback port and two device agents as separate processes,
-deploys the bundle to both over MQTT, streams rows into both — one of them with a clear
-shift in one feature — tries to slip a tampered bundle past one device, prints the fleet
-status, and stops everything it started.
+mosquitto broker on a free loopback port, the telemetry collector (``edgekit serve``, SQLite
+in the workspace) and two device agents as separate processes, deploys the bundle to both
+over MQTT, streams rows into both — one of them with a clear shift in one feature — tries to
+slip a tampered bundle past one device, prints the fleet status, the alerts the collector
+raised and writes the fleet report (``fleet.html``), and stops everything it started.
 
     python examples/demo.py [--workdir DIR] [--json]
 """
@@ -159,6 +160,41 @@ def tamper(src: Path, dst: Path) -> None:
     dst.write_bytes(bytes(data))
 
 
+class Collector:
+    """``edgekit serve`` beside the agents: stores their telemetry and raises alerts."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.log = open(workdir / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(BIN / "edgekit"), "serve", "--name", "demo"], cwd=workdir, stdout=subprocess.DEVNULL, stderr=self.log
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def firing_alerts(workdir: Path, check: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The collector's firing alerts, read from its store (what `edgekit fleet alerts` reads), once ``check`` holds."""
+    from edgekit.telemetry import open_store
+
+    store = open_store(f"sqlite:///{workdir / '.edgekit' / 'telemetry.db'}")
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = [a.to_json() for a in store.alerts(state="firing")]
+            if check(current) or time.monotonic() > deadline:
+                return current
+            time.sleep(0.5)
+    finally:
+        store.close()
+
+
 def run(workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     names, X = write_csv(workdir / "cancer.csv")
@@ -168,6 +204,7 @@ def run(workdir: Path) -> dict[str, Any]:
     broker.start()
     say(f"started mosquitto on {broker.url}")
     devices: list[Device] = []
+    collector: Collector | None = None
     try:
         edgekit("init", ".", "--broker", broker.url, cwd=workdir)
         edgekit("keys", "generate", "--name", "release", cwd=workdir)
@@ -181,7 +218,9 @@ def run(workdir: Path) -> dict[str, Any]:
         edgekit("verify", "cancer-v1.ekb", "--trust", "trust.json", cwd=workdir)
         edgekit("inspect", "cancer-v1.ekb", cwd=workdir)
 
-        say("\nstarting two device agents: edge-1 and edge-2 (group demo-fleet)")
+        say("\nstarting the collector: edgekit serve (SQLite in .edgekit/telemetry.db, alert rules on)")
+        collector = Collector(workdir)
+        say("starting two device agents: edge-1 and edge-2 (group demo-fleet)")
         devices = [Device(n, broker.url, workdir, workdir / "trust.json") for n in ("edge-1", "edge-2")]
         wait_status(workdir, lambda s: sum(d["status"] == "online" for d in s) == 2)
         edgekit("deploy", Path(built["path"]).name, "--group", "demo-fleet", "--wait", "30", cwd=workdir)
@@ -216,11 +255,23 @@ def run(workdir: Path) -> dict[str, Any]:
             timeout=20,
         )
         edgekit("fleet", "status", cwd=workdir)
+
+        key = f"drift:edge-2:{SHIFTED_FEATURE}"
+        say(
+            f"\nthe collector judges each device's windows: '{SHIFTED_FEATURE}' drifting in 3 of the "
+            "last 5 windows pages"
+        )
+        firing = firing_alerts(workdir, lambda found: any(a["key"] == key for a in found))
+        edgekit("fleet", "alerts", cwd=workdir)
+        edgekit("report", "-o", "fleet.html", cwd=workdir)
+        report = {"path": str(workdir / "fleet.html"), "bytes": (workdir / "fleet.html").stat().st_size}
     finally:
+        if collector is not None:
+            collector.stop()
         for d in devices:
             d.stop()
         broker.close()
-        say("\nstopped the agents and the broker")
+        say("\nstopped the collector, the agents and the broker")
     summary = {
         "seconds": round(time.monotonic() - started, 1),
         "run": trained["id"],
@@ -233,6 +284,8 @@ def run(workdir: Path) -> dict[str, Any]:
         "answers": {d.name: len(d.answers) for d in devices},
         "served_after_tamper": devices[0].answers[-1] if devices else None,
         "fleet": fleet,
+        "alerts": firing,
+        "report": report,
     }
     say(f"\ndemo finished in {summary['seconds']} s")
     return summary

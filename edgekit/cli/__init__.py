@@ -25,6 +25,7 @@ from .output import fail
 
 HOST_ONLY = frozenset({"sklearn", "skl2onnx", "onnx", "pyarrow", "tqdm"})
 SERVE_ONLY = frozenset({"psycopg", "prometheus_client"})
+REPORT_ONLY = frozenset({"plotly"})
 
 
 class EdgekitGroup(click.Group):
@@ -63,9 +64,9 @@ class EdgekitGroup(click.Group):
             )
         except ImportError as exc:
             top = (exc.name or "").split(".")[0]
-            if top not in HOST_ONLY | SERVE_ONLY:
+            if top not in HOST_ONLY | SERVE_ONLY | REPORT_ONLY:
                 raise
-            needed = "serve" if top in SERVE_ONLY else "host"
+            needed = "serve" if top in SERVE_ONLY else "report" if top in REPORT_ONLY else "host"
             fail(
                 "missing_extra",
                 f"this command needs {exc.name}",
@@ -86,9 +87,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import bundles, delivery, fleet, keys, registry, runs, serve, workspace
+    from . import bundles, delivery, fleet, history, keys, registry, report, runs, serve, workspace
 
-    for module in (workspace, keys, runs, bundles, registry, fleet, delivery, serve):
+    for module in (workspace, keys, runs, bundles, registry, fleet, history, delivery, serve, report):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -151,7 +151,8 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
 
 @click.group("fleet")
 def fleet_group() -> None:
-    """Ask the fleet how it is doing (over MQTT, no daemon needed)."""
+    """Ask the fleet how it is doing: status and forget over MQTT (no daemon needed); history,
+    drift, events and alerts from the telemetry store that edgekit serve fills."""
 
 
 def _where(broker: str | None, prefix: str | None) -> tuple[str, str]:

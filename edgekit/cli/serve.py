@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -59,6 +58,15 @@ def _setup_logging(json_log: bool) -> None:
     is_flag=True,
     help="On exit, end the MQTT session (leave the share group for good) instead of letting the broker queue.",
 )
+@click.option(
+    "--on-alert",
+    "on_alert",
+    default=None,
+    metavar="CMD",
+    help="Run CMD (a shell command line) per alert fired or resolved, the alert as JSON on stdin "
+    "(default: edgekit.toml [alerts] on_alert).",
+)
+@click.option("--no-alerts", is_flag=True, help="Store telemetry only; evaluate no alert rules.")
 @click.option("--json-log", is_flag=True, help="Log JSON lines on stderr.")
 def serve_cmd(
     store_url: str | None,
@@ -68,19 +76,28 @@ def serve_cmd(
     metrics_addr: str,
     name: str | None,
     end_session: bool,
+    on_alert: str | None,
+    no_alerts: bool,
     json_log: bool,
 ) -> None:
     """Collect the fleet's telemetry into a store, losing none of it, until stopped.
 
     Events, drift windows, heartbeats, summaries, births and Wills are stored as they come;
     gaps in a device's sequence are asked for again. Several collectors may share the load
-    (each with its own --name) into one PostgreSQL.
+    (each with its own --name) into one PostgreSQL. Alert rules (edgekit.toml [alerts],
+    docs/alerts.md) run over what arrives; alerts are stored, published retained on
+    PREFIX/alerts/…, and passed to --on-alert.
 
     Example: edgekit serve --store postgresql://edgekit@db/telemetry --metrics-port 9310
     """
+    from ..alerts.catalog import BundleCatalog
+    from ..alerts.config import AlertConfig
+    from ..alerts.notify import CommandRunner
+    from ..alerts.service import AlertService
     from ..fleet.collector import Collector, ServeSettings
     from ..fleet.metrics import CollectorMetrics, serve_http
-    from ..telemetry import DEFAULT_FILE, open_store
+    from ..telemetry import open_store
+    from ..telemetry import store_url as telemetry_url
 
     ws = None
     try:
@@ -95,7 +112,7 @@ def serve_cmd(
     for key in ("session_expiry_s", "metrics_port"):
         if key in section and (isinstance(section[key], bool) or not isinstance(section[key], int)):
             raise WorkspaceError(f"[serve] {key} in edgekit.toml must be an integer, got {section[key]!r}")
-    url = store_url or section.get("store") or f"sqlite:///{Path(ws.state if ws else '.') / DEFAULT_FILE}"
+    url = telemetry_url(ws.config if ws else None, ws.state if ws else None, store_url)
     settings = ServeSettings(
         **{k: section[k] for k in ("session_expiry_s", "share_group") if k in section},
         name=name or section.get("name") or ServeSettings().name,
@@ -105,8 +122,16 @@ def serve_cmd(
     _setup_logging(json_log)
     log = logging.getLogger("edgekit.serve")
 
+    alert_config = AlertConfig.from_toml(ws.config.get("alerts") if ws is not None else None)
+    command = on_alert if on_alert is not None else alert_config.on_alert
+    alerts = None
+    if alert_config.enabled and not no_alerts:
+        runner = CommandRunner(command, alert_config.command_timeout_s, alert_config.command_queue) if command else None
+        alerts = AlertService(alert_config, BundleCatalog(ws), settings.prefix, runner=runner)
     metrics = CollectorMetrics()
-    collector = Collector(lambda: open_store(str(url)), broker or (ws.broker if ws else ""), settings, metrics)
+    collector = Collector(
+        lambda: open_store(str(url)), broker or (ws.broker if ws else ""), settings, metrics, alerts=alerts
+    )
     server = None
     if port is not None:
         server, bound = serve_http(metrics, int(port), metrics_addr)

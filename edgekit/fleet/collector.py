@@ -63,6 +63,7 @@ from device_agent.protocol import (
     range_count,
 )
 
+from ..alerts.service import AlertService
 from ..errors import FleetError
 from ..telemetry import Gap, Received, TelemetryStore
 from ..telemetry.store import LEAVES, StoreError
@@ -121,6 +122,7 @@ class Collector:
         broker: str,
         settings: ServeSettings | None = None,
         metrics: CollectorMetrics | None = None,
+        alerts: AlertService | None = None,
     ) -> None:
         self.settings = settings or ServeSettings()
         self.broker = broker
@@ -142,6 +144,11 @@ class Collector:
         self._writer = threading.Thread(target=self._run, name="edgekit-serve-writer", daemon=True)
         self._client = self._make_client()
         self._snapshot_mid: int | None = None
+        self.alerts = alerts
+        self._next_alerts = 0.0
+        if alerts is not None:
+            alerts.publish = self._publish_retained
+            self.metrics.register(alerts)
 
     # ── life ────────────────────────────────────────────────────────────────────────
 
@@ -185,6 +192,8 @@ class Collector:
             self._client.disconnect(properties=props)
         with contextlib.suppress(Exception):  # paho 2.2 can raise AttributeError here
             self._client.loop_stop()
+        if self.alerts is not None and self.alerts.runner is not None:
+            self.alerts.runner.stop()
         self.metrics.connected.set(0)
         with contextlib.suppress(Exception):
             self.store.close()
@@ -357,6 +366,16 @@ class Collector:
         gaps = self.store.scan_gaps(self.settings.scan_window)
         self.metrics.gap_messages.set(sum(g.count for g in gaps))
         self._ask(gaps, now)
+        if self.alerts is not None and time.monotonic() >= self._next_alerts:
+            self._next_alerts = time.monotonic() + self.alerts.config.interval_s
+            try:
+                self.alerts.step(self.store, None, now)
+            except Exception:  # retried at the next run, from what the store holds; ingestion goes on
+                log.exception("alert evaluation failed")
+                self.alerts.reset()
+
+    def _publish_retained(self, topic: str, payload: bytes, retain: bool) -> None:
+        self._client.publish(topic, payload, qos=1, retain=retain)
 
     def _ask(self, gaps: list[Gap], now: float) -> None:
         """Ask each device not known to be offline for its gaps that persisted past the grace

@@ -10,8 +10,8 @@ Two kinds of series, told apart because several collectors may share one store:
   and per device served, rejected, errors, latency, RSS, CPU, free disk, outbox depth.
 
 More series slot in through :meth:`CollectorMetrics.register`: anything with a
-``collect()`` that yields metric families (the alert rules will register theirs,
-``edgekit_alerts{rule,state}``, the same way).
+``collect()`` that yields metric families (the alert service registers
+``edgekit_alerts{rule,severity}`` and its counters that way).
 """
 
 from __future__ import annotations

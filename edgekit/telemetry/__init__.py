@@ -4,7 +4,7 @@ births and Wills, in SQLite (the workspace default) or PostgreSQL — one interf
 Kept apart from the workspace database (:mod:`edgekit.store`, runs and registry): telemetry
 grows without bound and may live on another machine, in a database several collectors share.
 
-Schema (version 1; :mod:`edgekit.telemetry.schema`)::
+Schema (version 2; :mod:`edgekit.telemetry.schema`; a version-1 store is migrated on open)::
 
     events         (device, boot_id, seq) PK, id, ts, received, kind, code, detail,
                    bundle_name, bundle_version, bundle_sha256, doc
@@ -19,18 +19,32 @@ Schema (version 1; :mod:`edgekit.telemetry.schema`)::
     latest         (device, leaf) PK, order_key, received, doc      newest state / hb / reported
     streams        (device, boot_id) PK, first_received, max_seq, announced_seq, contiguous
     lost           (device, boot_id, first_seq) PK, last_seq, at, command
+    alerts         id PK, key, rule, state, severity, device, grp, feature, started, updated,
+                   resolved, cleared, doc (edgekit.alert/1); one firing instance per key
     telemetry_meta key PK, value                                     schema_version
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .store import Gap, Received, Stored, StoreError, TelemetryStore, WriteResult
 
 DEFAULT_FILE = "telemetry.db"  # in the workspace's .edgekit folder
 
-__all__ = ["Gap", "Received", "StoreError", "Stored", "TelemetryStore", "WriteResult", "open_store"]
+__all__ = ["Gap", "Received", "StoreError", "Stored", "TelemetryStore", "WriteResult", "open_store", "store_url"]
+
+
+def store_url(config: dict[str, Any] | None, state_dir: Path | None, override: str | None = None) -> str:
+    """The store a workspace uses: ``override`` (``--store``), else ``[serve] store`` of its
+    edgekit.toml, else SQLite in its ``.edgekit`` folder."""
+    if override:
+        return override
+    section = (config or {}).get("serve") or {}
+    if section.get("store"):
+        return str(section["store"])
+    return f"sqlite:///{(state_dir or Path('.')).resolve() / DEFAULT_FILE}"
 
 
 def open_store(url: str) -> TelemetryStore:

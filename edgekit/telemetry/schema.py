@@ -12,7 +12,7 @@ are for filtering, the document is the source of truth and is read back through
 
 from __future__ import annotations
 
-VERSION = 1
+VERSION = 2
 
 TABLES = (
     # One row per event; (device, boot_id, seq) is the idempotency key of the outbox.
@@ -82,5 +82,34 @@ TABLES = (
 )
 
 
+# Each later version: what it adds, applied in order to a store at an older version (and,
+# being idempotent, harmlessly to a new one). Version 2: alerts, the active bundle of each
+# heartbeat (the latency rule compares bundles), and arrival-time indexes (the alert rules
+# read what arrived since their last run).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        # One row per alert instance: firing until resolved; at most one firing per key.
+        """CREATE TABLE IF NOT EXISTS alerts (
+             id TEXT PRIMARY KEY, key TEXT NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL,
+             severity TEXT NOT NULL, device TEXT, grp TEXT, feature TEXT,
+             started {real} NOT NULL, updated {real} NOT NULL, resolved {real}, cleared {real},
+             doc TEXT NOT NULL)""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS alerts_firing ON alerts (key) WHERE state = 'firing'",
+        "CREATE INDEX IF NOT EXISTS alerts_started ON alerts (started)",
+        "CREATE INDEX IF NOT EXISTS alerts_device ON alerts (device, started)",
+        "ALTER TABLE heartbeats ADD COLUMN active_sha256 TEXT",
+        "CREATE INDEX IF NOT EXISTS heartbeats_received ON heartbeats (received)",
+        "CREATE INDEX IF NOT EXISTS heartbeats_device_sha ON heartbeats (device, active_sha256, ts)",
+        "CREATE INDEX IF NOT EXISTS drift_windows_received ON drift_windows (received)",
+        "CREATE INDEX IF NOT EXISTS drift_windows_device_bundle ON drift_windows (device, bundle_sha256, ts)",
+    ),
+}
+
+
 def statements(int_type: str, real_type: str) -> list[str]:
+    """The version-1 tables (every store has them)."""
     return [sql.format(int=int_type, real=real_type) for sql in TABLES]
+
+
+def migration(version: int, int_type: str, real_type: str) -> list[str]:
+    return [sql.format(int=int_type, real=real_type) for sql in MIGRATIONS[version]]

@@ -37,10 +37,11 @@ from device_agent.protocol import (
     Topics,
 )
 
+from ..alerts.alert import Alert, AlertFormatError
 from ..errors import WorkspaceError
 from ..fleet.status import DeviceStatus, read_devices
 from .schema import VERSION as SCHEMA_VERSION
-from .schema import statements
+from .schema import migration, statements
 
 D = TypeVar("D", bound=Document)
 Row = tuple[Any, ...]
@@ -155,10 +156,19 @@ class TelemetryStore:
                     f"{SCHEMA_VERSION}",
                     "upgrade edgekit",
                 )
+            for version in range(max(found, 1) + 1, SCHEMA_VERSION + 1):  # a new store gets every migration too
+                for sql in migration(version, self.INT, self.REAL):
+                    self.execute(sql)
             if not rows:
                 self.execute(
                     "INSERT INTO telemetry_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
+            elif found < SCHEMA_VERSION:
+                self.execute("UPDATE telemetry_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def schema_version(self) -> int:
+        rows = self.query("SELECT value FROM telemetry_meta WHERE key = 'schema_version'")
+        return int(rows[0][0]) if rows else 0
 
     # ── writing ─────────────────────────────────────────────────────────────────────
 
@@ -393,12 +403,146 @@ class TelemetryStore:
         rows = self.query("SELECT device, leaf, doc FROM latest ORDER BY device, leaf")
         return read_devices(((topics.dev(str(d), str(leaf)), str(doc).encode(), True) for d, leaf, doc in rows), topics)
 
+    # ── what the alert rules read: arrivals since their last run, and a few look-backs ──
+
+    def drift_arrived(self, after: float, limit: int | None = None) -> list[Stored[DriftMessage]]:
+        """Drift windows stored after ``after`` (collector time), in arrival order."""
+        return self._read(
+            "drift_windows",
+            DriftMessage,
+            {},
+            None,
+            None,
+            limit,
+            "received, device, boot_id, seq",
+            clock="received",
+            after=after,
+        )
+
+    def heartbeats_arrived(self, after: float, limit: int | None = None) -> list[Stored[Heartbeat]]:
+        return self._read(
+            "heartbeats", Heartbeat, {}, None, None, limit, "received, device, ts", clock="received", after=after
+        )
+
+    def recent_drift(self, per_device: int) -> list[Stored[DriftMessage]]:
+        """The newest ``per_device`` windows of every device, oldest first."""
+        rows = self.query(
+            "SELECT device, received, doc FROM (SELECT device, received, doc, ts, seq, ROW_NUMBER() OVER "
+            "(PARTITION BY device ORDER BY ts DESC, seq DESC) AS r FROM drift_windows) AS w WHERE r <= ? "
+            "ORDER BY device, ts, seq",
+            (per_device,),
+        )
+        return self._typed(rows, DriftMessage)
+
+    def first_drift(self, device: str, sha256: str, n: int) -> list[Stored[DriftMessage]]:
+        """The first ``n`` windows a device reported of one bundle (training-serving skew)."""
+        rows = self.query(
+            "SELECT device, received, doc FROM drift_windows WHERE device = ? AND bundle_sha256 = ? "
+            "ORDER BY ts, seq LIMIT ?",
+            (device, sha256, n),
+        )
+        return self._typed(rows, DriftMessage)
+
+    def p99_before(self, device: str, sha256: str, limit: int = 50) -> tuple[str, list[float]] | None:
+        """The p99 latencies of the bundle active on ``device`` most recently before ``sha256``:
+        (its SHA-256, up to ``limit`` of its newest p99 values)."""
+        rows = self.query(
+            "SELECT active_sha256 FROM heartbeats WHERE device = ? AND active_sha256 IS NOT NULL "
+            "AND active_sha256 <> ? ORDER BY ts DESC LIMIT 1",
+            (device, sha256),
+        )
+        if not rows:
+            return None
+        other = str(rows[0][0])
+        values = self.query(
+            "SELECT p99_us FROM heartbeats WHERE device = ? AND active_sha256 = ? AND p99_us IS NOT NULL "
+            "ORDER BY ts DESC LIMIT ?",
+            (device, other, limit),
+        )
+        return other, [float(v) for (v,) in values]
+
+    # ── alerts ──────────────────────────────────────────────────────────────────────
+
+    def save_alerts(self, alerts: Sequence[Alert]) -> None:
+        """Insert or update alert instances by id, in one transaction."""
+        if not alerts:
+            return
+        rows = [
+            (a.id, a.key, a.rule, a.state, a.severity, a.device, a.group, a.feature, a.started, a.updated,
+             a.resolved, json.dumps(a.to_json(), sort_keys=True, allow_nan=False))
+            for a in sorted(alerts, key=lambda a: a.id)
+        ]  # fmt: skip
+        with self.transaction():
+            # resolutions first: a key's old instance stops firing before a new one may start
+            rows.sort(key=lambda r: (r[3] == "firing", r[0]))
+            self.executemany(
+                "INSERT INTO alerts (id, key, rule, state, severity, device, grp, feature, started, updated, "
+                "resolved, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "state = excluded.state, severity = excluded.severity, updated = excluded.updated, "
+                "resolved = excluded.resolved, doc = excluded.doc",
+                rows,
+            )
+
+    def alerts(
+        self,
+        state: str | None = None,
+        devices: Sequence[str] | None = None,
+        rule: str | None = None,
+        feature: str | None = None,
+        since: float | None = None,
+        group: str | None = None,
+        limit: int | None = None,
+    ) -> list[Alert]:
+        """Alert instances, newest first; ``since``: those active at any time after it (firing
+        now, or resolved after it); ``devices`` and ``group``: about those devices or that group."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state), ("rule", rule), ("feature", feature)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("(resolved IS NULL OR resolved >= ?)")
+            params.append(since)
+        who: list[str] = []
+        if devices is not None and devices:
+            who.append(f"device IN ({', '.join('?' * len(devices))})")
+            params += list(devices)
+        if group is not None:
+            who.append("grp = ?")
+            params.append(group)
+        if devices is not None or group is not None:
+            clauses.append(f"({' OR '.join(who)})" if who else "1 = 0")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        tail = f" LIMIT {int(limit)}" if limit is not None else ""
+        rows = self.query(f"SELECT doc FROM alerts {where} ORDER BY started DESC, id{tail}", params)
+        out = []
+        for (doc,) in rows:
+            try:
+                out.append(Alert.decode(str(doc)))
+            except AlertFormatError:
+                continue  # written by a newer edgekit
+        return out
+
+    def resolved_to_clear(self, before: float) -> list[Alert]:
+        """Resolved alerts older than ``before`` still retained on the alerts topic."""
+        rows = self.query(
+            "SELECT doc FROM alerts WHERE state = 'resolved' AND cleared IS NULL AND resolved < ? ORDER BY id",
+            (before,),
+        )
+        return [Alert.decode(str(d)) for (d,) in rows]
+
+    def mark_cleared(self, ids: Sequence[str], at: float) -> None:
+        if ids:
+            with self.transaction():
+                self.executemany("UPDATE alerts SET cleared = ? WHERE id = ?", [(at, i) for i in sorted(ids)])
+
     def devices(self) -> list[str]:
         return [str(d) for (d,) in self.query("SELECT DISTINCT device FROM latest ORDER BY device")]
 
     def counts(self) -> dict[str, int]:
         """Rows per table: for tests, benchmarks and a quick look."""
-        tables = ("events", "drift_windows", "heartbeats", "reported", "states", "latest", "streams", "lost")
+        tables = ("events", "drift_windows", "heartbeats", "reported", "states", "latest", "streams", "lost", "alerts")
         return {t: int(self.query(f"SELECT COUNT(*) FROM {t}")[0][0]) for t in tables}
 
     def sequences(self, device: str | None = None) -> list[tuple[str, str, int]]:
@@ -421,9 +565,13 @@ class TelemetryStore:
         limit: int | None,
         order: str,
         clock: str = "ts",
+        after: float | None = None,
     ) -> list[Stored[D]]:
         clauses: list[str] = []
         params: list[Any] = []
+        if after is not None:
+            clauses.append(f"{clock} > ?")
+            params.append(after)
         for column, value in equal.items():
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -437,6 +585,10 @@ class TelemetryStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         tail = f" LIMIT {int(limit)}" if limit is not None else ""
         rows = self.query(f"SELECT device, received, doc FROM {table} {where} ORDER BY {order}{tail}", params)
+        return self._typed(rows, cls)
+
+    @staticmethod
+    def _typed(rows: list[Row], cls: type[D]) -> list[Stored[D]]:
         out: list[Stored[D]] = []
         for device, received, doc in rows:
             try:
@@ -468,7 +620,7 @@ _COLUMNS = {
     "heartbeats": (
         "device", "boot_id", "ts", "received", "bdseq", "interval_s", "phase", "seq", "served", "rejected",
         "p50_us", "p90_us", "p99_us", "outbox_queued", "outbox_dropped",
-        "rss_bytes", "cpu_s", "cpu_pct", "disk_free_bytes", "disk_total_bytes", "doc",
+        "rss_bytes", "cpu_s", "cpu_pct", "disk_free_bytes", "disk_total_bytes", "active_sha256", "doc",
     ),
     "reported": (
         "device", "boot_id", "ts", "received", "phase", "active_name", "active_version", "active_sha256",
@@ -517,7 +669,7 @@ def _hb_row(r: Received) -> Row:
         box.queued if box else None, box.dropped if box else None,
         res.rss_bytes if res else None, res.cpu_s if res else None, res.cpu_pct if res else None,
         res.disk_free_bytes if res else None, res.disk_total_bytes if res else None,
-        r.text,
+        h.active.sha256 if h.active else None, r.text,
     )  # fmt: skip
 
 

@@ -46,3 +46,10 @@ def test_demo_story(tmp_path: Path) -> None:
     assert fleet["edge-1"]["phase"] == "failed"
     assert summary["served_after_tamper"]["bundle"] == "cancer@1"
     assert fleet["edge-2"]["errors"] == 0
+    # The collector raised a persisting-drift alert on the shifted feature of edge-2, none on edge-1's features.
+    alerts = {a["key"]: a for a in summary["alerts"]}
+    drift = alerts["drift:edge-2:mean radius"]
+    assert drift["state"] == "firing" and drift["evidence"]["hits"] >= drift["evidence"]["k"]
+    assert not [k for k in alerts if k.startswith("drift:edge-1:")]
+    # And wrote the report.
+    assert summary["report"]["bytes"] > 1_000_000 and Path(summary["report"]["path"]).name == "fleet.html"

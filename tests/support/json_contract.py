@@ -22,6 +22,14 @@ FLEET_KIND = {
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
 }
+# The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
+STORE_KIND = {
+    ("fleet", "alerts"): "alerts",
+    ("fleet", "events"): "events",
+    ("fleet", "drift"): "drift",
+    ("fleet", "history"): "history",
+    ("report",): "report",
+}
 
 
 def load_schemas() -> dict[str, dict[str, Any]]:

@@ -118,3 +118,53 @@ def test_bad_store_urls_say_what_to_use(tmp_path: object) -> None:
         open_store("mysql://x/y")
     with pytest.raises(StoreError, match="names no file"):
         open_store("sqlite:")
+
+
+def test_a_version_1_store_is_migrated_in_place(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.telemetry import store as store_module
+
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "SCHEMA_VERSION", 1)
+        old = open_store(store_url)
+        assert old.schema_version() == 1
+        old.write([received("d1", event("d1", "b1", 1)), received("d1", window("d1", "b1", 2, verdict="drift"))])
+        assert "alerts" not in {t for t in _tables(old)}
+        old.close()
+    s = open_store(store_url)  # this edgekit: version 2
+    try:
+        assert s.schema_version() == 2 and "alerts" in _tables(s)
+        assert [w.doc.seq for w in s.drift_windows("d1")] == [2] and len(s.events("d1")) == 1
+        s.write([received("d1", heartbeat("b1", 1001.0, seq=2))])  # the new column of heartbeats
+        assert s.p99_before("d1", "ff" * 32) == ("ab" * 32, [30.0])
+    finally:
+        s.close()
+    again = open_store(store_url)  # opening again migrates nothing twice
+    assert again.schema_version() == 2
+    again.close()
+
+
+def _tables(s: TelemetryStore) -> set[str]:
+    if s.backend == "sqlite":
+        return {str(r[0]) for r in s.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {str(r[0]) for r in s.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
+def test_alerts_are_stored_by_instance_with_one_firing_per_key(store: TelemetryStore) -> None:
+    from edgekit.alerts.alert import Alert
+
+    a = Alert("a1", "drift:d1:x", "drift", "firing", "critical", "x drifted", 100.0, 100.0, device="d1", feature="x")
+    b = Alert("b1", "offline:d2", "offline", "firing", "warning", "d2 offline", 150.0, 150.0, device="d2")
+    store.save_alerts([a, b])
+    assert [x.id for x in store.alerts()] == ["b1", "a1"]  # newest first
+    assert [x.id for x in store.alerts(state="firing", devices=["d1"])] == ["a1"]
+    assert store.alerts(feature="x", rule="drift") == [a]
+    ra = a.resolve(200.0, "clean again")
+    a2 = Alert("a2", "drift:d1:x", "drift", "firing", "critical", "again", 300.0, 300.0, device="d1", feature="x")
+    store.save_alerts([a2, ra])  # the old instance resolves before the new one fires, whatever the order given
+    assert [(x.id, x.state) for x in store.alerts(devices=["d1"])] == [("a2", "firing"), ("a1", "resolved")]
+    assert [x.id for x in store.alerts(since=250.0)] == ["a2", "b1"]  # a1 resolved before 250
+    assert [x.id for x in store.resolved_to_clear(before=250.0)] == ["a1"]
+    store.mark_cleared(["a1"], 260.0)
+    assert store.resolved_to_clear(before=1e12) == []
+    with pytest.raises(Exception):  # noqa: B017 - the backend's integrity error: two firing instances of one key
+        store.save_alerts([Alert("a3", "drift:d1:x", "drift", "firing", "info", "dup", 400.0, 400.0)])
