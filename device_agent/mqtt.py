@@ -51,6 +51,8 @@ class MqttLink:
         self.max_packet: int | None = None
         self._recent: list[paho.MQTTMessageInfo] = []  # last publishes, awaited at shutdown
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        self.endpoint = config.broker_endpoint()
+        self.endpoint.apply(client)  # TLS and credentials: the device's identity on the broker
         client.will_set(*will(bdseq), 1, True)
         # paho backs off exponentially but without jitter: a random first delay spreads a fleet
         # that lost its broker at the same moment over the reconnect window.
@@ -62,11 +64,11 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.on_connect_fail = lambda *_: log.warning("cannot reach the broker at %s; retrying", mqtt.broker)
+        client.on_connect_fail = lambda *_: log.warning("cannot reach the broker at %s; retrying", self.endpoint)
         self.client = client
 
     def connect(self) -> None:
-        host, port, _tls = self.config.broker_host_port
+        host, port = self.endpoint.host, self.endpoint.port
         # Announce our Maximum Packet Size: the broker then never sends us a message larger
         # than we accept, instead of our reading 100 MB only to refuse it.
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

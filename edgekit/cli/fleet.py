@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from device_agent.broker import BrokerEndpoint
 from device_agent.trust import ROLE_BUNDLE, ROLE_DEPLOY
 
 from .. import keys, workspace
@@ -15,6 +16,7 @@ from ..fleet.deploy import Target
 from ..fleet.release import release
 from ..fleet.status import fleet_view, forget
 from ..progress import Progress, for_cli
+from .connection import BrokerChoice, broker_options
 from .output import ago, emit, json_option, table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
@@ -60,7 +62,7 @@ class DeployWatch:
 @click.argument("bundle")
 @click.option("--device", default=None, help="Target one device.")
 @click.option("--group", default=None, help="Target a group of devices.")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--key", "key_name", default=None, help="Deploy key (default: the workspace's only 'deploy' key).")
 @click.option("--wait", type=float, default=0.0, help="Wait up to N seconds for the devices to report.")
 @click.option(
@@ -71,7 +73,7 @@ def deploy_cmd(
     bundle: str,
     device: str | None,
     group: str | None,
-    broker: str | None,
+    broker: BrokerChoice,
     key_name: str | None,
     wait: float,
     force: bool,
@@ -94,7 +96,7 @@ def deploy_cmd(
             ws,
             bundle,
             target,
-            broker=broker or ws.broker,
+            broker=broker.resolve(ws),
             bundle_key=keys.pick_key(ws, ROLE_BUNDLE, key_name),
             deploy_key=keys.pick_key(ws, ROLE_DEPLOY, key_name),
             force=force,
@@ -155,13 +157,13 @@ def fleet_group() -> None:
     drift, events and alerts from the telemetry store that edgekit serve fills."""
 
 
-def _where(broker: str | None, prefix: str | None) -> tuple[str, str]:
-    ws = workspace.find() if broker is None or prefix is None else None
-    return broker or (ws.broker if ws else ""), prefix or (ws.prefix if ws else "")
+def _where(broker: BrokerChoice, prefix: str | None) -> tuple[BrokerEndpoint, str]:
+    ws = workspace.find() if not broker.given or prefix is None else None
+    return broker.resolve(ws), prefix or (ws.prefix if ws else "")
 
 
 @fleet_group.command("status")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--prefix", default=None, help="Topic prefix (default: edgekit.toml).")
 @click.option(
     "--stale-after",
@@ -169,7 +171,7 @@ def _where(broker: str | None, prefix: str | None) -> tuple[str, str]:
     help="Leave out devices not seen for longer than this (10m, 2h, 7d); they are listed as hidden.",
 )
 @json_option
-def status_cmd(broker: str | None, prefix: str | None, stale_after: str | None, as_json: bool) -> None:
+def status_cmd(broker: BrokerChoice, prefix: str | None, stale_after: str | None, as_json: bool) -> None:
     """Per device: online/offline/stale, active bundle, counters, drift verdict, last failure.
 
     Example: edgekit fleet status --stale-after 1d --json
@@ -192,14 +194,14 @@ def status_cmd(broker: str | None, prefix: str | None, stale_after: str | None, 
 @fleet_group.command("forget")
 @click.argument("devices", nargs=-1)
 @click.option("--stale-after", default=None, help="Forget every device not seen for longer than this (10m, 2h, 7d).")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--prefix", default=None, help="Topic prefix (default: edgekit.toml).")
 @click.option("--force", is_flag=True, help="Forget named devices even if they are online.")
 @json_option
 def forget_cmd(
     devices: tuple[str, ...],
     stale_after: str | None,
-    broker: str | None,
+    broker: BrokerChoice,
     prefix: str | None,
     force: bool,
     as_json: bool,

@@ -23,7 +23,7 @@ from device_agent.transfer import split
 from device_agent.trust import DESIRED_DOMAIN, TRANSFER_DOMAIN, Trust, seal
 
 from ..errors import FleetError, UsageError
-from .client import Connection, collect, connect, publish_all
+from .client import Broker, Connection, collect, connect, publish_all
 
 DEFAULT_CHUNK = 256 * 1024  # bytes
 PACKET_OVERHEAD = 1024  # bytes kept free for topic and properties under the broker's packet limit
@@ -184,7 +184,7 @@ def publish_desired(
 
 
 def deploy(
-    broker: str,
+    broker: Broker,
     prefix: str,
     bundle_path: Path,
     target: Target,

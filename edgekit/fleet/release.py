@@ -23,7 +23,7 @@ from device_agent.protocol import Topics
 from .. import keys, registry
 from ..registry import DeployRefused, RegistryError
 from ..workspace import Workspace
-from .client import collect, connect
+from .client import Broker, collect, connect
 from .deploy import DEFAULT_CHUNK, DeployResult, Target, deploy, target_members
 from .status import read_devices
 
@@ -56,7 +56,7 @@ def resolve(ws: Workspace, spec: str) -> Shipment:
     return Shipment(path, name, version, sha, found if found is not None and found.sha256 == sha else None)
 
 
-def fleet_floor(broker: str, prefix: str, target: Target, name: str) -> dict[str, int]:
+def fleet_floor(broker: Broker, prefix: str, target: Target, name: str) -> dict[str, int]:
     """Per targeted device that reports running ``name``: the version it runs."""
     topics = Topics(prefix)
     with connect(broker, purpose="deploy-check") as conn:
@@ -71,7 +71,7 @@ def fleet_floor(broker: str, prefix: str, target: Target, name: str) -> dict[str
     return running
 
 
-def check(ws: Workspace, shipment: Shipment, broker: str, target: Target) -> None:
+def check(ws: Workspace, shipment: Shipment, broker: Broker, target: Target) -> None:
     """Refuse, before publishing, a version the registry or the devices would refuse."""
     if shipment.registered is not None:
         registry.check_deployable(ws, shipment.name, shipment.version)
@@ -94,7 +94,7 @@ def release(
     spec: str,
     target: Target,
     *,
-    broker: str,
+    broker: Broker,
     bundle_key: Ed25519PrivateKey,
     deploy_key: Ed25519PrivateKey,
     force: bool = False,

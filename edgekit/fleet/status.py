@@ -17,7 +17,7 @@ from typing import Any
 from device_agent.errors import ProtocolError
 from device_agent.protocol import DeviceState, Document, ErrorRecord, Heartbeat, Reported, Topics
 
-from .client import collect, connect
+from .client import Broker, collect, connect
 
 STALE_AFTER = 3.0  # heartbeat intervals
 DEFAULT_INTERVAL = 5.0  # seconds, when no heartbeat says otherwise
@@ -163,18 +163,18 @@ def split_stale(devices: list[dict[str, Any]], stale_after: float | None) -> Fle
     return FleetView([d for d in devices if d["device"] not in gone], gone, stale_after)
 
 
-def fleet_status(broker: str, prefix: str, settle: float = 0.5) -> list[dict[str, Any]]:
+def fleet_status(broker: Broker, prefix: str, settle: float = 0.5) -> list[dict[str, Any]]:
     topics = Topics(prefix)
     with connect(broker, purpose="status") as conn:
         messages = collect(conn, [topics.all_devices(leaf) for leaf in LEAVES], settle=settle)
     return status_view(messages, topics, time.time())
 
 
-def fleet_view(broker: str, prefix: str, stale_after: float | None = None) -> FleetView:
+def fleet_view(broker: Broker, prefix: str, stale_after: float | None = None) -> FleetView:
     return split_stale(fleet_status(broker, prefix), stale_after)
 
 
-def forget(broker: str, prefix: str, devices: list[str]) -> list[str]:
+def forget(broker: Broker, prefix: str, devices: list[str]) -> list[str]:
     """Clear every retained topic of ``devices`` (state, heartbeat, reported, their device-level
     desired state): they leave ``fleet status``. Returns the topics cleared."""
     from .client import publish_all
