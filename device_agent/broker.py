@@ -6,6 +6,9 @@ client certificate and key (the device's identity from the fleet's CA), or a use
 and password. The agent and every host command build their connection from
 :class:`BrokerEndpoint`, so both sides read the same URLs the same way.
 
+An mqtts:// broker's CA, certificate and key not named otherwise come from
+``EDGEKIT_BROKER_CA``, ``EDGEKIT_BROKER_CERT`` and ``EDGEKIT_BROKER_KEY``.
+
 Secrets never have to be typed on a command line (where ``ps`` and shell history see
 them): a password comes, first to last, from the URL (``mqtts://user:pw@host``, for a
 config file), a password file, or the ``EDGEKIT_MQTT_PASSWORD`` environment variable.
@@ -27,6 +30,8 @@ from urllib.parse import unquote, urlsplit
 from .errors import ConfigError
 
 PASSWORD_ENV = "EDGEKIT_MQTT_PASSWORD"
+# Defaults for an mqtts:// broker's files when no flag or config file names them (CI, containers).
+FILE_ENV = {"ca": "EDGEKIT_BROKER_CA", "cert": "EDGEKIT_BROKER_CERT", "key": "EDGEKIT_BROKER_KEY"}
 PLAIN, SECURE = ("mqtt", "tcp"), ("mqtts", "ssl", "tls")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # a password may cross these in the clear
 DEFAULT_PORT = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883, "tls": 8883}
@@ -102,6 +107,10 @@ def endpoint(
     """A checked endpoint: files exist, TLS options only with TLS, a password only over TLS."""
     host, port, tls, url_user, url_password = parse_url(url)
     env = os.environ if environ is None else environ
+    if tls:
+        ca = ca or env.get(FILE_ENV["ca"], "")
+        if not cert and not username and not url_user:
+            cert, key = env.get(FILE_ENV["cert"], ""), key or env.get(FILE_ENV["key"], "")
     if not tls and (ca or cert or key):
         given = next(name for name, value in (("ca", ca), ("cert", cert), ("key", key)) if value)
         raise ConfigError(f"a broker {given} file is for TLS: use an mqtts:// broker URL (mqtts://{host}:8883)")

@@ -37,6 +37,7 @@ FLAGS: dict[str, str] = {
     "broker_key": "mqtt.key",
     "broker_username": "mqtt.username",
     "broker_password_file": "mqtt.password_file",
+    "telemetry_key": "telemetry_key",
     "state_dir": "state_dir",
     "trust": "trust",
     "groups": "groups",
@@ -88,6 +89,9 @@ def _help(text: str, key: str) -> str:
     help="File holding the broker password (else the EDGEKIT_MQTT_PASSWORD environment variable).",
 )
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where bundles, state and the outbox live.")
+@click.option(
+    "--telemetry-key", type=click.Path(dir_okay=False), help="Ed25519 key this device signs its telemetry with."
+)
 @click.option("--trust", type=click.Path(dir_okay=False), help="Trust file (public keys by role).")
 @click.option("--group", "groups", multiple=True, help="Group(s) this device belongs to; repeatable.")
 @click.option("--prefix", help=_help("Topic prefix of the fleet.", "mqtt.prefix"))
@@ -159,6 +163,10 @@ def load_config(config_path: str | None, flags: dict[str, Any]) -> AgentConfig:
     except AgentError as exc:
         raise ConfigError(exc.detail) from None
     config.broker_endpoint()  # raises ConfigError for a bad URL, a missing file, a password in the clear
+    if config.telemetry_key:
+        from .telemetry_sig import load_signer
+
+        load_signer(config.telemetry_key)  # a key that cannot be read stops the agent before it starts
     source = config.input.source
     if source not in ("stdin", "none") and not source.startswith("csv:"):
         raise ConfigError(f"input {source!r}: use stdin, csv:PATH or none")

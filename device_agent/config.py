@@ -175,6 +175,9 @@ class AgentConfig:
     state_dir: str = _setting("", "path", "where bundles, state and the outbox live")
     trust: str = _setting("", "path", "the trust file (public keys by role)")
     groups: tuple[str, ...] = _setting((), "", "groups this device belongs to")
+    telemetry_key: str = _setting(
+        "", "path", "Ed25519 key this device signs its telemetry with (edgekit devices add makes it; empty: unsigned)"
+    )
     tick_interval_s: float = _setting(0.5, "s", "the worker's clock: drift accounting, trials, heartbeats")
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     core: CoreSettings = field(default_factory=CoreSettings)

@@ -92,6 +92,11 @@ def _register() -> None:
     for module in (workspace, keys, runs, bundles, registry, fleet, history, delivery, serve, report):
         for command in module.COMMANDS:
             main.add_command(command)
+    from . import broker, devices  # a secured fleet: enrolment and the broker's configuration
+
+    for module in (devices, broker):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

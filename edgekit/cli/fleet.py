@@ -11,10 +11,11 @@ from device_agent.broker import BrokerEndpoint
 from device_agent.trust import ROLE_BUNDLE, ROLE_DEPLOY
 
 from .. import keys, workspace
-from ..errors import UsageError
+from ..errors import UsageError, WorkspaceError
 from ..fleet.deploy import Target
 from ..fleet.release import release
 from ..fleet.status import fleet_view, forget
+from ..fleet.verify import TelemetryCheck
 from ..progress import Progress, for_cli
 from .connection import BrokerChoice, broker_options
 from .output import ago, emit, json_option, table
@@ -148,7 +149,13 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
                 f"{err.get('code')}: {str(err.get('detail'))[:50]}" if err else "-",
             ]
         )
-    return table(rows, ["DEVICE", "STATUS", "ACTIVE", "DEPLOYMENT", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"])
+    header = ["DEVICE", "STATUS", "ACTIVE", "DEPLOYMENT", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"]
+    if any(d.get("trust", "open") != "open" for d in devices):  # a secured fleet: say what was believed
+        header.append("TRUST")
+        for row, d in zip(rows, devices, strict=True):
+            bad = ", ".join(f"{k}: {v}" for k, v in sorted((d.get("unverified") or {}).items()))
+            row.append(f"{d['trust'].upper()} ({bad})" if bad else d["trust"])
+    return table(rows, header)
 
 
 @click.group("fleet")
@@ -157,9 +164,15 @@ def fleet_group() -> None:
     drift, events and alerts from the telemetry store that edgekit serve fills."""
 
 
-def _where(broker: BrokerChoice, prefix: str | None) -> tuple[BrokerEndpoint, str]:
-    ws = workspace.find() if not broker.given or prefix is None else None
-    return broker.resolve(ws), prefix or (ws.prefix if ws else "")
+def _where(broker: BrokerChoice, prefix: str | None) -> tuple[BrokerEndpoint, str, TelemetryCheck]:
+    """Broker, prefix and the telemetry check of the workspace (an open fleet without one)."""
+    try:
+        ws: workspace.Workspace | None = workspace.find()
+    except WorkspaceError:
+        if not broker.given or prefix is None:
+            raise
+        ws = None
+    return broker.resolve(ws), prefix or (ws.prefix if ws else ""), TelemetryCheck.from_workspace(ws)
 
 
 @fleet_group.command("status")
@@ -176,7 +189,8 @@ def status_cmd(broker: BrokerChoice, prefix: str | None, stale_after: str | None
 
     Example: edgekit fleet status --stale-after 1d --json
     """
-    view = fleet_view(*_where(broker, prefix), parse_duration(stale_after) if stale_after else None)
+    endpoint, where_prefix, check = _where(broker, prefix)
+    view = fleet_view(endpoint, where_prefix, parse_duration(stale_after) if stale_after else None, check)
 
     def text(d: dict[str, Any]) -> str:
         out = _status_text(d["devices"])
@@ -212,8 +226,9 @@ def forget_cmd(
     """
     if bool(devices) == bool(stale_after):
         raise UsageError("name the devices to forget, or give --stale-after (not both)", "e.g. --stale-after 30d")
-    where = _where(broker, prefix)
-    view = fleet_view(*where, parse_duration(stale_after) if stale_after else None)
+    endpoint, where_prefix, check = _where(broker, prefix)
+    where = (endpoint, where_prefix)
+    view = fleet_view(*where, parse_duration(stale_after) if stale_after else None, check)
     known = {d["device"]: d for d in view.devices}
     chosen = list(view.hidden) if stale_after else list(devices)
     unknown = [d for d in chosen if d not in known and d not in view.hidden]

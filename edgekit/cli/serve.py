@@ -97,6 +97,7 @@ def serve_cmd(
     from ..alerts.service import AlertService
     from ..fleet.collector import Collector, ServeSettings
     from ..fleet.metrics import CollectorMetrics, serve_http
+    from ..fleet.verify import TelemetryCheck
     from ..telemetry import open_store
     from ..telemetry import store_url as telemetry_url
 
@@ -130,7 +131,14 @@ def serve_cmd(
         runner = CommandRunner(command, alert_config.command_timeout_s, alert_config.command_queue) if command else None
         alerts = AlertService(alert_config, BundleCatalog(ws), settings.prefix, runner=runner)
     metrics = CollectorMetrics()
-    collector = Collector(lambda: open_store(str(url)), broker.resolve(ws), settings, metrics, alerts=alerts)
+    collector = Collector(
+        lambda: open_store(str(url)),
+        broker.resolve(ws),
+        settings,
+        metrics,
+        alerts=alerts,
+        check=TelemetryCheck.from_workspace(ws),
+    )
     server = None
     if port is not None:
         server, bound = serve_http(metrics, int(port), metrics_addr)

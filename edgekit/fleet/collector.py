@@ -69,6 +69,7 @@ from ..telemetry.store import LEAVES, StoreError
 from .client import Broker, new_client, resolve
 from .metrics import CollectorMetrics
 from .status import DeviceStatus
+from .verify import UNENROLLED, TelemetryCheck
 
 log = logging.getLogger("edgekit.serve")
 
@@ -122,8 +123,11 @@ class Collector:
         settings: ServeSettings | None = None,
         metrics: CollectorMetrics | None = None,
         alerts: AlertService | None = None,
+        check: TelemetryCheck | None = None,
     ) -> None:
         self.settings = settings or ServeSettings()
+        self.check = check or TelemetryCheck()  # open fleet unless a device registry says otherwise
+        self._unverified_logged: dict[str, float] = {}
         self.broker = resolve(broker)
         self.topics = Topics(self.settings.prefix)
         self.metrics = metrics or CollectorMetrics()
@@ -335,6 +339,14 @@ class Collector:
         if parsed is None or parsed[1] not in LEAVES or not m.payload:
             return None  # not ours, or a retained document cleared
         device, leaf = parsed
+        verdict = self.check.verdict(device, m.topic, m.payload)
+        if not self.check.counts(verdict) and verdict != UNENROLLED:
+            self.metrics.unverified.labels(leaf).inc()
+            now = time.monotonic()
+            if now - self._unverified_logged.get(device, -1e9) > 60:  # one line a minute per device
+                self._unverified_logged[device] = now
+                log.warning("not storing %s from %s: %s", leaf, device, verdict)
+            return None
         try:
             text = m.payload.decode("utf-8")
             doc = LEAVES[leaf].decode(text)
@@ -361,6 +373,7 @@ class Collector:
         now = time.time()
         if time.monotonic() >= self._next_refresh:
             self._next_refresh = time.monotonic() + self.settings.refresh_s
+            self.check.refresh()  # devices enrolled (or revoked) since the collector started
             self._devices = self.store.latest()
             self.metrics.fleet.update(self._devices, now)
         if not self.store.try_lead():

@@ -38,6 +38,7 @@ class Broker:
         max_queued_messages: int = 100_000,
         listener: list[str] | None = None,
         scheme: str = "mqtt",
+        config_file: Path | None = None,
     ) -> None:
         """``listener`` replaces the open listener's lines (a TLS listener, no anonymous access)."""
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -62,6 +63,8 @@ class Broker:
         ]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
+        if config_file is not None:  # a configuration written elsewhere (edgekit broker config), used as it is
+            self.conf = config_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

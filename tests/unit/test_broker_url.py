@@ -74,3 +74,18 @@ def test_the_agent_reads_tls_settings_from_its_config_file(tmp_path: Path) -> No
     ep = AgentConfig.load(path).broker_endpoint()
     assert (ep.host, ep.port, ep.tls) == ("10.0.0.2", 8883, True)
     assert (ep.ca, ep.cert, ep.key) == (f"{tmp_path}/ca.pem", f"{tmp_path}/dev.pem", f"{tmp_path}/dev.key")
+
+
+def test_tls_files_from_the_environment_unless_named(tmp_path: Path) -> None:
+    for name in ("ca.pem", "c.pem", "c.key", "own.pem"):
+        (tmp_path / name).write_text("x")
+    env = {
+        "EDGEKIT_BROKER_CA": str(tmp_path / "ca.pem"),
+        "EDGEKIT_BROKER_CERT": str(tmp_path / "c.pem"),
+        "EDGEKIT_BROKER_KEY": str(tmp_path / "c.key"),
+    }
+    ep = endpoint("mqtts://b", environ=env)
+    assert (ep.ca, ep.cert, ep.key) == (env["EDGEKIT_BROKER_CA"], env["EDGEKIT_BROKER_CERT"], env["EDGEKIT_BROKER_KEY"])
+    own = endpoint("mqtts://b", cert=str(tmp_path / "own.pem"), environ=env)
+    assert (own.cert, own.key) == (str(tmp_path / "own.pem"), "")  # a named certificate never takes another's key
+    assert endpoint("mqtt://b", environ=env).ca == ""  # plain MQTT: the TLS files are not for it
