@@ -92,11 +92,15 @@ def _register() -> None:
     for module in (workspace, keys, runs, bundles, registry, fleet, history, delivery, serve, report):
         for command in module.COMMANDS:
             main.add_command(command)
-    from . import broker, devices  # a secured fleet: enrolment and the broker's configuration
+    from . import devices  # a secured fleet: enrolment (the broker's configuration: broker config)
 
-    for module in (devices, broker):
-        for command in module.COMMANDS:
-            main.add_command(command)
+    for command in devices.COMMANDS:
+        main.add_command(command)
+
+    from . import broker
+
+    for command in broker.COMMANDS:
+        main.add_command(command)
 
 
 _register()
