@@ -14,12 +14,23 @@ from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker(persistence=True)
+def broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+    """A fresh mosquitto; with EDGEKIT_TEST_SECURE=1, the secured one `edgekit broker config`
+    writes (TLS, identities, ACLs), the host connecting as @deploy and agents enrolled as they start."""
+    from tests.support import secured
+
+    b: Broker
+    if secured.secure_variant():
+        b = secured.ACTIVE = secured.SecureTestBroker()
+        for name, value in secured.ACTIVE.host_env().items():
+            monkeypatch.setenv(name, value)
+    else:
+        b = Broker(persistence=True)
     b.start()
     try:
         yield b
     finally:
+        secured.ACTIVE = None
         b.close()
 
 

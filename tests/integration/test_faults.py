@@ -78,6 +78,7 @@ def _publish_chunks(broker: Broker, version: int, parts: list[bytes], indices: r
         publish_all(conn, [(T.bundle_chunk("wine", version, i), b"" if clear else parts[i], True) for i in indices])
 
 
+@pytest.mark.tls_variant
 def test_broker_killed_mid_transfer_resumes_and_completes(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
     agent = AgentProcess("f1", broker.url, tmp_path / "f1" / "state", host.trust)
     try:

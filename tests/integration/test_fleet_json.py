@@ -17,7 +17,7 @@ from tests.support.agent import AgentProcess, wait_until
 from tests.support.broker import Broker
 from tests.support.json_contract import FLEET_KIND, Cli, check
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.tls_variant]
 
 
 def test_fleet_commands_print_their_documents(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
