@@ -118,7 +118,9 @@ def test_agent_restart_mid_transfer_asks_only_for_missing_chunks(
         agent.stop()
 
 
-@pytest.mark.parametrize("point", ["after_store", "after_trial_start", "before_commit", "after_commit"])
+@pytest.mark.parametrize(
+    "point", ["during_load", "during_health_check", "after_store", "after_trial_start", "before_commit", "after_commit"]
+)
 def test_sigkill_at_each_install_step_leaves_old_or_new_never_neither(
     point: str, host: HostSetup, broker: Broker, tmp_path: Path
 ) -> None:
