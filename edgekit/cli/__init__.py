@@ -92,6 +92,10 @@ def _register() -> None:
     for module in (workspace, keys, runs, bundles, registry, fleet, history, delivery, serve, report):
         for command in module.COMMANDS:
             main.add_command(command)
+    from . import sim
+
+    for command in sim.COMMANDS:
+        main.add_command(command)
 
 
 _register()

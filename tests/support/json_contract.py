@@ -31,6 +31,9 @@ STORE_KIND = {
     ("report",): "report",
 }
 
+# The fleet simulator (checked in tests/integration/test_sim.py).
+SIM_KIND = {("sim",): "sim"}
+
 
 def load_schemas() -> dict[str, dict[str, Any]]:
     text = DOCS.read_text()
