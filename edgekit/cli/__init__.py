@@ -97,5 +97,10 @@ def _register() -> None:
     for command in sim.COMMANDS:
         main.add_command(command)
 
+    from . import broker
+
+    for command in broker.COMMANDS:
+        main.add_command(command)
+
 
 _register()
