@@ -55,7 +55,8 @@ class SimConfig:
     drift_window_rows: int = 100  # with rows_per_s 10: a drift window every 10 s
     heartbeat_s: float = 5.0
     trial_rows: int = 50
-    tick_s: float = 1.0
+    tick_s: float = 1.0  # the core's clock
+    serve_s: float = 5.0  # rows are served and accounted in batches this far apart
     keepalive_s: int = 60
     preinstalled: Path | None = None  # a bundle every device already runs at the start
 
@@ -107,6 +108,7 @@ class Fleet:
             limits=Limits(),
             rows_per_s=config.rows_per_s,
             tick_s=config.tick_s,
+            serve_s=config.serve_s,
         )
         persisted = self._preinstalled()
         host, port = parse_broker(config.broker)
