@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Broker
+from tests.support.broker import Broker, make_broker
 from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker(persistence=True)
-    b.start()
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """mosquitto with persistence; a test marked ``@BOTH_BROKERS`` (tests/support/broker.py)
+    runs once more against aedes, an independent MQTT 3.1.1 broker with the same interface."""
+    b = make_broker(getattr(request, "param", "mosquitto"))
     try:
-        yield b
+        yield b  # type: ignore[misc]  # AedesBroker has Broker's interface
     finally:
         b.close()
 

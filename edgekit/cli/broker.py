@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 
 from .. import workspace
-from ..errors import WorkspaceError
+from ..errors import ExitCode, WorkspaceError
 from ..fleet.bridge import BridgeSpec, render
+from ..fleet.capabilities import BrokerReport, probe
+from .output import emit, json_option, table
 
 
 @click.group("broker")
@@ -56,6 +58,30 @@ def bridge_config(
     else:
         output.write_text(text)
         click.echo(f"wrote {output}: bridge {spec.connection} to {central}", err=True)
+
+
+@broker.command("check")
+@click.argument("url", required=False)
+@json_option
+def check(url: str | None, as_json: bool) -> None:
+    """What the broker supports of what edgekit uses: MQTT 5 or 3.1.1, retained messages (on
+    exact and wildcard subscriptions), shared subscriptions, packet limit, session expiry.
+
+    Exit 0 when everything edgekit needs is there, 6 when something is missing.
+
+    Example: edgekit broker check mqtt://127.0.0.1:1883 --json
+    """
+    report = probe(url or workspace.find().broker)
+    emit(report.to_json(), as_json, lambda _d: _text(report), kind="broker")
+    if not report.ok:
+        raise SystemExit(int(ExitCode.FLEET))
+
+
+def _text(report: BrokerReport) -> str:
+    mark = {True: "yes", False: "NO", None: "unknown"}
+    rows = [[f.name, mark[f.supported], f.detail] for f in report.features]
+    head = f"{report.broker}: MQTT {report.protocol}" + ("" if report.ok else " — edgekit cannot work fully here")
+    return head + "\n" + table(rows, ["feature", "supported", "detail"])
 
 
 COMMANDS = [broker]
