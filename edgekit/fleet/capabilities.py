@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import FleetError
-from .client import Connection, collect, connect, publish_all
+from .client import Broker, Connection, collect, connect, publish_all, resolve
 
 PROBE_PREFIX = "edgekit-probe"
 
@@ -103,8 +103,9 @@ def _retained(conn: Connection) -> tuple[bool, bool]:
     return exact, wildcard
 
 
-def probe(broker: str, timeout: float = 5.0) -> BrokerReport:
+def probe(broker: Broker, timeout: float = 5.0) -> BrokerReport:
     """Connect (MQTT 5, or 3.1.1 where refused), read what the broker says, try the rest."""
+    url = resolve(broker).url  # without a password
     started = time.monotonic()
     with connect(broker, timeout=timeout, purpose="check") as conn:
         v5 = conn.protocol == "5"
@@ -112,7 +113,7 @@ def probe(broker: str, timeout: float = 5.0) -> BrokerReport:
         exact, wildcard = _retained(conn)
         shared = shared_subscriptions(conn)
     if time.monotonic() - started > 60:  # pragma: no cover - a broker this slow is reported as unreachable
-        raise FleetError(f"the broker at {broker} took over a minute to answer the checks")
+        raise FleetError(f"the broker at {url} took over a minute to answer the checks")
     mps = conn.max_packet_size
     features = [
         Feature(
@@ -166,7 +167,7 @@ def probe(broker: str, timeout: float = 5.0) -> BrokerReport:
             "edgekit serve's session while it is stopped",
         ),
     ]
-    return BrokerReport(broker, conn.protocol, mps, features)
+    return BrokerReport(url, conn.protocol, mps, features)
 
 
 def _expiry(says: dict[str, int]) -> str:

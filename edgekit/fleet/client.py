@@ -8,27 +8,70 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device_agent.broker import BrokerEndpoint, endpoint
+from device_agent.errors import ConfigError
 from device_agent.mqtt_versions import PROTOCOLS, refuses_protocol
 
-from ..errors import FleetError
+from ..errors import FleetError, UsageError
+
+Broker = str | BrokerEndpoint  # a URL (credentials from the URL or the environment), or a resolved endpoint
 
 
-def parse_broker(url: str) -> tuple[str, int]:
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "tcp"):
-        raise FleetError(f"unsupported broker URL {url!r}", "use mqtt://HOST:PORT")
-    return parsed.hostname or "127.0.0.1", parsed.port or 1883
+def resolve(broker: Broker) -> BrokerEndpoint:
+    """The endpoint of a URL or an endpoint; a bad URL or file is a usage error, one line."""
+    if isinstance(broker, BrokerEndpoint):
+        return broker
+    try:
+        return endpoint(broker)
+    except ConfigError as exc:
+        raise UsageError(exc.detail, "see 'edgekit deploy --help' for the --broker options") from None
+
+
+def parse_broker(url: Broker) -> tuple[str, int]:
+    ep = resolve(url)
+    return ep.host, ep.port
+
+
+def new_client(broker: BrokerEndpoint, client_id: str, protocol: str = "5", clean_session: bool = True) -> paho.Client:
+    """A paho client for MQTT ``protocol`` ("5" or "3.1.1") with the endpoint's TLS and
+    credentials set; ``clean_session`` is 3.1.1's (MQTT 5 says it at connect)."""
+    if protocol == "5":
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=PROTOCOLS["5"])
+    else:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=PROTOCOLS[protocol], clean_session=clean_session
+        )
+    try:
+        broker.apply(client)
+    except (OSError, ValueError) as exc:  # ssl.SSLError: a CA, cert or key file that is not one
+        raise UsageError(
+            f"cannot use the broker's TLS files: {exc}", "check --broker-ca/--broker-cert/--broker-key"
+        ) from None
+    return client
+
+
+def tls_reason(exc: ssl.SSLError) -> str:
+    detail = getattr(exc, "verify_message", None)
+    return f"certificate verify failed: {detail}" if detail else str(exc.reason or exc)
+
+
+def refusal_hint(reason: str) -> str:
+    """What to do about a CONNACK refusal."""
+    low = reason.lower()
+    if "not authorized" in low or "bad user" in low or "password" in low or "closed before" in low:
+        return "the broker wants credentials this host does not have: --broker-cert/--broker-key or --broker-username"
+    return "check the broker's log"
 
 
 @dataclass
@@ -60,8 +103,10 @@ CONNACK_PROPERTIES = (
 
 
 @contextlib.contextmanager
-def connect(broker: str, timeout: float = 5.0, purpose: str = "cli") -> Iterator[Connection]:
-    """A connection speaking MQTT 5, or MQTT 3.1.1 where the broker refuses 5."""
+def connect(broker: Broker, timeout: float = 5.0, purpose: str = "cli") -> Iterator[Connection]:
+    """A connection speaking MQTT 5, or MQTT 3.1.1 where the broker refuses 5: with a CONNACK
+    saying so (aedes), or by closing the connection before any CONNACK (RabbitMQ before 3.13;
+    a refused TLS certificate does the same, and is then reported from the 3.1.1 attempt)."""
     for protocol in ("5", "3.1.1"):
         try:
             with _connect(broker, timeout, purpose, protocol) as conn:
@@ -69,31 +114,26 @@ def connect(broker: str, timeout: float = 5.0, purpose: str = "cli") -> Iterator
                 return
         except _RefusedVersion:
             continue
-    raise FleetError(f"the broker at {broker} refused both MQTT 5 and MQTT 3.1.1")
-
-
-CLOSED_BEFORE_CONNACK = "the connection was closed before the broker answered"
 
 
 class _RefusedVersion(Exception):
-    """The broker refused the connection for its MQTT version."""
+    """The broker refused the connection for its MQTT version (or closed it unanswered)."""
 
 
 @contextlib.contextmanager
-def _connect(broker: str, timeout: float, purpose: str, protocol: str) -> Iterator[Connection]:
-    host, port = parse_broker(broker)
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"edgekit-{purpose}-{uuid.uuid4().hex[:8]}",
-        protocol=PROTOCOLS[protocol],
-    )
+def _connect(broker: Broker, timeout: float, purpose: str, protocol: str) -> Iterator[Connection]:
+    ep = resolve(broker)
+    host, port = ep.host, ep.port
+    client = new_client(ep, f"edgekit-{purpose}-{uuid.uuid4().hex[:8]}", protocol)
     conn = Connection(client, protocol=protocol)
     ready = threading.Event()
-    refused: list[Any] = []
+    refused: list[str] = []
+    version_refused: list[bool] = []  # a CONNACK refusing the version, or a close before any CONNACK
 
     def on_connect(c: paho.Client, _u: Any, _f: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            refused.append(reason)
+            refused.append(str(reason))
+            version_refused.append(refuses_protocol(reason))
         else:
             with contextlib.suppress(OSError, AttributeError):
                 sock = c.socket()
@@ -113,15 +153,21 @@ def _connect(broker: str, timeout: float, purpose: str, protocol: str) -> Iterat
             conn.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if not ready.is_set():  # closed before any CONNACK: RabbitMQ before 3.13 answers MQTT 5 so
-            refused.append(CLOSED_BEFORE_CONNACK)
+        if not ready.is_set():  # closed before CONNACK: a TLS alert (certificate refused) or a reset
+            refused.append(f"connection closed before the broker answered ({reason})")
+            version_refused.append(True)
             ready.set()
 
     client.on_connect = on_connect
-    client.on_disconnect = on_disconnect
     client.on_message = on_message
+    client.on_disconnect = on_disconnect
     try:
         client.connect(host, port, keepalive=30)
+    except ssl.SSLError as exc:
+        raise FleetError(
+            f"TLS with the broker at {ep.url} failed: {tls_reason(exc)}",
+            "check --broker-ca (the fleet's CA) and that the URL's host is in the broker's certificate",
+        ) from None
     except OSError as exc:
         raise FleetError(
             f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}", "start the broker or pass --broker"
@@ -129,11 +175,11 @@ def _connect(broker: str, timeout: float, purpose: str, protocol: str) -> Iterat
     client.loop_start()
     try:
         if not ready.wait(timeout):
-            raise FleetError(f"the broker at {host}:{port} did not answer within {timeout:.0f} s")
-        if refused and protocol == "5" and (refused[0] is CLOSED_BEFORE_CONNACK or refuses_protocol(refused[0])):
+            raise FleetError(f"the broker at {ep.url} did not answer within {timeout:.0f} s")
+        if refused and protocol == "5" and version_refused[0]:
             raise _RefusedVersion()
         if refused:
-            raise FleetError(f"the broker at {host}:{port} refused the connection: {refused[0]}")
+            raise FleetError(f"the broker at {ep.url} refused the connection: {refused[0]}", refusal_hint(refused[0]))
         yield conn
     finally:
         with contextlib.suppress(Exception):

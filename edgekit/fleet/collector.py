@@ -53,13 +53,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_agent.errors import ProtocolError
-from device_agent.mqtt_versions import PROTOCOLS, refuses_protocol
+from device_agent.mqtt_versions import refuses_protocol
 from device_agent.protocol import (
     MAX_RANGES,
     Command,
@@ -76,9 +75,10 @@ from ..errors import FleetError
 from ..telemetry import Gap, Received, TelemetryStore
 from ..telemetry.store import LEAVES, StoreError
 from .capabilities import shared_subscriptions
-from .client import connect, parse_broker
+from .client import Broker, connect, new_client, resolve
 from .metrics import CollectorMetrics
 from .status import DeviceStatus
+from .verify import UNENROLLED, TelemetryCheck
 
 log = logging.getLogger("edgekit.serve")
 
@@ -128,13 +128,16 @@ class Collector:
     def __init__(
         self,
         store: TelemetryStore | Callable[[], TelemetryStore],
-        broker: str,
+        broker: Broker,
         settings: ServeSettings | None = None,
         metrics: CollectorMetrics | None = None,
         alerts: AlertService | None = None,
+        check: TelemetryCheck | None = None,
     ) -> None:
         self.settings = settings or ServeSettings()
-        self.broker = broker
+        self.check = check or TelemetryCheck()  # open fleet unless a device registry says otherwise
+        self._unverified_logged: dict[str, float] = {}
+        self.broker = resolve(broker)
         self.topics = Topics(self.settings.prefix)
         self.metrics = metrics or CollectorMetrics()
         self._open = store if callable(store) else (lambda: store)
@@ -169,7 +172,7 @@ class Collector:
         return f"edgekit-serve-{self.settings.name}"
 
     def start(self, connect_timeout: float = 10.0) -> None:
-        host, port = parse_broker(self.broker)
+        host, port = self.broker.host, self.broker.port
         try:
             self._learn_broker(connect_timeout)
             while True:
@@ -181,7 +184,8 @@ class Collector:
                 self._client.loop_stop()
                 if not (self._refused_version.is_set() and self.protocol == "5"):
                     raise FleetError(
-                        f"the broker at {host}:{port} did not accept the connection in {connect_timeout:.0f} s"
+                        f"the broker at {self.broker.url} did not accept the connection in {connect_timeout:.0f} s",
+                        "check its log: a collector needs the serve role's certificate or password",
                     )
                 self.protocol = "3.1.1"  # the probe spoke 5 and the session was refused: unlikely, handled
         except FleetError:
@@ -196,12 +200,12 @@ class Collector:
             self.protocol = conn.protocol
             self.shared = shared_subscriptions(conn)
         if self.protocol != "5":
-            log.warning("the broker at %s speaks MQTT 3.1.1 only: the session never expires", self.broker)
+            log.warning("the broker at %s speaks MQTT 3.1.1 only: the session never expires", self.broker.url)
         if not self.shared:
             log.warning(
                 "the broker at %s has no shared subscriptions: this collector subscribes plainly and "
                 "takes all the traffic (a second one would store everything again, not share it)",
-                self.broker,
+                self.broker.url,
             )
 
     def _open_session(self, host: str, port: int) -> None:
@@ -216,7 +220,7 @@ class Collector:
         except OSError as exc:
             raise FleetError(
                 f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}",
-                "start the broker or pass --broker",
+                "start the broker or pass --broker (and --broker-ca for mqtts://)",
             ) from None
 
     def stop(self, end_session: bool = False) -> None:
@@ -245,14 +249,11 @@ class Collector:
 
     def _end_v311_session(self) -> None:
         """MQTT 3.1.1 has no session expiry: a connection with a clean session discards it."""
-        host, port = parse_broker(self.broker)
         done = threading.Event()
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=PROTOCOLS["3.1.1"], clean_session=True
-        )
+        client = new_client(self.broker, self.client_id, "3.1.1", clean_session=True)
         client.on_connect = lambda *_: done.set()
         with contextlib.suppress(Exception):
-            client.connect(host, port, keepalive=10)
+            client.connect(self.broker.host, self.broker.port, keepalive=10)
             client.loop_start()
             done.wait(5.0)
             client.disconnect()
@@ -262,12 +263,8 @@ class Collector:
     # ── MQTT (paho's thread: translate and queue only) ─────────────────────────────
 
     def _make_client(self) -> paho.Client:
-        if self.protocol == "5":
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=PROTOCOLS["5"])
-        else:  # a persistent session: the broker queues while the collector is stopped
-            client = paho.Client(
-                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=PROTOCOLS["3.1.1"], clean_session=False
-            )
+        # 3.1.1: a persistent session (clean session off), the broker queues while the collector is stopped
+        client = new_client(self.broker, self.client_id, self.protocol, clean_session=False)
         client.manual_ack_set(True)  # acknowledged only once stored
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
@@ -402,6 +399,14 @@ class Collector:
         if parsed is None or parsed[1] not in LEAVES or not m.payload:
             return None  # not ours, or a retained document cleared
         device, leaf = parsed
+        verdict = self.check.verdict(device, m.topic, m.payload)
+        if not self.check.counts(verdict) and verdict != UNENROLLED:
+            self.metrics.unverified.labels(leaf).inc()
+            now = time.monotonic()
+            if now - self._unverified_logged.get(device, -1e9) > 60:  # one line a minute per device
+                self._unverified_logged[device] = now
+                log.warning("not storing %s from %s: %s", leaf, device, verdict)
+            return None
         try:
             text = m.payload.decode("utf-8")
             doc = LEAVES[leaf].decode(text)
@@ -428,6 +433,7 @@ class Collector:
         now = time.time()
         if time.monotonic() >= self._next_refresh:
             self._next_refresh = time.monotonic() + self.settings.refresh_s
+            self.check.refresh()  # devices enrolled (or revoked) since the collector started
             self._devices = self.store.latest()
             self.metrics.fleet.update(self._devices, now)
         if not self.store.try_lead():
