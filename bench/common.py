@@ -47,6 +47,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "bench/small_device.py",
         "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",
     ),
+    ("signed-telemetry", "bench/signed_telemetry.py", "signing telemetry on the device and verifying it on the host"),
 )
 
 
