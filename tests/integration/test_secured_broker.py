@@ -55,14 +55,17 @@ def test_a_device_is_confined_to_its_own_topics_and_cannot_be_taken_over(host: H
             done = cli("deploy", str(host.bundles[1]), "--group", "g1", "--wait", "30", *deploy)
             assert done["succeeded"] is True and done["outcome"] == {"s1": "active"}
 
-            # Anonymous, and a certificate from another CA: refused at the door.
-            assert not Client(BrokerEndpoint("127.0.0.1", fleet.broker.port, True, ca=str(fleet.ca))).connect()
+            # Anonymous (on either listener), and a certificate from another CA: refused at the door.
+            for port in (fleet.device_port, fleet.broker.port):
+                assert not Client(BrokerEndpoint("127.0.0.1", port, True, ca=str(fleet.ca))).connect()
+            # A device's certificate on the host roles' listener (where client ids are free): refused.
+            assert not Client(replace(fleet.device("s2"), port=fleet.broker.port), client_id="edgekit-s1").connect()
             stranger = FleetCA.create("not the fleet").issue("s1")
             (tmp_path / "x.pem").write_bytes(stranger.cert_pem)
             (tmp_path / "x.key").write_bytes(stranger.key_pem)
             forged_id = BrokerEndpoint(
                 "127.0.0.1",
-                fleet.broker.port,
+                fleet.device_port,
                 True,
                 ca=str(fleet.ca),
                 cert=str(tmp_path / "x.pem"),
@@ -159,7 +162,7 @@ def test_password_identities_on_a_real_mosquitto(host: HostSetup, tmp_path: Path
     root = tmp_path / "ws"
     shutil.copytree(host.root, root)
     ws = workspace.load(root)
-    port = free_port()
+    port, host_port = free_port(), free_port()
     prov = devices.enrol(
         ws,
         "p1",
@@ -173,9 +176,15 @@ def test_password_identities_on_a_real_mosquitto(host: HostSetup, tmp_path: Path
     (folder / "data").mkdir(mode=0o777)
     os.chmod(folder / "data", 0o777)
     files = broker_config.write(
-        ws, folder / "conf", port=port, auth="password", persistence_dir=f"{folder}/data/", hosts=("127.0.0.1",)
+        ws,
+        folder / "conf",
+        port=port,
+        host_port=host_port,
+        auth="password",
+        persistence_dir=f"{folder}/data/",
+        hosts=("127.0.0.1",),
     )
-    mosquitto = Broker(port=port, config_file=files.config, scheme="mqtts")
+    mosquitto = Broker(port=host_port, config_file=files.config, scheme="mqtts")
     mosquitto.start()
     try:
         config = AgentConfig.load(prov.directory / "agent.toml")
@@ -185,11 +194,14 @@ def test_password_identities_on_a_real_mosquitto(host: HostSetup, tmp_path: Path
         assert device.connect()
         wrong = replace(endpoint, password="guess")
         assert not Client(wrong).connect()
-        creds = files.roles["@deploy"]
-        deployer = endpoint_of(
-            mosquitto.url, ca=str(files.directory / "ca.pem"), username="@deploy", password_file=creds["password_file"]
-        )
-        assert Client(deployer).connect()
+        creds = files.roles["@deploy"]  # host roles keep certificates, on their own listener
+        deployer = endpoint_of(mosquitto.url, ca=str(files.directory / "ca.pem"), cert=creds["cert"], key=creds["key"])
+        first, second = Client(deployer), Client(deployer)
+        assert first.connect() and second.connect()  # two host commands at once under one role
+        time.sleep(0.5)
+        assert not first.closed.is_set()
+        first.close()
+        second.close()
         device.close()
     finally:
         mosquitto.close()
