@@ -31,7 +31,7 @@ NOT_CODES = {
     "sock",
     "pem",
     "key",
-}  # files
+}  # file names
 NOT_A_CODE = {"model.family"}  # a run parameter's name, in the same shape
 
 
