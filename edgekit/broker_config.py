@@ -40,12 +40,14 @@ from device_agent.protocol import check_id
 
 from . import devices as devices_mod
 from .errors import UsageError
+from .fleet.capabilities import PROBE_PREFIX
 from .pki import FleetCA
 from .workspace import Workspace
 
 DEVICE_WRITES = ("state", "hb", "reported", "events", "drift", "samples", "resent")
 DEVICE_READS = ("desired", "cmd")
 SYNC_TOPIC = "edgekit-sync/#"  # the CLI's end-of-retained marker (edgekit.fleet.client.collect)
+PROBE_TOPIC = f"{PROBE_PREFIX}/#"  # edgekit broker check's throw-away topics
 AUTH_MODES = (devices_mod.AUTH_CERT, devices_mod.AUTH_PASSWORD)
 HOST_CA_NAME = "edgekit host CA"  # signs the host roles' certificates, and nothing a device holds
 
@@ -67,6 +69,7 @@ def role_rules(prefix: str, role: str) -> list[str]:
             # fleet forget clears a departed device's retained documents (empty payloads)
             *(f"topic write {p}/dev/+/{leaf}" for leaf in ("state", "hb", "reported")),
             f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
         ]
     if role == "serve":
         return [
@@ -75,9 +78,15 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic readwrite {p}/alerts/#",
             f"topic read {p}/bundle/+/+/manifest",
             f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
         ]
     if role == "reader":
-        return [*read_telemetry, f"topic read {p}/alerts/#", f"topic readwrite {SYNC_TOPIC}"]
+        return [
+            *read_telemetry,
+            f"topic read {p}/alerts/#",
+            f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
+        ]
     raise UsageError(f"unknown host role {role!r}")
 
 
