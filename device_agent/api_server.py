@@ -40,7 +40,7 @@ from .config import ApiSettings
 from .engine import InferenceEngine
 from .errors import BadRequest, ClientError, InferenceFailed, ListenFailed, RequestTooLarge, TooManyClients
 from .local_api import BatchRequest, Health, HealthRequest, TensorRequest
-from .sources import answer_matrix, answer_object, answer_rows, not_json, parse_json
+from .sources import answer_matrix, answer_matrix_binary, answer_object, answer_rows, not_json, parse_json
 
 log = logging.getLogger("edgekit.agent.api")
 
@@ -94,6 +94,11 @@ class Handler:
         def finish(data: bytes) -> bytes:
             try:
                 x = np.frombuffer(data, dtype=dtype).reshape(request.rows, request.cols)
+                if request.binary:
+                    header, columns = answer_matrix_binary(self.engine, x)
+                    if request.id is not None:
+                        header["id"] = request.id
+                    return local_api.binary_answer(header, columns) if columns else local_api.encode(header)
                 answer = answer_matrix(self.engine, x)
             except Exception as exc:
                 return self._unexpected(exc)

@@ -107,6 +107,9 @@ class EngineSettings:
     drift_min_rows: int = _setting(30, "rows", "below this a window's verdict is 'insufficient'")
     latency_samples: int = _setting(2048, "rows", "recent per-row latencies kept for percentiles")
     max_pending_rows: int = _setting(200_000, "rows", "rows awaiting drift accounting; beyond, counted, not kept")
+    drift_max_rows_per_s: float = _setting(
+        2000.0, "rows/s", "rows accounted for drift at most; beyond, an even sample of the rows (0: every row)"
+    )
     intra_op_threads: int = _setting(1, "threads", "onnxruntime intra-op threads (one is fastest for single rows)")
     load_timeout_s: float = _setting(
         60.0, "s", "a new model's load and health check (in a child process) are stopped after this long"

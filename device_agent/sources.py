@@ -152,6 +152,33 @@ def answer_matrix(engine: InferenceEngine, x: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def answer_matrix_binary(engine: InferenceEngine, x: np.ndarray) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """A tensor batch → its answer header and raw columns: no number is written as text, so the
+    answer costs the agent (and the caller) next to nothing beside the model."""
+    try:
+        model, cols = engine.serve_matrix(x)
+    except RowError as exc:
+        for _ in range(len(x)):
+            engine.reject(exc)
+        return error_answer(exc), []
+    header: dict[str, Any] = {"rows": len(x)}
+    label = _label(model)
+    if label is not None:
+        header["bundle"] = label
+    header["errors"] = [{"row": i, "error": e.code, "detail": e.detail} for i, e in sorted(cols.errors.items())]
+    if model is not None and model.spec.task == "classification":
+        header["classes"] = list(model.spec.classes)
+        columns = [
+            ("class_index", cols.class_index.astype("<i4", copy=False).tobytes()),
+            ("confidence", cols.score.astype("<f4").tobytes()),
+        ]
+    else:
+        prediction = cols.score.astype("<f8", copy=True)
+        prediction[list(cols.errors)] = math.nan
+        columns = [("prediction", prediction.tobytes())]
+    return header, columns
+
+
 def not_json(engine: InferenceEngine, why: str = "input line is not valid JSON") -> dict[str, Any]:
     err = BadValue(why)
     engine.reject(err)
