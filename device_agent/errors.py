@@ -334,6 +334,15 @@ class DesiredRejected(ProtocolError):
     action = "Deploy again with edgekit deploy; replayed or misaddressed documents are refused."
 
 
+class DesiredMissing(ProtocolError):
+    """No desired state is retained for this device or its groups (the retained document was
+    cleared, or none arrived after connecting): the device keeps what it serves, and nothing
+    tells it what to run."""
+
+    code = "desired.missing"
+    action = "Deploy again (edgekit deploy); find who cleared the retained desired topic (only edgekit should)."
+
+
 class CommandRejected(ProtocolError):
     """A command on this device's command topic was refused: addressed to another device,
     asking for more than one command may, or above the rate limit for commands."""

@@ -27,7 +27,9 @@ DESIRED_DOMAIN = b"edgekit-desired-v1\n"
 
 ROLE_BUNDLE = "bundle"  # may sign bundles and their transfer documents
 ROLE_DEPLOY = "deploy"  # may sign desired-state documents
-ROLES = (ROLE_BUNDLE, ROLE_DEPLOY)
+ROLE_ROOT = "root"  # may sign recovery desired states (they reset a device's sequence); kept offline
+ROLES = (ROLE_BUNDLE, ROLE_DEPLOY, ROLE_ROOT)
+DEFAULT_ROLES = (ROLE_BUNDLE, ROLE_DEPLOY)  # what a new key gets unless told: never root
 
 MAX_TRUST_BYTES = 64 * 1024
 MAX_SIGNATURES = 8

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from device_agent.protocol import check_id
-from device_agent.trust import ROLES, Trust, TrustedKey, key_id, public_raw
+from device_agent.trust import DEFAULT_ROLES, ROLES, Trust, TrustedKey, key_id, public_raw
 
 from .errors import WorkspaceError
 from .workspace import Workspace
@@ -39,7 +39,9 @@ def _paths(ws: Workspace, name: str) -> tuple[Path, Path]:
     return ws.keys_dir / f"{name}.key", ws.keys_dir / f"{name}.json"
 
 
-def generate(ws: Workspace, name: str, roles: tuple[str, ...] = ROLES, passphrase: bytes | None = None) -> KeyInfo:
+def generate(
+    ws: Workspace, name: str, roles: tuple[str, ...] = DEFAULT_ROLES, passphrase: bytes | None = None
+) -> KeyInfo:
     bad = [r for r in roles if r not in ROLES]
     if bad or not roles:
         raise WorkspaceError(f"unknown role(s) {bad}", f"roles are {', '.join(ROLES)}")

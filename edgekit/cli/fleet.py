@@ -146,7 +146,14 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
                 f"{err.get('code')}: {str(err.get('detail'))[:50]}" if err else "-",
             ]
         )
-    return table(rows, ["DEVICE", "STATUS", "ACTIVE", "DEPLOYMENT", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"])
+    text = table(rows, ["DEVICE", "STATUS", "ACTIVE", "DEPLOYMENT", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"])
+    missing = [d["device"] for d in devices if d.get("desired_missing")]
+    if missing:
+        text += (
+            f"\nno desired state is retained for {', '.join(missing)}: they keep what they run, "
+            "but nothing tells them what to run (edgekit deploy … --device/--group)"
+        )
+    return text
 
 
 @click.group("fleet")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from device_agent.trust import ROLES
+from device_agent.trust import DEFAULT_ROLES, ROLES
 
 from .. import keys as keys_mod
 from .. import workspace
@@ -20,14 +20,20 @@ def keys_group() -> None:
 
 @keys_group.command("generate")
 @click.option("--name", required=True, help="Key name, e.g. release.")
-@click.option("--role", "roles", multiple=True, type=click.Choice(ROLES), help="Roles (default: all).")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="Roles (default: bundle and deploy; root only when asked).",
+)
 @json_option
 def generate_cmd(name: str, roles: tuple[str, ...], as_json: bool) -> None:
     """Create a key pair and print its key id.
 
     Example: edgekit keys generate --name release
     """
-    info = keys_mod.generate(workspace.find(), name, roles or ROLES)
+    info = keys_mod.generate(workspace.find(), name, roles or DEFAULT_ROLES)
     emit(info.to_dict(), as_json, lambda d: f"{d['keyid']}  {d['name']}  roles: {', '.join(d['roles'])}", "key")
 
 
