@@ -10,6 +10,7 @@ from device_agent.trust import ROLE_DEPLOY
 
 from .. import keys, workspace
 from ..fleet.freshness import DEFAULT_TTL_S, refresh
+from .connection import BrokerChoice, broker_options
 from .fleet import parse_duration
 from .output import emit, json_option, table
 
@@ -20,11 +21,11 @@ def desired_group() -> None:
 
 
 @desired_group.command("refresh")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--key", "key_name", default=None, help="Deploy key (default: the workspace's only 'deploy' key).")
 @click.option("--ttl", default=f"{DEFAULT_TTL_S / 86400:.0f}d", show_default=True, help="New life of each document.")
 @json_option
-def refresh_cmd(broker: str | None, key_name: str | None, ttl: str, as_json: bool) -> None:
+def refresh_cmd(broker: BrokerChoice, key_name: str | None, ttl: str, as_json: bool) -> None:
     """Re-sign every retained desired state with a new issue time and expiry (same sequence:
     devices install nothing again). Documents that do not verify with this workspace's keys
     are reported and left alone. `edgekit serve --resign-every` does this periodically.
@@ -33,7 +34,7 @@ def refresh_cmd(broker: str | None, key_name: str | None, ttl: str, as_json: boo
     """
     ws = workspace.find()
     done = refresh(
-        broker or ws.broker,
+        broker.resolve(ws),
         ws.prefix,
         keys.pick_key(ws, ROLE_DEPLOY, key_name),
         keys.trust_file(ws),
@@ -52,10 +53,12 @@ def refresh_cmd(broker: str | None, key_name: str | None, ttl: str, as_json: boo
 @desired_group.command("recover")
 @click.option("--device", default=None, help="The device whose sequence to reset.")
 @click.option("--group", default=None, help="The group whose sequence to reset.")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--key", "key_name", default=None, help="Root key (default: the workspace's only 'root' key).")
 @json_option
-def recover_cmd(device: str | None, group: str | None, broker: str | None, key_name: str | None, as_json: bool) -> None:
+def recover_cmd(
+    device: str | None, group: str | None, broker: BrokerChoice, key_name: str | None, as_json: bool
+) -> None:
     """Unfreeze a device or group that holds a sequence number far ahead: re-publish its desired
     state signed by a root key, which the device accepts as a new start (expires in an hour).
 
@@ -73,7 +76,7 @@ def recover_cmd(device: str | None, group: str | None, broker: str | None, key_n
     topic = target.topic(Topics(ws.prefix))
     try:
         done = recover(
-            broker or ws.broker,
+            broker.resolve(ws),
             ws.prefix,
             topic,
             target.label,

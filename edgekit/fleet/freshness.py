@@ -23,7 +23,7 @@ from device_agent.errors import AgentError
 from device_agent.protocol import DesiredState, Topics
 from device_agent.trust import DESIRED_DOMAIN, ROLE_DEPLOY, Trust, open_envelope, seal
 
-from .client import collect, connect, publish_all
+from .client import Broker, collect, connect, publish_all
 
 DEFAULT_TTL_S = 30 * 86400.0  # a desired state's life unless re-signed
 RECOVERY_TTL_S = 3600.0  # a recovery document's life: short, since a replay of it resets a sequence
@@ -100,7 +100,9 @@ def recovery_message(
     return Refreshed(topic, doc.target, fresh.seq, fresh.expires), item
 
 
-def recover(broker: str, prefix: str, topic: str, target: str, root_key: Ed25519PrivateKey, trust: Trust) -> Refreshed:
+def recover(
+    broker: Broker, prefix: str, topic: str, target: str, root_key: Ed25519PrivateKey, trust: Trust
+) -> Refreshed:
     """Publish a recovery document for ``target`` (see :func:`recovery_message`)."""
     with connect(broker, purpose="recover") as conn:
         messages = collect(conn, [topic])
@@ -110,7 +112,7 @@ def recover(broker: str, prefix: str, topic: str, target: str, root_key: Ed25519
 
 
 def refresh(
-    broker: str, prefix: str, deploy_key: Ed25519PrivateKey, trust: Trust, ttl_s: float = DEFAULT_TTL_S
+    broker: Broker, prefix: str, deploy_key: Ed25519PrivateKey, trust: Trust, ttl_s: float = DEFAULT_TTL_S
 ) -> list[Refreshed]:
     """Re-sign every retained desired state on the broker."""
     topics = Topics(prefix)
