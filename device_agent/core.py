@@ -59,6 +59,7 @@ from .actions import (
     Restore,
     Revert,
     SaveState,
+    SaveTrust,
     Send,
     StageChunk,
     StageTransfer,
@@ -85,6 +86,7 @@ from .errors import (
     TrialCrashed,
     TrialRegressed,
     TrustError,
+    TrustRejected,
     VersionRollback,
     by_code,
 )
@@ -185,6 +187,7 @@ class AgentCore:
         self.settings = settings or CoreSettings()
         self.limits = limits or Limits()
         self.state = persisted  # the durable state as the last SaveState/Commit wrote it
+        self._trust_bytes = b""  # the last trust file accepted over the air
         self.profile = profile or DeviceProfile()  # what bundles' compat is checked against
         self.clock_untrusted = False  # the clock is behind the newest signed time seen
         self._desired_due: float | None = None  # when a missing desired state is reported
@@ -337,6 +340,7 @@ class AgentCore:
         out.append(Publish(self.topics.state(self.device), birth.encode(), retain=True))
         subs = [self.topics.desired_device(self.device), self.topics.cmd(self.device)]
         subs += [self.topics.desired_group(g) for g in self.groups]
+        subs.append(self.topics.trust())
         out.append(Subscribe(tuple(subs)))
         self._desired_due = now + self.settings.desired_wait_s
         if self.trust is None:
@@ -371,6 +375,9 @@ class AgentCore:
                 return
             if topic == self.topics.cmd(self.device):
                 self._on_command(msg.payload, now, out)
+                return
+            if topic == self.topics.trust():
+                self._on_trust(msg.payload, now, out)
                 return
             for g in self.groups:
                 if topic == self.topics.desired_group(g):
@@ -430,6 +437,27 @@ class AgentCore:
             self._check_clock(now, out)
         self.desired[source] = Goal(source, doc.seq, doc.bundle)
         self._pursue(now, out, retry=fresh)
+
+    def _on_trust(self, payload: bytes, now: float, out: list[Action]) -> None:
+        """A newer trust file signed by the current root: keys added, revoked, rotated."""
+        if not payload:
+            return
+        if self.trust is None:
+            raise TrustRejected("no trust file: a new one cannot be checked against a root key")
+        if payload == self._trust_bytes:
+            return  # the retained copy, delivered again
+        try:
+            new = self.trust.accept_update(payload)
+        except TrustRejected:
+            raise
+        except AgentError as exc:
+            raise TrustRejected(f"trust file refused: {exc.detail}") from None
+        if new.version == self.trust.version:
+            return
+        self.trust, self._trust_bytes = new, payload
+        out.append(SaveTrust(payload))
+        names = ", ".join(sorted(k.name or k.keyid for k in new.keys.values()))
+        self._event(out, now, Lifecycle.TRUST_UPDATED, f"trust file version {new.version}: {names}")
 
     def _on_command(self, payload: bytes, now: float, out: list[Action]) -> None:
         """A resend request only makes the device publish again what it already published;

@@ -100,6 +100,10 @@ class Topics:
     def state(self, device: str) -> str:
         return self.dev(device, "state")
 
+    def trust(self) -> str:
+        """The fleet's signed trust file, retained (``edgekit keys trust publish``)."""
+        return f"{self.prefix}/trust"
+
     def hb(self, device: str) -> str:
         return self.dev(device, "hb")
 

@@ -268,7 +268,7 @@ def test_connected_publishes_birth_and_subscribes_to_desired() -> None:
     assert doc.boot_id == "boot-1"
     assert doc.groups == (GROUP,)
     assert doc.active is None
-    assert set(subscribed(out)) == {T.desired_device(DEV), T.cmd(DEV), T.desired_group(GROUP)}
+    assert set(subscribed(out)) == {T.desired_device(DEV), T.cmd(DEV), T.desired_group(GROUP), T.trust()}
     assert events(out) == []
     assert published(out, T.reported(DEV))[-1].retain and reported(out).phase == IDLE
 
