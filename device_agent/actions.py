@@ -122,6 +122,13 @@ class StageChunk:
 
 
 @dataclass(frozen=True)
+class SaveTrust:
+    """Replace the trust file on disk with these bytes (already verified), atomically."""
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class DropStaging:
     sha256: str
 
@@ -141,4 +148,5 @@ Action = (
     | StageTransfer
     | StageChunk
     | DropStaging
+    | SaveTrust
 )

@@ -107,6 +107,15 @@ class CoreSettings:
     trial_latency_slack_s: float = _setting(0.002, "s", "... and slower by at least this much per row")
     trial_max_memory_ratio: float = _setting(3.0, "x", "a new model needing this many times the memory is reverted")
     trial_memory_slack_bytes: int = _setting(64 << 20, "bytes", "... and at least this much more")
+    max_seq_ahead_s: float = _setting(
+        86_400.0, "s", "a desired state whose sequence (µs since the epoch) is this far ahead of the clock is refused"
+    )
+    clock_valid_after: float = _setting(
+        1_700_000_000.0, "Unix s", "a clock before this is not set yet: sequences are not held to it"
+    )
+    desired_wait_s: float = _setting(
+        30.0, "s", "a device serving a model that gets no retained desired state this long after connecting says so"
+    )
     clock_tolerance_s: float = _setting(
         300.0, "s", "a clock this far behind the newest signed time seen is untrusted (expiry then uses that time)"
     )

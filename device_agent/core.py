@@ -59,6 +59,7 @@ from .actions import (
     Restore,
     Revert,
     SaveState,
+    SaveTrust,
     Send,
     StageChunk,
     StageTransfer,
@@ -74,6 +75,7 @@ from .errors import (
     ChunkRejected,
     ClockUntrusted,
     CommandRejected,
+    DesiredMissing,
     DesiredRejected,
     HashMismatch,
     InputSourceFailed,
@@ -84,6 +86,7 @@ from .errors import (
     TrialCrashed,
     TrialRegressed,
     TrustError,
+    TrustRejected,
     VersionRollback,
     by_code,
 )
@@ -128,7 +131,16 @@ from .protocol import (
 from .state import Persisted
 from .transfer import Assembly
 from .trial import judge
-from .trust import DESIRED_DOMAIN, ROLE_BUNDLE, ROLE_DEPLOY, TRANSFER_DOMAIN, Trust, open_envelope
+from .trust import (
+    DESIRED_DOMAIN,
+    ROLE_BUNDLE,
+    ROLE_DEPLOY,
+    ROLE_ROOT,
+    TRANSFER_DOMAIN,
+    Trust,
+    open_envelope,
+    read_envelope_unverified,
+)
 
 DETAIL_MAX = 500  # characters of a failure's detail sent to the host
 
@@ -175,8 +187,10 @@ class AgentCore:
         self.settings = settings or CoreSettings()
         self.limits = limits or Limits()
         self.state = persisted  # the durable state as the last SaveState/Commit wrote it
+        self._trust_bytes = b""  # the last trust file accepted over the air
         self.profile = profile or DeviceProfile()  # what bundles' compat is checked against
         self.clock_untrusted = False  # the clock is behind the newest signed time seen
+        self._desired_due: float | None = None  # when a missing desired state is reported
 
         self.phase = Phase.ACTIVE if persisted.active else Phase.IDLE
         self.connected = False
@@ -326,7 +340,9 @@ class AgentCore:
         out.append(Publish(self.topics.state(self.device), birth.encode(), retain=True))
         subs = [self.topics.desired_device(self.device), self.topics.cmd(self.device)]
         subs += [self.topics.desired_group(g) for g in self.groups]
+        subs.append(self.topics.trust())
         out.append(Subscribe(tuple(subs)))
+        self._desired_due = now + self.settings.desired_wait_s
         if self.trust is None:
             self._fail_event(out, now, TrustError(self.trust_error or "no trust file"))
         if self.goal is not None and self.phase == Phase.DOWNLOADING:
@@ -360,6 +376,9 @@ class AgentCore:
             if topic == self.topics.cmd(self.device):
                 self._on_command(msg.payload, now, out)
                 return
+            if topic == self.topics.trust():
+                self._on_trust(msg.payload, now, out)
+                return
             for g in self.groups:
                 if topic == self.topics.desired_group(g):
                     self._on_desired(f"group:{g}", msg.payload, now, out)
@@ -376,21 +395,38 @@ class AgentCore:
             self._fail_event(out, now, exc)
 
     def _on_desired(self, source: str, payload: bytes, now: float, out: list[Action]) -> None:
-        if not payload:  # retained document cleared by the host: fall back to what remains
+        self._desired_due = None  # something arrived: nothing to report as missing
+        if not payload:  # retained document cleared: fall back to what remains, and say so
             if self.desired.pop(source, None) is not None:
                 self._pursue(now, out, retry=False)
-            return
+            serving = self.active.label if self.active is not None else "nothing"
+            remaining = self._effective()
+            left = f"following {remaining.source}" if remaining is not None else "no desired state left"
+            raise DesiredMissing(f"the retained desired state was cleared; serving {serving}, {left}")
         if self.trust is None:
             raise TrustError(self.trust_error or "no trust file: desired state cannot be verified")
+        # A recovery document resets the sequence, so it needs a stronger key than a deploy:
+        # the role is chosen from what the document claims, then that role's signature checked.
+        claimed = read_envelope_unverified(payload, "desired state", self.settings.max_payload_bytes)
+        role = ROLE_ROOT if claimed.get("recover") is True else ROLE_DEPLOY
         body, _ = open_envelope(
-            self.trust, ROLE_DEPLOY, DESIRED_DOMAIN, payload, "desired state", self.settings.max_payload_bytes
+            self.trust, role, DESIRED_DOMAIN, payload, "desired state", self.settings.max_payload_bytes
         )
         doc = DesiredState.from_json(body)
         if doc.target != (f"device:{self.device}" if source == "device" else source):
             raise DesiredRejected(f"document is addressed to {doc.target!r}, not to this topic's {source!r}")
-        if doc.expires is not None and doc.expires <= self.clock(now):
+        clock = self.clock(now)
+        if doc.expires is not None and doc.expires <= clock:
             raise DesiredRejected(f"desired state seq {doc.seq} expired")
+        ahead = doc.seq / 1e6 - clock  # edgekit deploy numbers them by the microsecond
+        if now >= self.settings.clock_valid_after and ahead > self.settings.max_seq_ahead_s:
+            raise DesiredRejected(
+                f"desired state seq {doc.seq} is {ahead / 86400:.0f} days ahead of this device's clock; "
+                "a sequence that far ahead would freeze every later deploy"
+            )
         known = self.state.desired_seq.get(source, 0)
+        if doc.recover and doc.seq != known:
+            known = 0  # a root-signed recovery: the sequence starts again from this document
         if doc.seq < known:
             raise DesiredRejected(f"desired state seq {doc.seq} is older than seq {known}, already accepted")
         fresh = doc.seq > known
@@ -401,6 +437,27 @@ class AgentCore:
             self._check_clock(now, out)
         self.desired[source] = Goal(source, doc.seq, doc.bundle)
         self._pursue(now, out, retry=fresh)
+
+    def _on_trust(self, payload: bytes, now: float, out: list[Action]) -> None:
+        """A newer trust file signed by the current root: keys added, revoked, rotated."""
+        if not payload:
+            return
+        if self.trust is None:
+            raise TrustRejected("no trust file: a new one cannot be checked against a root key")
+        if payload == self._trust_bytes:
+            return  # the retained copy, delivered again
+        try:
+            new = self.trust.accept_update(payload)
+        except TrustRejected:
+            raise
+        except AgentError as exc:
+            raise TrustRejected(f"trust file refused: {exc.detail}") from None
+        if new.version == self.trust.version:
+            return
+        self.trust, self._trust_bytes = new, payload
+        out.append(SaveTrust(payload))
+        names = ", ".join(sorted(k.name or k.keyid for k in new.keys.values()))
+        self._event(out, now, Lifecycle.TRUST_UPDATED, f"trust file version {new.version}: {names}")
 
     def _on_command(self, payload: bytes, now: float, out: list[Action]) -> None:
         """A resend request only makes the device publish again what it already published;
@@ -739,6 +796,16 @@ class AgentCore:
 
     def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
         self._check_clock(now, out)
+        if self._desired_due is not None and now >= self._desired_due and self.connected:
+            self._desired_due = None
+            if self.active is not None and not self.desired:
+                self._fail_event(
+                    out,
+                    now,
+                    DesiredMissing(
+                        f"no desired state is retained for this device or its groups; serving {self.active.label}"
+                    ),
+                )
         if self.phase == Phase.TRIAL and event.stats.trial != self.stats.trial:
             self._reported_dirty = True  # a deploy that waits shows the trial's rows
         self.stats = event.stats

@@ -35,6 +35,7 @@ from .actions import (
     Restore,
     Revert,
     SaveState,
+    SaveTrust,
     Send,
     StageChunk,
     StageTransfer,
@@ -46,7 +47,7 @@ from .bundle import VerifiedBundle, verify
 from .config import AgentConfig
 from .core import AgentCore
 from .engine import InferenceEngine
-from .errors import AgentError, InstallFailed, Lifecycle, ProtocolError, TrustError
+from .errors import AgentError, InstallFailed, Lifecycle, ProtocolError, StorageError, TrustError
 from .events import (
     Committed,
     Connected,
@@ -250,6 +251,19 @@ class Worker:
             self._stage(lambda: self.slots.stage_chunk(action.sha256, action.offset, action.data))
         elif isinstance(action, DropStaging):
             self.slots.drop_staging(action.sha256)
+        elif isinstance(action, SaveTrust):
+            self._storage(lambda: self._save_trust(action.data))
+
+    def _save_trust(self, data: bytes) -> None:
+        """The core accepted a newer trust file: it replaces the one on disk, atomically, so a
+        restart starts from it."""
+        from .slots import atomic_write
+
+        try:
+            atomic_write(Path(self.config.trust), data)
+        except OSError as exc:
+            raise StorageError(f"cannot write the trust file {self.config.trust}: {exc.strerror}") from None
+        self.trust = self.core.trust
 
     def _send(self, action: Send) -> None:
         if action.topic.endswith("/events"):

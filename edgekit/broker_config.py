@@ -65,6 +65,7 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic readwrite {p}/bundle/#",
             f"topic readwrite {p}/dev/+/desired",
             f"topic readwrite {p}/group/+/desired",
+            f"topic readwrite {p}/trust",  # the signed trust file (edgekit keys trust --publish)
             *read_telemetry,
             # fleet forget clears a departed device's retained documents (empty payloads)
             *(f"topic write {p}/dev/+/{leaf}" for leaf in ("state", "hb", "reported")),
@@ -77,6 +78,9 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic write {p}/dev/+/cmd",  # resend requests
             f"topic readwrite {p}/alerts/#",
             f"topic read {p}/bundle/+/+/manifest",
+            # edgekit serve --resign-every re-signs the retained desired states before they expire
+            f"topic readwrite {p}/dev/+/desired",
+            f"topic readwrite {p}/group/+/desired",
             f"topic readwrite {SYNC_TOPIC}",
             f"topic readwrite {PROBE_TOPIC}",
         ]
@@ -99,6 +103,7 @@ def acl_text(prefix: str, registry: devices_mod.Registry, roles: list[tuple[str,
         *(f"pattern write {p}/dev/%u/{leaf}" for leaf in DEVICE_WRITES),
         *(f"pattern read {p}/dev/%u/{leaf}" for leaf in DEVICE_READS),
         f"pattern read {p}/bundle/#",
+        f"pattern read {p}/trust",
         "",
     ]
     for device in sorted(registry.active(), key=lambda d: d.device):

@@ -106,5 +106,10 @@ def _register() -> None:
     for command in broker.COMMANDS:
         main.add_command(command)
 
+    from . import desired
+
+    for command in desired.COMMANDS:
+        main.add_command(command)
+
 
 _register()

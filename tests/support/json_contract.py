@@ -19,6 +19,8 @@ FLEET_KIND = {
     ("deploy",): "deployment",
     ("fleet", "status"): "fleet",
     ("fleet", "forget"): "forgotten",
+    ("desired", "refresh"): "refreshed",
+    ("desired", "recover"): "refreshed",
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
     ("broker", "check"): "broker",

@@ -28,6 +28,8 @@ KIND = {
     ("init",): "workspace",
     ("keys", "generate"): "key",
     ("keys", "list"): "keys",
+    ("keys", "rotate"): "key",
+    ("keys", "revoke"): "key",
     ("train",): "run",
     ("runs", "show"): "run",
     ("runs", "list"): "runs",
@@ -67,6 +69,9 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], l
 
     run(("init",), str(root))
     run(("keys", "generate"), "--name", "release")
+    run(("keys", "generate"), "--name", "spare")
+    assert run(("keys", "rotate"), "spare", "--new", "spare-2")["revoked"] is False
+    assert run(("keys", "revoke"), "spare-2")["revoked"] is True
     run(("keys", "list"))
     wine = _csv(root / "wine.csv", load_wine(), "label", int)
     diabetes = _csv(root / "diabetes.csv", load_diabetes(), "progression", float)
