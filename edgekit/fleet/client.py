@@ -114,7 +114,7 @@ def publish_all(
 
 
 def collect(
-    conn: Connection, topics: list[str], settle: float = 0.4, max_wait: float = 5.0
+    conn: Connection, topics: list[str], settle: float = 0.4, max_wait: float = 60.0
 ) -> list[tuple[str, bytes, bool]]:
     """Subscribe and gather the retained messages (and whatever else arrives meanwhile).
 
@@ -122,6 +122,8 @@ def collect(
     after it, so a marker message published once the subscription is acknowledged comes back
     after the last of them: that ends the wait with no guessing. A broker that orders
     differently still ends by silence: no retained message for ``settle`` seconds.
+    ``max_wait`` only bounds a stream of retained messages that never ends: a fixed few seconds
+    cut a thousand devices' documents short on a busy machine, and the fleet looked smaller.
     """
     subscribed = threading.Event()
     marker_seen = threading.Event()
@@ -139,7 +141,7 @@ def collect(
     try:
         conn.client.subscribe([(t, 1) for t in [*topics, marker]])
         started = time.monotonic()
-        subscribed.wait(max_wait)
+        subscribed.wait(min(max_wait, 10.0))
         conn.client.publish(marker, b"", qos=1)
         conn.last_message = time.monotonic()
         while time.monotonic() - started < max_wait and not marker_seen.is_set():

@@ -245,9 +245,9 @@ def wait_for(
     deadline = time.monotonic() + timeout
     outcome: dict[str, str] = {}
     while time.monotonic() < deadline:
-        states = _docs(collect(conn, [topics.all_devices("state")], settle=0.2, max_wait=2.0), topics, DeviceState)
+        states = _docs(collect(conn, [topics.all_devices("state")], settle=0.2), topics, DeviceState)
         members = target_members(target, states)
-        reported = _docs(collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0), topics, Reported)
+        reported = _docs(collect(conn, [topics.all_devices("reported")], settle=0.3), topics, Reported)
         outcome = deployment_outcome(members, reported, sha)
         if on_outcome is not None:
             on_outcome(outcome)

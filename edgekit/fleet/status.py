@@ -8,6 +8,7 @@ reported as unreadable on its device, never allowed to hide the rest of the flee
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -116,23 +117,45 @@ def with_iso_times(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class DeviceReader:
+    """Builds each device's view one retained message at a time, so that ``fleet status`` can
+    parse while the broker is still sending (on the network thread): over 1,000 devices, parsing
+    the 3,000 documents after they had all arrived took as long again as receiving them."""
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self.devices: dict[str, DeviceStatus] = {}
+        self._lock = threading.Lock()
+
+    def add(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse_device_topic(topic)
+        if parsed is None or not payload or parsed[1] not in LEAVES:
+            return
+        device, leaf = parsed
+        try:
+            doc: Document | None = LEAVES[leaf].decode(payload)
+            why = ""
+        except ProtocolError as exc:
+            doc, why = None, exc.detail
+        with self._lock:
+            entry = self.devices.setdefault(device, DeviceStatus(device))
+            if doc is None:
+                entry.unreadable[leaf] = why  # a garbled retained message must not hide the rest
+            else:
+                entry.unreadable.pop(leaf, None)
+                setattr(entry, leaf, doc)
+
+    def snapshot(self) -> dict[str, DeviceStatus]:
+        with self._lock:
+            return dict(self.devices)
+
+
 def read_devices(messages: Iterable[tuple[str, bytes, bool]], topics: Topics) -> dict[str, DeviceStatus]:
     """Each device's latest state, reported and heartbeat documents from retained messages."""
-    devices: dict[str, DeviceStatus] = {}
+    reader = DeviceReader(topics)
     for topic, payload, _ in messages:
-        parsed = topics.parse_device_topic(topic)
-        if parsed is None or not payload or parsed[1] not in LEAVES:
-            continue
-        device, leaf = parsed
-        entry = devices.setdefault(device, DeviceStatus(device))
-        try:
-            doc = LEAVES[leaf].decode(payload)
-        except ProtocolError as exc:
-            entry.unreadable[leaf] = exc.detail  # a garbled retained message must not hide the rest
-            continue
-        entry.unreadable.pop(leaf, None)
-        setattr(entry, leaf, doc)
-    return devices
+        reader.add(topic, payload)
+    return reader.devices
 
 
 def status_view(messages: Iterable[tuple[str, bytes, bool]], topics: Topics, now: float) -> list[dict[str, Any]]:
@@ -165,9 +188,13 @@ def split_stale(devices: list[dict[str, Any]], stale_after: float | None) -> Fle
 
 def fleet_status(broker: str, prefix: str, settle: float = 0.5) -> list[dict[str, Any]]:
     topics = Topics(prefix)
+    reader = DeviceReader(topics)
     with connect(broker, purpose="status") as conn:
-        messages = collect(conn, [topics.all_devices(leaf) for leaf in LEAVES], settle=settle)
-    return status_view(messages, topics, time.time())
+        conn.on_message = lambda topic, payload, _retained: reader.add(topic, payload)
+        collect(conn, [topics.all_devices(leaf) for leaf in LEAVES], settle=settle)
+        devices = reader.snapshot()
+    now = time.time()
+    return [devices[d].to_dict(now) for d in sorted(devices)]
 
 
 def fleet_view(broker: str, prefix: str, stale_after: float | None = None) -> FleetView:
