@@ -52,6 +52,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "bench/small_device.py",
         "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",
     ),
+    ("install-probe", "bench/install_probe.py", "what the child-process probe of a new model adds to an install"),
 )
 
 

@@ -14,7 +14,10 @@ The TOML file mirrors the sections::
     groups = ["plant-a"]
 
     [mqtt]
-    broker = "mqtt://10.0.0.2:1883"
+    broker = "mqtts://10.0.0.2:8883"
+    ca = "/etc/edgekit/ca.pem"
+    cert = "/etc/edgekit/device.pem"
+    key = "/etc/edgekit/device.key"
 
     [engine]
     trial_rows = 100
@@ -31,6 +34,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
+from .broker import BrokerEndpoint, endpoint, parse_url
 from .errors import ConfigError
 from .protocol import DEFAULT_PREFIX
 
@@ -52,11 +56,23 @@ class Limits:
 class MqttSettings:
     """The connection to the broker."""
 
-    broker: str = _setting("mqtt://127.0.0.1:1883", "URL", "the MQTT broker")
+    broker: str = _setting(
+        "mqtt://127.0.0.1:1883", "URL", "the MQTT broker: mqtts://HOST:8883 (TLS) or mqtt://HOST:1883"
+    )
+    ca: str = _setting("", "path", "CA certificate the broker's certificate is checked against (mqtts://)")
+    cert: str = _setting("", "path", "this device's client certificate (mqtts://; its identity on the broker)")
+    key: str = _setting("", "path", "the private key of that certificate")
+    username: str = _setting("", "", "username on the broker (when it uses passwords, not certificates)")
+    password_file: str = _setting(
+        "", "path", "file holding the broker password (else the EDGEKIT_MQTT_PASSWORD environment variable)"
+    )
     prefix: str = _setting(DEFAULT_PREFIX, "topic", "topic prefix of the fleet")
     keepalive_s: int = _setting(30, "s", "MQTT keep-alive")
     reconnect_min_s: float = _setting(1.0, "s", "first reconnect delay (a random 0-3 s is added per agent)")
     reconnect_max_s: float = _setting(30.0, "s", "longest reconnect delay")
+    protocol: str = _setting(
+        "auto", "", "MQTT version: auto (5, or 3.1.1 once the broker refuses 5), 5, or 3.1.1 (docs/scaling.md)"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,13 +88,25 @@ class CoreSettings:
     transfer_timeout_s: float = _setting(120.0, "s", "abandon a transfer that makes no progress for this long")
     transfer_retry_base_s: float = _setting(10.0, "s", "first retry of a timed-out transfer (doubles, jittered)")
     transfer_retry_max_s: float = _setting(600.0, "s", "longest delay between transfer retries")
-    max_trial_crashes: int = _setting(2, "restarts", "a bundle whose trial ended in this many restarts is not retried")
+    max_trial_crashes: int = _setting(
+        2, "restarts", "a bundle whose install or trial ended in this many restarts is not retried until asked again"
+    )
     event_burst: int = _setting(20, "events", "failure events of one code per period; the rest are counted")
     event_period_s: float = _setting(60.0, "s", "the period of event_burst")
     max_payload_bytes: int = _setting(1 << 20, "bytes", "largest control message read (desired, transfer document)")
     resend_burst: int = _setting(10, "commands", "resend commands handled per event_period_s; the rest are refused")
     resend_max_messages: int = _setting(10_000, "messages", "most messages one resend command may ask for")
     max_chunk_bytes: int = _setting(4 << 20, "bytes", "largest bundle chunk accepted")
+    trial_min_rows: int = _setting(
+        20, "rows", "a trial's rejection rate is compared with the old model's from this many rows"
+    )
+    trial_max_reject_increase: float = _setting(
+        0.2, "share", "a new model rejecting this much more of the rows than the model it replaces is reverted"
+    )
+    trial_max_latency_ratio: float = _setting(3.0, "x", "a new model this many times slower (median) is reverted")
+    trial_latency_slack_s: float = _setting(0.002, "s", "... and slower by at least this much per row")
+    trial_max_memory_ratio: float = _setting(3.0, "x", "a new model needing this many times the memory is reverted")
+    trial_memory_slack_bytes: int = _setting(64 << 20, "bytes", "... and at least this much more")
     clock_tolerance_s: float = _setting(
         300.0, "s", "a clock this far behind the newest signed time seen is untrusted (expiry then uses that time)"
     )
@@ -99,6 +127,11 @@ class EngineSettings:
         2000.0, "rows/s", "rows accounted for drift at most; beyond, an even sample of the rows (0: every row)"
     )
     intra_op_threads: int = _setting(1, "threads", "onnxruntime intra-op threads (one is fastest for single rows)")
+    load_timeout_s: float = _setting(
+        60.0, "s", "a new model's load and health check (in a child process) are stopped after this long"
+    )
+    load_cpu_s: float = _setting(60.0, "s", "... or after this much CPU time")
+    load_memory_bytes: int = _setting(1 << 30, "bytes", "... or when they need more memory than this")
 
 
 @dataclass(frozen=True)
@@ -170,6 +203,9 @@ class AgentConfig:
     state_dir: str = _setting("", "path", "where bundles, state and the outbox live")
     trust: str = _setting("", "path", "the trust file (public keys by role)")
     groups: tuple[str, ...] = _setting((), "", "groups this device belongs to")
+    telemetry_key: str = _setting(
+        "", "path", "Ed25519 key this device signs its telemetry with (edgekit devices add makes it; empty: unsigned)"
+    )
     device_class: str = _setting("", "", "this device's class; bundles whose compat.device_classes omit it are refused")
     tick_interval_s: float = _setting(0.5, "s", "the worker's clock: drift accounting, trials, heartbeats")
     mqtt: MqttSettings = field(default_factory=MqttSettings)
@@ -205,11 +241,25 @@ class AgentConfig:
         for name in ("device_id", "state_dir", "trust"):
             if not getattr(self, name):
                 raise ConfigError(f"{name.replace('_', '-')} is not set: pass --{name.replace('_', '-')} or set it")
+        _ = self.mqtt_protocols  # an unknown MQTT version is refused before anything starts
         return self
+
+    @property
+    def mqtt_protocols(self) -> tuple[str, ...]:
+        """The MQTT versions to try, in order: ``mqtt.protocol`` read."""
+        chosen = {"auto": ("5", "3.1.1"), "5": ("5",), "3.1.1": ("3.1.1",)}.get(self.mqtt.protocol)
+        if chosen is None:
+            raise ConfigError(f"mqtt.protocol {self.mqtt.protocol!r} is not an MQTT version; use auto, 5 or 3.1.1")
+        return chosen
 
     @property
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.mqtt.broker)
+
+    def broker_endpoint(self) -> BrokerEndpoint:
+        """The broker with TLS and credentials, checked (files exist, no password in the clear)."""
+        m = self.mqtt
+        return endpoint(m.broker, ca=m.ca, cert=m.cert, key=m.key, username=m.username, password_file=m.password_file)
 
     @property
     def socket_path(self) -> str:
@@ -231,17 +281,9 @@ class AgentConfig:
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host:port`` → (host, port, tls=False). Only plain MQTT for now."""
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "tcp"):
-        raise ConfigError(f"unsupported broker URL scheme {parsed.scheme!r} in {url!r}; use mqtt://HOST:PORT")
-    try:
-        port = parsed.port or 1883
-    except ValueError:
-        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
-    return parsed.hostname or "127.0.0.1", port, False
+    """``mqtt[s]://host:port`` → (host, port, tls); credentials: :func:`device_agent.broker.endpoint`."""
+    host, port, tls, _user, _password = parse_url(url)
+    return host, port, tls
 
 
 def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -32,7 +32,7 @@ from edgekit.telemetry import open_store
 from tests.conftest import HostSetup
 from tests.support import fleetdocs
 from tests.support.agent import AgentProcess, wait_until
-from tests.support.broker import Broker, free_port
+from tests.support.broker import BOTH_BROKERS, Broker, free_port
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.broker
@@ -198,7 +198,7 @@ def test_two_collectors_share_the_load_into_one_postgresql(
     procs = [_serve(broker, url, f"c{i}", ports[i], tmp_path / f"c{i}.log") for i in range(2)]
     try:
         for p in ports:
-            wait_until(lambda p=p: _metric(p, "edgekit_broker_connected") == 1, timeout=20, what="collector up")
+            wait_until(lambda p=p: _metric(p, "edgekit_broker_connected") == 1, timeout=60, what="collector up")
         devices, per_device = 10, 200
         now = time.time()
         items: list[tuple[str, bytes, bool]] = []
@@ -294,6 +294,7 @@ def test_mosquitto_queues_for_a_stopped_share_group_member_and_keeps_assigning_i
     _leave(b)
 
 
+@BOTH_BROKERS
 def test_a_message_is_acknowledged_only_once_stored(broker: Broker, tmp_path: Path) -> None:
     """The database goes away: the collector keeps what it received unacknowledged, and
     when it stops, the broker still holds it for the next start."""

@@ -21,6 +21,7 @@ FLEET_KIND = {
     ("fleet", "forget"): "forgotten",
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
+    ("broker", "check"): "broker",
 }
 # The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
 STORE_KIND = {
@@ -29,6 +30,14 @@ STORE_KIND = {
     ("fleet", "drift"): "drift",
     ("fleet", "history"): "history",
     ("report",): "report",
+}
+
+# Enrolment and the broker's configuration (checked in tests/unit/host/test_enrolment.py), and their kinds.
+SECURITY_KIND = {
+    ("devices", "add"): "device",
+    ("devices", "revoke"): "device",
+    ("devices", "list"): "devices",
+    ("broker", "config"): "broker_config",
 }
 
 # The fleet simulator (checked in tests/integration/test_sim.py).
