@@ -86,7 +86,8 @@ def serve_cmd(
     gaps in a device's sequence are asked for again. Several collectors may share the load
     (each with its own --name) into one PostgreSQL. Alert rules (edgekit.toml [alerts],
     docs/alerts.md) run over what arrives; alerts are stored, published retained on
-    PREFIX/alerts/…, and passed to --on-alert.
+    PREFIX/alerts/…, and passed to --on-alert. Run in a workspace, it also runs the phased
+    rollouts that 'edgekit rollout start' records (docs/rollouts.md).
 
     Example: edgekit serve --store postgresql://edgekit@db/telemetry --metrics-port 9310
     """
@@ -129,8 +130,18 @@ def serve_cmd(
         runner = CommandRunner(command, alert_config.command_timeout_s, alert_config.command_queue) if command else None
         alerts = AlertService(alert_config, BundleCatalog(ws), settings.prefix, runner=runner)
     metrics = CollectorMetrics()
+    rollouts = None
+    if ws is not None:  # rollouts sign with the workspace's keys and record in its registry
+        from ..rollout.controller import RolloutController
+
+        rollouts = RolloutController(ws, broker or ws.broker, settings.prefix)
     collector = Collector(
-        lambda: open_store(str(url)), broker or (ws.broker if ws else ""), settings, metrics, alerts=alerts
+        lambda: open_store(str(url)),
+        broker or (ws.broker if ws else ""),
+        settings,
+        metrics,
+        alerts=alerts,
+        rollouts=rollouts,
     )
     server = None
     if port is not None:

@@ -30,6 +30,14 @@ STORE_KIND = {
     ("fleet", "history"): "history",
     ("report",): "report",
 }
+# The rollout commands (start in tests/integration/test_rollout.py, the rest in tests/unit/host/test_rollout_cli.py).
+ROLLOUT_KIND = {
+    ("rollout", "start"): "rollout",
+    ("rollout", "status"): "rollout",
+    ("rollout", "pause"): "rollout",
+    ("rollout", "resume"): "rollout",
+    ("rollout", "abort"): "rollout",
+}
 
 
 def load_schemas() -> dict[str, dict[str, Any]]:
