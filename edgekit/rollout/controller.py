@@ -43,7 +43,7 @@ from device_agent.trust import DESIRED_DOMAIN, ROLE_BUNDLE, ROLE_DEPLOY, seal
 from .. import keys, registry
 from ..alerts.catalog import BundleCatalog
 from ..alerts.gather import beat_of, window_of
-from ..errors import EdgekitError
+from ..errors import EdgekitError, FleetError
 from ..fleet.client import connect, publish_all
 from ..fleet.deploy import device_outcome, publish_bundle
 from ..fleet.status import DeviceStatus
@@ -53,12 +53,15 @@ from ..telemetry import rollouts as stored
 from ..workspace import Workspace
 from .config import RolloutConfig
 from .gates import ABORT, ACTIVE, FAILED, OFFLINE, PENDING, REVERT_CODES, WIDEN, GateFacts, Outcome, Side, decide
-from .plan import next_cohort
+from .plan import next_cohort, ordered
 from .record import ABORTED, COMPLETED, PAUSED, RUNNING, Rollout, rollout_topic
 from .record import FAILED as ROLLOUT_FAILED
 
 log = logging.getLogger("edgekit.rollout")
-OLD_SAMPLE = 100  # previous-version devices read for the comparison (in the rollout's order)
+# Devices of each side whose heartbeats and drift windows are read for the comparison (the
+# first in the rollout's order: a random sample): a step's cost stays bounded at any fleet
+# size; deployment failures are counted over every device told.
+SAMPLE = 100
 Publish = Callable[[str, bytes, bool], None]
 Item = tuple[str, bytes, bool]
 
@@ -100,16 +103,19 @@ class FleetActions:
         with connect(self.broker, purpose="rollout") as conn:
             publish_all(conn, items)
 
-    def ship_rollback(self, r: Rollout) -> tuple[BundleRef, int]:
-        """The previous version re-signed as the next one, registered and published."""
+    def build_rollback(self, r: Rollout) -> BundleRef:
+        """The previous version re-signed as the next one, and registered."""
         assert r.previous is not None
         built = rollback(self.ws, r.bundle.name, r.previous.version, r.bundle_key)
-        data = built.path.read_bytes()
+        return BundleRef(built.name, built.version, built.sha256)
+
+    def publish_version(self, r: Rollout, ref: BundleRef) -> int:
+        """Publish a registry version's chunks (idempotent: only what the broker lacks); its size."""
+        data = registry.get(self.ws, ref.name, ref.version).path.read_bytes()
         with connect(self.broker, purpose="rollout") as conn:
-            publish_bundle(
-                conn, self.topics, data, built.name, built.version, keys.pick_key(self.ws, ROLE_BUNDLE, r.bundle_key)
-            )
-        return BundleRef(built.name, built.version, built.sha256), built.size
+            signer = keys.pick_key(self.ws, ROLE_BUNDLE, r.bundle_key)
+            publish_bundle(conn, self.topics, data, ref.name, ref.version, signer)
+        return len(data)
 
 
 class RolloutController:
@@ -144,6 +150,9 @@ class RolloutController:
             now_ = time.time() if now is None else now
             try:
                 after = self._advance(store, r, statuses, now_)
+            except FleetError as exc:  # the broker is away: the next step tries again from the stored record
+                log.warning("rollout %s: %s; trying again", r.id, exc)
+                after = stored.get(store, r.id)
             except EdgekitError as exc:  # the controller cannot act: say so, stop, keep the devices as they are
                 log.error("rollout %s failed: %s", r.id, exc)
                 after = r.said(now_, f"failed: {exc}", state=ROLLOUT_FAILED, note=str(exc))
@@ -156,6 +165,12 @@ class RolloutController:
         return out
 
     def _advance(self, store: TelemetryStore, r: Rollout, statuses: Mapping[str, DeviceStatus], now: float) -> Rollout:
+        if r.rollback is not None:  # an abort under way when the last step failed: finish it
+            done = self._abort(store, r, now, r.note or "aborted")
+            req = stored.requested(store, r.id)
+            if req is not None:
+                stored.clear_request(store, r.id, req[0])
+            return done
         r = self._apply_request(store, r, now)
         if r.state != RUNNING:
             return r
@@ -179,7 +194,7 @@ class RolloutController:
         if previous is None or previous.verdict != decision.verdict or now - previous.at >= 30.0:
             r = r.decided(decision)
         if decision.verdict == ABORT:
-            return self._abort(r, now, f"gate failed at phase {r.phase + 1}: {decision.reason}")
+            return self._abort(store, r, now, f"gate failed at phase {r.phase + 1}: {decision.reason}")
         if decision.verdict == WIDEN:
             if r.phase + 1 >= len(r.phases):
                 return self._complete(r, now)
@@ -205,8 +220,7 @@ class RolloutController:
             started = None if r.phase_started is None else now
             r = r.said(now, f"resumed{by}", state=RUNNING, note="", phase_started=started, baked_from=None)
         elif action == "abort":
-            stored.save(store, r)  # the record before the rollback, in case the rollback fails
-            r = self._abort(r, now, f"aborted{by}")
+            r = self._abort(store, r, now, f"aborted{by}")
         stored.clear_request(store, r.id, action)
         return r
 
@@ -229,18 +243,25 @@ class RolloutController:
         log.info("rollout %s: %s", r.id, text)
         return r.said(now, text, targeted=targeted, skipped=skipped, phase_started=now, baked_from=None, note="")
 
-    def _abort(self, r: Rollout, now: float, why: str) -> Rollout:
+    def _abort(self, store: TelemetryStore, r: Rollout, now: float, why: str) -> Rollout:
+        """Roll the group back. The rollback version is built once and stored with the record
+        before anything is published, so a step that fails half-way finishes the same abort."""
         log.warning("rollout %s: aborting: %s", r.id, why)
         if r.previous is None:
             raise EdgekitError(f"{why}; and there is no previous version to go back to")
-        back, size = self.actions.ship_rollback(r)
+        if r.rollback is None:
+            r = r.said(now, f"aborting: {why}", rollback=self.actions.build_rollback(r), note=why)
+            stored.save(store, r)
+        back = r.rollback
+        assert back is not None
+        size = self.actions.publish_version(r, back)
         self.actions.settle(r, back, size)
         try:
             registry.record_deployment(self.ws, back.name, back.version, f"group:{r.group}", f"rollout {r.id} aborted")
         except EdgekitError as exc:
             log.warning("rollout %s: the registry did not record the rollback: %s", r.id, exc)
-        text = f"{why}; group {r.group} rolled back to v{r.previous.version} as v{back.version}"
-        return r.said(now, text, state=ABORTED, rollback=back, note=why)
+        text = f"{why}; group {r.group} rolled back to v{r.previous.version if r.previous else '?'} as v{back.version}"
+        return r.said(now, text, state=ABORTED, note=why)
 
     def _complete(self, r: Rollout, now: float) -> Rollout:
         self.actions.settle(r, r.bundle, r.size)
@@ -262,23 +283,24 @@ class RolloutController:
         since: float,
         now: float,
     ) -> GateFacts:
-        new_devices = sorted(d for d, o in outcomes.items() if o.state == ACTIVE)
+        new_devices = ordered(r.id, [d for d, o in outcomes.items() if o.state == ACTIVE])[:SAMPLE]
         old_devices: list[str] = []
         if r.previous is not None:
-            for d in sorted(members - set(r.targeted)):
+            for d in ordered(r.id, members - set(r.targeted)):
                 rep = statuses[d].reported if d in statuses else None
                 if rep is not None and rep.active is not None and rep.active.sha256 == r.previous.sha256:
                     old_devices.append(d)
-            old_devices = old_devices[:OLD_SAMPLE]
+                if len(old_devices) >= SAMPLE:
+                    break
         reverts: dict[str, list[str]] = {}
-        for d, (_, told) in r.targeted.items():
-            codes = [
-                e.doc.code
-                for e in store.events(device=d, since=told - 1.0, kind="failure")
-                if e.doc.code in REVERT_CODES and e.doc.bundle is not None and e.doc.bundle.sha256 == r.bundle.sha256
-            ]
-            if codes:
-                reverts[d] = codes
+        first_told = min((t for _, t in r.targeted.values()), default=now)
+        for code in sorted(REVERT_CODES):  # two indexed queries, whatever the number of devices
+            # device clocks may be off: an hour's slack on their time, the collector's decides
+            for e in store.events(since=first_told - 3600.0, kind="failure", code=code):
+                told = r.targeted.get(e.device)
+                b = e.doc.bundle
+                if told is not None and e.received >= told[1] and b is not None and b.sha256 == r.bundle.sha256:
+                    reverts.setdefault(e.device, []).append(code)
         return GateFacts(
             now,
             since,
