@@ -180,6 +180,8 @@ def check_api(config: AgentConfig) -> None:
 
 
 def run(config: AgentConfig) -> None:
+    from .events import SourceFailed
+    from .inputs import supervise
     from .service import Service
     from .sources import serve_csv, serve_stdin
 
@@ -200,11 +202,17 @@ def run(config: AgentConfig) -> None:
     try:
         if source != "none":
 
-            def feed() -> None:
+            def read() -> None:
                 if source == "stdin":
-                    serve_stdin(engine)
+                    serve_stdin(engine, config.input.max_line_bytes)
                 else:
                     serve_csv(engine, source[4:], config.input.rate, sys.stdout)
+
+            def report(name: str, why: str) -> None:
+                service.agent.worker.queue.put(SourceFailed(name, why))
+
+            def feed() -> None:
+                supervise(source, read, report, stop, config.input.restart_s)
                 if config.input.exit_on_eof:
                     stop.set()
 

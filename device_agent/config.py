@@ -79,6 +79,9 @@ class CoreSettings:
     resend_burst: int = _setting(10, "commands", "resend commands handled per event_period_s; the rest are refused")
     resend_max_messages: int = _setting(10_000, "messages", "most messages one resend command may ask for")
     max_chunk_bytes: int = _setting(4 << 20, "bytes", "largest bundle chunk accepted")
+    clock_tolerance_s: float = _setting(
+        300.0, "s", "a clock this far behind the newest signed time seen is untrusted (expiry then uses that time)"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class EngineSettings:
     drift_min_rows: int = _setting(30, "rows", "below this a window's verdict is 'insufficient'")
     latency_samples: int = _setting(2048, "rows", "recent per-row latencies kept for percentiles")
     max_pending_rows: int = _setting(200_000, "rows", "rows awaiting drift accounting; beyond, counted, not kept")
+    drift_max_rows_per_s: float = _setting(
+        2000.0, "rows/s", "rows accounted for drift at most; beyond, an even sample of the rows (0: every row)"
+    )
     intra_op_threads: int = _setting(1, "threads", "onnxruntime intra-op threads (one is fastest for single rows)")
 
 
@@ -113,6 +119,8 @@ class InputSettings:
     source: str = _setting("stdin", "", "stdin | csv:PATH | none")
     rate: float = _setting(0.0, "rows/s", "rows per second when replaying a CSV (0 = as fast as possible)")
     exit_on_eof: bool = _setting(False, "", "exit when the input ends instead of serving on as a daemon")
+    max_line_bytes: int = _setting(1 << 20, "bytes", "longest input line; a longer one is answered as an error, unread")
+    restart_s: float = _setting(1.0, "s", "an input source that fails is reported and started again after this long")
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,7 @@ class AgentConfig:
     state_dir: str = _setting("", "path", "where bundles, state and the outbox live")
     trust: str = _setting("", "path", "the trust file (public keys by role)")
     groups: tuple[str, ...] = _setting((), "", "groups this device belongs to")
+    device_class: str = _setting("", "", "this device's class; bundles whose compat.device_classes omit it are refused")
     tick_interval_s: float = _setting(0.5, "s", "the worker's clock: drift accounting, trials, heartbeats")
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     core: CoreSettings = field(default_factory=CoreSettings)

@@ -63,7 +63,7 @@ from .events import (
 from .outbox import Outbox
 from .protocol import DeviceEvent, OutboxStats, Stats, Topics
 from .resources import ResourceMeter
-from .runtime import LoadedModel
+from .runtime import LoadedModel, device_profile
 from .slots import Slots
 from .trust import Trust
 
@@ -290,8 +290,8 @@ class Worker:
         """Serve the bundle that was active before the restart, re-verified from disk."""
         ref = action.bundle
         try:
-            if self.trust is None:
-                raise TrustError(self.core.trust_error or "no trust file: the active bundle cannot be verified")
+            # Re-opened as installed: expiry and the trust file guard installing, never the
+            # model that already serves (the state file names it by its SHA-256).
             bundle = verify(
                 self.slots.read_bundle(ref.sha256),
                 self.trust,
@@ -300,6 +300,7 @@ class Worker:
                 expect_sha256=ref.sha256,
                 limits=self.config.limits,
                 keep_model=False,
+                installed=True,
             )
             model = self._load(bundle)
             model.health_check()
@@ -429,6 +430,7 @@ class Agent:
             topics=topics,
             settings=config.core,
             limits=config.limits,
+            profile=device_profile(config.device_class),
         )
         self.worker = Worker(config, self.core, slots, outbox, trust)
         self.engine = self.worker.engine

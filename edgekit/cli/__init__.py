@@ -93,5 +93,10 @@ def _register() -> None:
         for command in module.COMMANDS:
             main.add_command(command)
 
+    from . import broker
+
+    for command in broker.COMMANDS:
+        main.add_command(command)
+
 
 _register()
