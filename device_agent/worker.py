@@ -406,6 +406,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         from .mqtt import MqttLink  # paho only where a real connection is made
+        from .telemetry_sig import load_signer
 
         self.config = config
         slots = Slots(config.state_dir)
@@ -441,6 +442,7 @@ class Agent:
             post=self.worker.queue.put,
             will=lambda bdseq: (topics.state(config.device_id), self.core.will_payload(bdseq)),
             bdseq=persisted.bdseq + 1,
+            sign=load_signer(config.telemetry_key) if config.telemetry_key else None,
         )
 
     def start(self) -> None:

@@ -1,4 +1,7 @@
-"""``edgekit rollout start|status|pause|resume|abort``: phased rollouts run by ``edgekit serve``."""
+"""``edgekit rollout start|status|pause|resume|abort``: phased rollouts run by ``edgekit serve``.
+
+The rollout library (gates, numpy) is imported when a rollout command runs, not with the CLI.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,7 @@ from typing import Any
 import click
 
 from .. import workspace
-from ..rollout.commands import request, start
-from ..rollout.config import RolloutConfig
-from ..rollout.controller import summary
-from ..rollout.plan import parse_phases
-from ..rollout.record import Rollout
-from ..telemetry import rollouts as stored
+from .connection import BrokerChoice, broker_options
 from .fleet import parse_duration
 from .history import open_telemetry
 from .output import ago, emit, json_option
@@ -23,8 +21,10 @@ store_option = click.option(
 )
 
 
-def rollout_doc(r: Rollout, requested: tuple[str, float, str] | None = None) -> dict[str, Any]:
-    doc = r.to_json()
+def rollout_doc(r: Any, requested: tuple[str, float, str] | None = None) -> dict[str, Any]:
+    from ..rollout.controller import summary
+
+    doc: dict[str, Any] = r.to_json()
     doc["summary"] = summary(r)
     doc["requested"] = None if requested is None else {"action": requested[0], "by": requested[2]}
     return doc
@@ -77,7 +77,7 @@ def rollout_group() -> None:
 @click.option(
     "--key", "key_name", default=None, help="Key serve signs with (roles deploy and bundle; default: the only one)."
 )
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @store_option
 @json_option
 def start_cmd(
@@ -86,7 +86,7 @@ def start_cmd(
     phases: str | None,
     bake: str | None,
     key_name: str | None,
-    broker: str | None,
+    broker: BrokerChoice,
     store: str | None,
     as_json: bool,
 ) -> None:
@@ -94,13 +94,18 @@ def start_cmd(
 
     Example: edgekit rollout start pump@3 --group plant-a --phases 1%,10%,50%,100% --bake 10m
     """
+
     ws = workspace.find()
+    from ..rollout.commands import start
+    from ..rollout.config import RolloutConfig
+    from ..rollout.plan import parse_phases
+
     config = RolloutConfig.from_toml(ws.config.get("rollout"))
     shares = parse_phases(phases or config.phases)
     bake_s = parse_duration(bake) if bake is not None else config.bake_s
     db, _ = open_telemetry(store)
     try:
-        r = start(ws, db, bundle, group, shares, bake_s, broker=broker or ws.broker, key=key_name, config=config)
+        r = start(ws, db, bundle, group, shares, bake_s, broker=broker.resolve(ws), key=key_name, config=config)
     finally:
         db.close()
     emit(
@@ -120,6 +125,9 @@ def status_cmd(rollout_id: str | None, store: str | None, as_json: bool) -> None
 
     Example: edgekit rollout status          # the newest (open ones first)
     """
+
+    from ..telemetry import rollouts as stored
+
     db, _ = open_telemetry(store)
     try:
         r = stored.get(db, rollout_id)
@@ -134,6 +142,9 @@ def _request_cmd(action: str, help_text: str) -> click.Command:
     @store_option
     @json_option
     def cmd(rollout_id: str | None, store: str | None, as_json: bool) -> None:
+        from ..rollout.commands import request
+        from ..telemetry import rollouts as stored
+
         db, _ = open_telemetry(store)
         try:
             r = request(db, rollout_id, action)

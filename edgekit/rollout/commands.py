@@ -29,9 +29,10 @@ from device_agent.trust import ROLE_BUNDLE, ROLE_DEPLOY
 
 from .. import keys, registry
 from ..errors import FleetError, UsageError, WorkspaceError
-from ..fleet.client import connect
+from ..fleet.client import Broker, connect
 from ..fleet.deploy import DEFAULT_CHUNK, Target, publish_bundle
 from ..fleet.release import check, fleet_floor, resolve
+from ..fleet.verify import TelemetryCheck
 from ..telemetry import TelemetryStore
 from ..telemetry import rollouts as stored
 from ..workspace import Workspace
@@ -62,7 +63,7 @@ def start(
     phases: tuple[float, ...],
     bake_s: float,
     *,
-    broker: str,
+    broker: Broker,
     key: str | None = None,
     config: RolloutConfig | None = None,
     now: float | None = None,
@@ -79,7 +80,7 @@ def start(
     check(ws, shipment, broker, target)
     deploy_key, bundle_key = key_name(ws, ROLE_DEPLOY, key), key_name(ws, ROLE_BUNDLE, key)
     keys.pick_key(ws, ROLE_DEPLOY, deploy_key)  # opens now: a key serve cannot open fails here, not mid-rollout
-    running = fleet_floor(broker, ws.prefix, target, shipment.name)
+    running = fleet_floor(broker, ws.prefix, target, shipment.name, TelemetryCheck.from_workspace(ws))
     before = most_common({d: v for d, v in running.items() if v < shipment.version})
     if before is None:
         raise FleetError(

@@ -44,7 +44,7 @@ from .. import keys, registry
 from ..alerts.catalog import BundleCatalog
 from ..alerts.gather import beat_of, window_of
 from ..errors import EdgekitError, FleetError
-from ..fleet.client import connect, publish_all
+from ..fleet.client import Broker, connect, publish_all
 from ..fleet.deploy import device_outcome, publish_bundle
 from ..fleet.status import DeviceStatus
 from ..rollback import rollback
@@ -70,7 +70,7 @@ class FleetActions:
     """What the controller does to the fleet, over its own short MQTT connections (a step
     publishes rarely: once per phase, once at the end)."""
 
-    def __init__(self, ws: Workspace, broker: str, prefix: str) -> None:
+    def __init__(self, ws: Workspace, broker: Broker, prefix: str) -> None:
         self.ws = ws
         self.broker = broker
         self.topics = Topics(prefix)
@@ -122,7 +122,7 @@ class RolloutController:
     def __init__(
         self,
         ws: Workspace,
-        broker: str,
+        broker: Broker,
         prefix: str,
         config: RolloutConfig | None = None,
         actions: FleetActions | None = None,

@@ -98,17 +98,17 @@ def test_devices_on_a_bridged_site_broker_are_deployed_to_and_heard_from_the_cen
 
         # The collector on the central broker stored the site devices' telemetry.
         store = open_store(store_url)
+
+        def activations(device: str) -> list[int]:
+            events = store.events(device=device, code="lifecycle.activated")
+            return [e.doc.bundle.version for e in events if e.doc.bundle is not None]
+
         try:
             wait_until(
-                lambda: (
-                    {e.doc.code for e in store.events(device="s1")} >= {"lifecycle.activated"}
-                    and len(store.heartbeats(device="s2")) > 0
-                ),
+                lambda: activations("s1") == activations("s2") == [1, 2] and len(store.heartbeats(device="s2")) > 0,
                 timeout=30,
-                what="events and heartbeats of the site devices in the central store",
+                what="both activations and the heartbeats of the site devices in the central store",
             )
-            activated = [e.doc.bundle for e in store.events(device="s2", code="lifecycle.activated")]
-            assert [b.version for b in activated if b is not None] == [1, 2]
         finally:
             store.close()
 

@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from device_agent.protocol import BundleRef
 from edgekit import bundler, pipeline, registry, workspace
+from edgekit.fleet.client import collect, connect
 from edgekit.fleet.status import fleet_status
+from edgekit.rollout.record import Rollout
 from tests.conftest import HostSetup
 from tests.support.agent import AgentProcess, wait_until
 from tests.support.broker import Broker
@@ -180,6 +183,12 @@ def test_a_bad_version_aborts_at_its_first_phase_and_a_good_one_completes_across
             assert [g["verdict"] for g in done["decisions"][0]["gates"] if g["gate"] == "failures"] == ["pass"]
             wait_until(lambda: set(_versions(broker).values()) == {good.version}, timeout=60, what="v-good everywhere")
             assert registry.production(ws, "wine").version == good.version  # type: ignore[union-attr]
+            # both records are retained on the broker, as the store holds them
+            with connect(broker.url) as conn:
+                retained = {t: Rollout.decode(p) for t, p, r in collect(conn, [f"{P}/rollouts/+"]) if r and p}
+            by_id = {r.id: r for r in retained.values()}
+            assert by_id[started["id"]].state == "completed" and by_id[ended["id"]].state == "aborted"
+            assert by_id[ended["id"]].rollback == BundleRef("wine", back, ended["rollback"]["sha256"])
     finally:
         serve.stop()
         for agent in agents:
