@@ -75,6 +75,13 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic readwrite {p}/alerts/#",
             f"topic read {p}/bundle/+/+/manifest",
             f"topic readwrite {SYNC_TOPIC}",
+            # the rollouts it runs (docs/rollouts.md): each phase's desired states, an abort's
+            # re-signed bundle, the group's desired state at the end, and the rollout's record.
+            # Devices still take only what the deploy and bundle keys signed.
+            f"topic readwrite {p}/bundle/#",
+            f"topic readwrite {p}/dev/+/desired",
+            f"topic readwrite {p}/group/+/desired",
+            f"topic readwrite {p}/rollouts/#",
         ]
     if role == "reader":
         return [*read_telemetry, f"topic read {p}/alerts/#", f"topic readwrite {SYNC_TOPIC}"]
