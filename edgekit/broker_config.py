@@ -83,6 +83,11 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic readwrite {p}/group/+/desired",
             f"topic readwrite {SYNC_TOPIC}",
             f"topic readwrite {PROBE_TOPIC}",
+            # the rollouts it runs (docs/rollouts.md): each phase's desired states, an abort's
+            # re-signed bundle, and the rollout's record. Devices still take only what the deploy
+            # and bundle keys signed.
+            f"topic readwrite {p}/bundle/#",
+            f"topic readwrite {p}/rollouts/#",
         ]
     if role == "reader":
         return [

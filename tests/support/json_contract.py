@@ -33,6 +33,14 @@ STORE_KIND = {
     ("fleet", "history"): "history",
     ("report",): "report",
 }
+# The rollout commands (start in tests/integration/test_rollout.py, the rest in tests/unit/host/test_rollout_cli.py).
+ROLLOUT_KIND = {
+    ("rollout", "start"): "rollout",
+    ("rollout", "status"): "rollout",
+    ("rollout", "pause"): "rollout",
+    ("rollout", "resume"): "rollout",
+    ("rollout", "abort"): "rollout",
+}
 
 # Enrolment and the broker's configuration (checked in tests/unit/host/test_enrolment.py), and their kinds.
 SECURITY_KIND = {

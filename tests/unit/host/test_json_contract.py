@@ -15,6 +15,7 @@ from edgekit.cli import main
 from edgekit.errors import ExitCode
 from tests.support.json_contract import (
     FLEET_KIND,
+    ROLLOUT_KIND,
     SCHEMAS,
     SECURITY_KIND,
     SIM_KIND,
@@ -108,6 +109,7 @@ def test_every_documented_kind_is_a_valid_schema_and_used() -> None:
         *STORE_KIND.values(),
         *SECURITY_KIND.values(),
         *SIM_KIND.values(),
+        *ROLLOUT_KIND.values(),
         "error",
     }
 
@@ -116,8 +118,8 @@ def test_every_command_with_json_is_documented() -> None:
     """The fleet commands' documents are checked against a real broker and agent in
     tests/integration/test_fleet_json.py; those reading the telemetry store in
     tests/unit/host/test_history_cli.py; the simulator's in tests/integration/test_sim.py."""
-    assert set(json_commands(main)) == set(KIND) | set(FLEET_KIND) | set(STORE_KIND) | set(SECURITY_KIND) | set(
-        SIM_KIND
+    assert set(json_commands(main)) == (
+        set(KIND) | set(FLEET_KIND) | set(STORE_KIND) | set(SECURITY_KIND) | set(SIM_KIND) | set(ROLLOUT_KIND)
     )
 
 
