@@ -24,9 +24,10 @@ from .protocol import dumps, loads_object, loads_strict
 MANIFEST_DOMAIN = b"edgekit-manifest-v1\n"
 TRANSFER_DOMAIN = b"edgekit-transfer-v1\n"
 DESIRED_DOMAIN = b"edgekit-desired-v1\n"
+SAMPLES_DOMAIN = b"edgekit-samples-v1\n"  # a request for a device's captured rows
 
 ROLE_BUNDLE = "bundle"  # may sign bundles and their transfer documents
-ROLE_DEPLOY = "deploy"  # may sign desired-state documents
+ROLE_DEPLOY = "deploy"  # may sign desired-state documents and samples requests
 ROLES = (ROLE_BUNDLE, ROLE_DEPLOY)
 
 MAX_TRUST_BYTES = 64 * 1024

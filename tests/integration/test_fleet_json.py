@@ -58,6 +58,10 @@ def test_fleet_commands_print_their_documents(host: HostSetup, broker: Broker, t
         assert j1["status"] == "online" and j1["active"]["version"] == 2 and j1["last_seen"].endswith("+00:00")
 
         run(("bundles", "gc"), "--dry-run")
+        pulled = run(("fleet", "samples", "pull"), "--group", "jg", "-o", str(tmp_path / "s.csv"), "--wait", "10")
+        assert pulled["devices"] == [
+            {"device": "j1", "answered": True, "parts": 1, "rows": 0, "capturing": False, "skipped": 0}
+        ]
         online = run(("fleet", "forget"), "j1", code=ExitCode.USAGE)
         assert "online" in online["detail"]
     finally:

@@ -21,6 +21,7 @@ FLEET_KIND = {
     ("fleet", "forget"): "forgotten",
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
+    ("fleet", "samples", "pull"): "samples",
 }
 # The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
 STORE_KIND = {
