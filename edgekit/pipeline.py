@@ -99,7 +99,7 @@ def train_run(
     table = load_table(data_path, target, **table_options(options))
     for warning in table.warnings:
         progress.warn(warning)
-    added = load_added(ws, table, list(add), table_options(options))
+    added = load_added(ws, table, list(add))
     extra = None if added is None else (added[0], added[1])
     shape = f"({table.task}) on {table.X.shape[0]} rows x {table.X.shape[1]} inputs"
     if model == "auto":

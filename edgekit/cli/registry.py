@@ -132,6 +132,8 @@ def promote_cmd(name: str, version: int, stage: str, reason: str | None, evidenc
     Example: edgekit compare pump@2 pump@3 --on holdout.csv --on field.csv --json > cmp.json
              edgekit registry promote pump 3 --evidence cmp.json
     """
+    if evidence is None and not (reason or "").strip():
+        raise click.UsageError("Missing option '--reason' (or --evidence): every stage change says why")
     ws = workspace.find()
     kept = None
     if evidence is not None:

@@ -9,14 +9,16 @@ path, fingerprint, rows, source devices, and for a dataset its name and version.
 
 from __future__ import annotations
 
-import tempfile
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data import Table, load_table
+from device_agent.features import Expander
+
+from ..data import Table
 from ..errors import DataError
 from ..workspace import Workspace
 from . import labels
@@ -35,8 +37,29 @@ def base_schema(table: Table) -> labels.Schema:
     )
 
 
+def inputs(table: Table, rows: list[list[str]]) -> np.ndarray:
+    """Checked text cells (:func:`labels.read_labelled`) as rows of the base table's ``X``:
+    numbers as floats (NaN missing), categories as text ("" missing), a date/time as its parts
+    (the device's own expansion)."""
+    expand = Expander([f.device() for f in table.schema])
+    out = []
+    for row in rows:
+        cells: list[Any] = [
+            None if text == "" else float(text) if f.type == "numeric" else text
+            for f, text in zip(table.schema, row, strict=True)
+        ]
+        values = expand(cells)
+        out.append(
+            [
+                ("" if v is None else str(v)) if f.type == "categorical" else (math.nan if v is None else float(v))
+                for f, v in zip(table.features, values, strict=True)
+            ]
+        )
+    return np.array(out, dtype=table.X.dtype).reshape(len(out), len(table.features))
+
+
 def load_added(
-    ws: Workspace, table: Table, specs: Sequence[str], options: dict[str, Any]
+    ws: Workspace, table: Table, specs: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]] | None:
     """(X, y, lineage) of every added source, in the base table's columns; None for none."""
     if not specs:
@@ -45,29 +68,21 @@ def load_added(
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     lineage: list[dict[str, Any]] = []
-    categorical = sorted({*schema.categorical, *(options.get("categorical") or [])})
-    opts = {**options, "categorical": categorical, "max_categories": None}
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in specs:
-            if spec.startswith(DATASET_PREFIX):
-                path, record = labels.resolve(ws, spec[len(DATASET_PREFIX) :])
-                if record.get("features") != schema.names or record.get("target") != schema.target:
-                    raise DataError(
-                        f"dataset {spec[len(DATASET_PREFIX) :]} has other columns than {table.path}",
-                        f"its features are {', '.join(record.get('features') or [])}",
-                    )
-                entry = {"dataset": record["name"], "version": record["version"], "devices": record.get("devices", [])}
-            else:
-                found = labels.read_labelled(Path(spec), schema)
-                path = Path(tmp) / f"added-{len(lineage)}.csv"
-                labels.write_table(path, schema, found.rows, found.labels)
-                entry = {"file": str(Path(spec).resolve()), "devices": sorted(found.devices)}
-            added = load_table(path, table.target, 1, **opts)
-            if added.feature_names != table.feature_names:
-                raise DataError(f"{spec}: features {added.feature_names} differ from {table.feature_names}")
-            xs.append(added.X)
-            ys.append(added.y)
-            lineage.append({**entry, "rows": len(added.y), "fingerprint": added.fingerprint["sha256"]})
-    X = np.concatenate([np.asarray(x, dtype=table.X.dtype) for x in xs])
-    y = np.concatenate([np.asarray(v).astype(table.y.dtype) for v in ys])
-    return X, y, lineage
+    for spec in specs:
+        if spec.startswith(DATASET_PREFIX):
+            path, record = labels.resolve(ws, spec[len(DATASET_PREFIX) :])
+            if record.get("features") != schema.names or record.get("target") != schema.target:
+                raise DataError(
+                    f"dataset {spec[len(DATASET_PREFIX) :]} has other columns than {table.path}",
+                    f"its features are {', '.join(record.get('features') or [])}",
+                )
+            found = labels.read_labelled(path, schema, schema.target)
+            entry = {"dataset": record["name"], "version": record["version"], "devices": record.get("devices", [])}
+        else:
+            found = labels.read_labelled(Path(spec), schema)
+            entry = {"file": str(Path(spec).resolve()), "devices": sorted(found.devices)}
+        fingerprint = labels.fingerprint(schema, found.rows, found.labels)
+        xs.append(inputs(table, found.rows))
+        ys.append(np.asarray(found.labels).astype(table.y.dtype))
+        lineage.append({**entry, "rows": len(found.labels), "fingerprint": fingerprint})
+    return np.concatenate(xs), np.concatenate(ys), lineage

@@ -9,14 +9,17 @@ cell, naming its line and value. Rows whose label is still empty are left out an
 
 A dataset version is the previous version's rows plus the new ones (exact duplicates of a row
 already in it are left out), written as a CSV of the features in training order and the
-target column, with a JSON record beside it: fingerprint (the training loader's, so ``train
---add-dataset`` and the record agree), the source devices and files, who imported it and when,
-and the run whose schema it follows. Files: ``.edgekit/datasets/NAME/vN.csv`` and ``vN.json``.
+target column, with a JSON record beside it: fingerprint (:func:`fingerprint`, the same for
+the same rows whether from a dataset or a file, so a run's lineage names what it trained
+on), the source devices and files, who imported it and when, and the run whose schema it
+follows. Field rows are often all of one class; a dataset may be.
+Files: ``.edgekit/datasets/NAME/vN.csv`` and ``vN.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import re
@@ -30,7 +33,6 @@ from device_agent.missing import is_missing_text
 from device_agent.protocol import check_id
 
 from .. import registry
-from ..data import load_table
 from ..errors import DataError, UsageError, WorkspaceError
 from ..runs import Run, load_run
 from ..workspace import Workspace
@@ -250,6 +252,17 @@ def _cited_bundles(path: Path) -> set[str]:
         return set()
 
 
+def fingerprint(schema: Schema, rows: list[list[str]], labels: list[Any]) -> str:
+    """SHA-256 of the rows as a dataset keeps them: the header (features in training order, the
+    target), then one JSON line per row of its cells as text and its label as text. The same
+    rows give the same fingerprint whether they come from a dataset version or a file."""
+    digest = hashlib.sha256(b"edgekit-labelled-v1\n")
+    digest.update((json.dumps([*schema.names, schema.target]) + "\n").encode())
+    for row, label in zip(rows, labels, strict=True):
+        digest.update((json.dumps([*row, str(label)]) + "\n").encode())
+    return digest.hexdigest()
+
+
 def write_table(path: Path, schema: Schema, rows: list[list[str]], labels: list[Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -306,9 +319,6 @@ def import_labels(
     rows = old_rows + added
     path = folder(ws, into) / f"v{version}.csv"
     write_table(path, schema, [r[:-1] for r in rows], [r[-1] for r in rows])
-    table = load_table(
-        path, schema.target, min_rows=1, task=schema.task, categorical=schema.categorical, max_categories=None
-    )
     now = datetime.now(UTC).isoformat(timespec="seconds")
     who = registry.actor()
     counts = Counter(str(v) for v in found.labels)
@@ -321,7 +331,7 @@ def import_labels(
         "duplicates": len(new_rows) - len(added),
         "unlabelled": found.unlabelled,
         "labels": dict(sorted(counts.items())),
-        "fingerprint": table.fingerprint.get("sha256"),
+        "fingerprint": fingerprint(schema, [r[:-1] for r in rows], [r[-1] for r in rows]),
         "run_id": schema.run_id,
         "target": schema.target,
         "task": schema.task,

@@ -117,3 +117,34 @@ def test_a_challenger_trains_on_the_base_data_plus_the_labelled_rows(
     assert kept_c is not None and kept_b is not None and len(kept_c[0]) == len(kept_b[0]) + 30
     from_file = pipeline.train_run(ws, data, "cultivar", "logreg", add=[str(f)])
     assert from_file.record["data"]["added"][0]["fingerprint"] == record["fingerprint"]
+
+
+def test_rows_of_one_class_with_categories_and_new_values_are_added(tmp_path: Path) -> None:
+    """Field rows are often all of one class, and carry categories training never had."""
+    ws = workspace.init(tmp_path / "ws")
+    rng = np.random.default_rng(2)
+    base = tmp_path / "base.csv"
+    with base.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["temp", "site", "alarm"])
+        for _ in range(200):
+            site = str(rng.choice(["north", "south"]))
+            temp = round(float(rng.normal(0, 1)), 4)
+            w.writerow([temp, site, "yes" if temp + (0.5 if site == "north" else -0.5) > 0 else "no"])
+    run = pipeline.train_run(ws, base, "alarm", "logreg")
+    field = tmp_path / "field.csv"
+    with field.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["temp", "site", *META, "label"])
+        for i in range(12):
+            w.writerow([0.1 * i, "east", "no", 0.5, "d9", "alarm@1", "2026-01-01T00:00:00Z", "low", "yes"])
+    record = labels.import_labels(ws, field, "alarms", run=run.id)
+    assert record["rows"] == 12 and record["labels"] == {"yes": 12}
+    with pytest.raises(DataError, match="label 'maybe' is not one of the model's classes"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(field.read_text().replace(",yes\n", ",maybe\n", 1))
+        labels.import_labels(ws, bad, "alarms", run=run.id)
+    challenger = pipeline.train_run(ws, base, "alarm", "logreg", add=["dataset:alarms"])
+    assert challenger.record["data"]["added"][0]["rows"] == 12
+    kept = oof.load(challenger.path)
+    assert kept is not None and list(kept[0][-1]) == ["1.1", "east"] and kept[1][-1] == "yes"
