@@ -37,7 +37,10 @@ max_categories = 30         # categories kept per categorical column; the rest b
 
 [policy]
 drift_window = 200          # rows per drift window reported by devices
-low_confidence = 0.6        # predictions below this confidence are counted (and later captured)
+low_confidence = 0.6        # predictions below this confidence are counted
+capture = false             # devices keep low-confidence rows for labelling (edgekit bundle --capture)
+capture_below = "p5"        # ... below this: pN of the out-of-fold confidence, or a number
+capture_uniform = 0.01      # ... plus this share of the other rows, for calibration
 
 [serve]                     # edgekit serve, the telemetry collector
 # store = "postgresql://edgekit@db-host/telemetry"   # default: SQLite in .edgekit/telemetry.db

@@ -24,6 +24,7 @@ FLEET_KIND = {
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
     ("broker", "check"): "broker",
+    ("fleet", "samples", "pull"): "samples",
 }
 # The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
 STORE_KIND = {

@@ -44,6 +44,9 @@ KIND = {
     ("registry", "show"): "model",
     ("registry", "promote"): "stage_changes",
     ("registry", "archive"): "stage_changes",
+    ("label", "import"): "dataset",
+    ("compare",): "model_comparison",
+    ("review",): "review",
 }
 
 
@@ -98,6 +101,13 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], l
     run(("registry", "archive"), "diabetes", "1", "--reason", "not needed")
     run(("registry", "list"))
     run(("registry", "show"), "wine")
+    labelled = root / "labelled.csv"
+    with wine.open() as src, labelled.open("w") as dst:
+        lines = src.read().splitlines()
+        dst.write("\n".join([lines[0].rsplit(",", 1)[0] + ",label", *lines[1:60]]) + "\n")
+    run(("label", "import"), str(labelled), "--into", "wine-field", "--run", a["id"])
+    run(("compare",), a["id"], b["id"], "--on", str(labelled))
+    run(("review",), a["id"], "-o", str(root / "review.csv"))
     out[("_cli",)] = [cli]
     return out
 
