@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[host,boosting,parquet,serve,report,dev]'
+	$(PY) -m pip install -q -e '.[host,boosting,parquet,serve,report,review,dev]'
 	touch $(STAMP)
 
 mosquitto:
@@ -26,6 +26,7 @@ aedes:
 
 demo: $(STAMP) mosquitto
 	$(PY) examples/demo.py
+	$(PY) examples/fieldloop.py
 
 test: $(STAMP) mosquitto postgres chromium aedes
 	$(PY) -m pytest
