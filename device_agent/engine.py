@@ -268,7 +268,7 @@ class InferenceEngine:
                 raise
             self._latency[self._lat_n % len(self._latency)] = time.perf_counter_ns() - t0
             self._lat_n += 1
-            self._served_locked(inputs, pred, row)
+            self._served_locked(inputs, pred, raw=row)
             return pred
 
     def serve_many(self, rows: Sequence[Sequence[Any]]) -> tuple[LoadedModel | None, list[Prediction | RowError]]:
