@@ -63,7 +63,7 @@ from common import BENCHMARKS, REPO, log, machine, now_utc, versions, write_sect
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from simproc import RAW_CONTROL, SimProcess
+from simproc import RAW_CONTROL, SimGroup, SimProcess
 from transfer import NAME, make_bundles
 
 from device_agent.bundle import read_unverified
@@ -163,7 +163,7 @@ class Delivery:
 
 def deliver(
     broker: Broker,
-    sim: SimProcess,
+    sim: SimProcess | SimGroup,
     raw: SimProcess,
     bundle: Path,
     version: int,
@@ -279,7 +279,7 @@ class Ingestion:
     sim_cpu: float = 0.0
 
 
-def ingest(broker: Broker, ws: Path, folder: Path, sim: SimProcess, minutes: float) -> Ingestion:
+def ingest(broker: Broker, ws: Path, folder: Path, sim: SimProcess | SimGroup, minutes: float) -> Ingestion:
     """``serve`` and a bare subscriber on the running fleet; the first WARMUP_S are catch-up (the
     collector asks every device to resend its history since boot, as it must) and reported apart."""
     port = free_port()
@@ -367,18 +367,20 @@ class Report:
     idle_sim_cpu: float
     load: tuple[tuple[float, ...], tuple[float, ...]]
     started: str
+    processes: int = 1
 
 
 def render(r: Report) -> str:
     n = r.devices
+    where = "a process of their own" if r.processes == 1 else f"{r.processes} processes"
     lines = [
         f"## Fleet scale: {n:,} simulated devices on this machine",
         "",
         f"Measured {r.started} by `.venv/bin/python bench/fleet_scale.py`; "
         f"{machine(*r.load)}; {versions(['paho-mqtt', 'onnxruntime', 'psycopg'])}; {mosquitto()}. "
-        f"The devices are `edgekit sim` in a process of their own (the agent's core per device, one MQTT "
-        f"connection each on one epoll loop); idle — heartbeats every 5 s, a drift window every 10 s, 10 rows/s "
-        f"each — that process used {r.idle_sim_cpu:.2f} of a core.",
+        f"The devices are `edgekit sim` in {where} (the agent's core per device, one MQTT connection each on "
+        "one epoll loop per process); idle — heartbeats every 5 s, a drift window every 10 s, 10 rows/s each — "
+        f"the simulator used {r.idle_sim_cpu:.2f} of a core.",
         "",
         "| figure | edgekit | raw MQTT baseline (same run) | ratio | target |",
         "|---|---|---|---|---|",
@@ -525,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-minutes", type=float, default=3.0)
     parser.add_argument("--skip", choices=("status", "delivery", "ingest"), action="append", default=[])
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing it")
+    parser.add_argument("--processes", type=int, default=1, help="simulator processes the fleet is spread over")
     args = parser.parse_args(argv)
     load0 = os.getloadavg()
     started = now_utc()
@@ -549,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                 preinstalled=bundles.paths[0],
                 trial_rows=TRIAL_ROWS,
             )
-            with SimProcess(config) as sim:
+            with SimGroup(config, args.processes) as sim:
                 log(f"starting {n} simulated devices")
                 sim.wait(
                     lambda s: s["connected"] == n and s["active"].get(f"{NAME}@{version[0]}") == n,
@@ -608,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_cpu,
         (load0, os.getloadavg()),
         started,
+        args.processes,
     )
     text = render(report)
     if args.no_write:
