@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -298,6 +299,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print only a JSON summary (used by the tests)")
     args = parser.parse_args()
     QUIET = args.json
+    # Stopped by a service manager or a test's timeout: unwind, so the broker, collector and
+    # agents it started are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
         raise SystemExit("demo: mosquitto is not installed (make demo installs it)")
     with contextlib.ExitStack() as stack:

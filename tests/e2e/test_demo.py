@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +18,22 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.broker
 @pytest.mark.timeout(480)
 def test_demo_story(tmp_path: Path) -> None:
-    proc = subprocess.run(
+    # Its own session, so a demo that overruns is stopped with every process it started (a
+    # killed demo cannot stop its broker, collector and agents itself).
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--json", "--workdir", str(tmp_path / "demo")],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=450,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = proc.communicate(timeout=450)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
     fleet = {d["device"]: d for d in summary["fleet"]}
 
     # Conversion was checked and quantization was real (an MLP shrinks).
