@@ -19,8 +19,10 @@ How it is built, and why:
   read, parse, validation, inference, counters, answer; the client's read and parse) is timed
   interleaved with (b) and (c), row by row in rotating order, over several rounds; p50 and p99
   of per-call ``perf_counter_ns``. The target is p50 ≤ bare (b) + 50 µs.
-* **Batches of 1,024 rows**: ``predict_many`` against one bare ``run`` on the same 1,024 rows,
-  interleaved, median over repeats; rows/s = 1,024 / median time. The target is ≥ 0.9× bare.
+* **Batches of 1,024 rows**: ``predict_many`` (JSON), ``predict_array`` (raw rows, JSON
+  columns back) and ``predict_tensor`` (raw bytes both ways) against one bare ``run`` on the
+  same 1,024 rows, interleaved, median over repeats; rows/s = 1,024 / median time. The target
+  (≥ 0.9× bare) is judged on ``predict_tensor``, the form meant for many rows.
   The client's own JSON work (encoding the request, parsing the answer) is timed apart, to
   show where the difference goes.
 * **Concurrent clients**: 1, 4 and 16 client *processes* (each an application with its own
@@ -147,6 +149,7 @@ def measure_batch(case: Case, app: AgentClient, repeats: int) -> tuple[dict[str,
     paths: dict[str, Callable[[], Any]] = {
         "socket": lambda: app.predict_many(rows),
         "tensor": lambda: app.predict_array(prepared),
+        "binary": lambda: app.predict_tensor(prepared),
         "bare": lambda: session.run(out, {name: prepared}),
         "bare_array": lambda: session.run(out, {name: np.array(rows, dtype=np.float32)}),
     }
@@ -309,17 +312,20 @@ def render(results: list[Result], args: argparse.Namespace, load: tuple[Sequence
         f"### A batch of {BATCH_ROWS:,} rows in one request",
         "",
         "JSON: `predict_many(rows)`, rows and answers as JSON text. Tensor: `predict_array(matrix)`, the rows as "
-        "raw float32 bytes after a JSON header line, answers as columns.",
+        "raw float32 bytes after a JSON header line, answers as JSON columns. Binary: `predict_tensor(matrix)`, "
+        "raw bytes both ways.",
         "",
-        "| model | JSON ms (rows/s) | tensor ms (rows/s) | (b) bare ms (rows/s) | (c) bare + array ms (rows/s) | "
-        f"JSON ÷ (b) | tensor ÷ (b) | target ≥ {BATCH_TARGET}× | client's JSON ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | JSON ms (rows/s) | tensor ms (rows/s) | binary ms (rows/s) | (b) bare ms (rows/s) | "
+        f"(c) bare + array ms (rows/s) | JSON ÷ (b) | tensor ÷ (b) | binary ÷ (b) | target ≥ {BATCH_TARGET}× | "
+        "client's JSON ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        s, t, b, c = (statistics.median(r.batch[p]) for p in ("socket", "tensor", "bare", "bare_array"))
+        s, t, y, b, c = (statistics.median(r.batch[p]) for p in ("socket", "tensor", "binary", "bare", "bare_array"))
         lines.append(
-            f"| {r.label} | {ms_rate(s)} | {ms_rate(t)} | {ms_rate(b)} | {ms_rate(c)} | {b / s:.2f}× | {b / t:.2f}× | "
-            f"{'met' if b / t >= BATCH_TARGET else 'missed'} (tensor) | {r.client_json_us / 1000:.2f} |"
+            f"| {r.label} | {ms_rate(s)} | {ms_rate(t)} | {ms_rate(y)} | {ms_rate(b)} | {ms_rate(c)} | {b / s:.2f}× | "
+            f"{b / t:.2f}× | {b / y:.2f}× | {'met' if b / y >= BATCH_TARGET else 'missed'} (binary) | "
+            f"{r.client_json_us / 1000:.2f} |"
         )
     lines += [
         "",
@@ -344,12 +350,14 @@ def verdict(results: list[Result]) -> list[str]:
         bare = statistics.median(r.batch["bare"])
         json_ratio = bare / statistics.median(r.batch["socket"])
         tensor_ratio = bare / statistics.median(r.batch["tensor"])
+        binary_ratio = bare / statistics.median(r.batch["binary"])
         json_share = r.client_json_us / statistics.median(r.batch["socket"])
         out.append(
             f"- **{r.label}** ({r.model_kib:,.0f} KiB model, {r.n_features} features): a row over the socket costs "
             f"{gap:.0f} µs more than bare onnxruntime ({'within' if gap <= SINGLE_TARGET_US else 'beyond'} the "
-            f"{SINGLE_TARGET_US:.0f} µs target). A batch of {BATCH_ROWS:,} as a tensor reaches {tensor_ratio:.2f}× "
-            f"bare rows/s ({'meets' if tensor_ratio >= BATCH_TARGET else 'misses'} {BATCH_TARGET}×); as JSON "
+            f"{SINGLE_TARGET_US:.0f} µs target). A batch of {BATCH_ROWS:,} as raw bytes both ways reaches "
+            f"{binary_ratio:.2f}× bare rows/s ({'meets' if binary_ratio >= BATCH_TARGET else 'misses'} "
+            f"{BATCH_TARGET}×), {tensor_ratio:.2f}× with the answers as JSON columns; as JSON "
             f"{json_ratio:.2f}×, of which the client's own JSON (writing {BATCH_ROWS:,} rows, reading "
             f"{BATCH_ROWS:,} answers) is {json_share:.0%} of the round trip."
         )

@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .api_server import Handler
-from .config import parse_broker
+from .broker import endpoint
 
 log = logging.getLogger("edgekit.agent.api")
 
@@ -43,8 +43,9 @@ class LocalMqttBridge:
         self.client = client
 
     def start(self) -> None:
-        host, port, _tls = parse_broker(self.url)
-        self.client.connect_async(host, port, clean_start=True)
+        ep = endpoint(self.url, environ={})  # the device's own broker: credentials only from its URL
+        ep.apply(self.client)
+        self.client.connect_async(ep.host, ep.port, clean_start=True)
         self.client.loop_start()
 
     def stop(self) -> None:

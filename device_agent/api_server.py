@@ -23,7 +23,6 @@ rows from stdin: they go through the same functions (:mod:`device_agent.sources`
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import selectors
@@ -41,7 +40,7 @@ from .config import ApiSettings
 from .engine import InferenceEngine
 from .errors import BadRequest, ClientError, InferenceFailed, ListenFailed, RequestTooLarge, TooManyClients
 from .local_api import BatchRequest, Health, HealthRequest, TensorRequest
-from .sources import answer_matrix, answer_object, answer_rows, not_json
+from .sources import answer_matrix, answer_matrix_binary, answer_object, answer_rows, not_json, parse_json
 
 log = logging.getLogger("edgekit.agent.api")
 
@@ -95,6 +94,11 @@ class Handler:
         def finish(data: bytes) -> bytes:
             try:
                 x = np.frombuffer(data, dtype=dtype).reshape(request.rows, request.cols)
+                if request.binary:
+                    header, columns = answer_matrix_binary(self.engine, x)
+                    if request.id is not None:
+                        header["id"] = request.id
+                    return local_api.binary_answer(header, columns) if columns else local_api.encode(header)
                 answer = answer_matrix(self.engine, x)
             except Exception as exc:
                 return self._unexpected(exc)
@@ -110,8 +114,8 @@ class Handler:
             limit = self.settings.max_line_bytes
             return local_api.error(RequestTooLarge(f"the request has {len(data)} bytes; the limit is {limit}"))
         try:
-            obj = json.loads(data.decode())
-        except ValueError:  # UnicodeDecodeError included
+            obj = parse_json(data.decode())
+        except ValueError:  # UnicodeDecodeError and too deep included
             return not_json(self.engine)
         if type(obj) is list:  # a row by position: the common case goes straight to it
             return answer_object(self.engine, obj)

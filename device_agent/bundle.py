@@ -18,7 +18,7 @@ import hashlib
 import io
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +35,7 @@ from .errors import (
     MissingSignature,
     ProtocolError,
     SizeMismatch,
+    TrustError,
     UnlistedMember,
     VersionConflict,
     VersionRollback,
@@ -132,6 +133,40 @@ class ModelSpec:
         if spec.task == "classification" and (not spec.classes or spec.proba_output is None):
             raise ManifestInvalid("a classifier's manifest must list its classes and its probabilities output")
         return spec
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What a bundle's ``compat`` is checked against on a device: its class (a setting), the
+    agent's version, the onnxruntime version and the highest ONNX opset it knows. The opset is
+    asked for only when a bundle names one (reading onnxruntime's schemas takes ~70 ms)."""
+
+    device_class: str = ""
+    agent: str = __version__
+    runtime: str = ""  # onnxruntime's version; empty: not checked
+    max_opset: Callable[[], int | None] | None = None
+
+
+def check_compat(compat: Mapping[str, Any], device: DeviceProfile) -> None:
+    """Refuse a bundle this device cannot run (:class:`Incompatible`), before it is installed."""
+    classes = compat.get("device_classes") or []
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ManifestInvalid("manifest 'compat.device_classes' must be a list of strings")
+    if classes and device.device_class not in classes:
+        mine = repr(device.device_class) if device.device_class else "unset (device_class)"
+        raise Incompatible(f"bundle is for device classes {', '.join(classes)}; this device's class is {mine}")
+    min_runtime = compat.get("min_runtime")
+    if min_runtime is not None and not isinstance(min_runtime, str):
+        raise ManifestInvalid("manifest 'compat.min_runtime' must be a version string")
+    if min_runtime and device.runtime and _version_tuple(min_runtime) > _version_tuple(device.runtime):
+        raise Incompatible(f"bundle needs onnxruntime {min_runtime} or newer; this device has {device.runtime}")
+    opset = compat.get("opset")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool)):
+        raise ManifestInvalid("manifest 'compat.opset' must be an integer")
+    if opset is not None and device.max_opset is not None:
+        highest = device.max_opset()
+        if highest is not None and opset > highest:
+            raise Incompatible(f"bundle needs ONNX opset {opset}; this device's onnxruntime knows up to {highest}")
 
 
 @dataclass(frozen=True)
@@ -319,7 +354,7 @@ def read_unverified(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[dict[
 
 def verify(
     data: Buffer,
-    trust: Trust,
+    trust: Trust | None,
     *,
     now: float,
     floor: Mapping[str, FloorEntry] | None = None,
@@ -328,6 +363,8 @@ def verify(
     limits: Limits = DEFAULT_LIMITS,
     agent_version: str = __version__,
     keep_model: bool = True,
+    device: DeviceProfile | None = None,
+    installed: bool = False,
 ) -> VerifiedBundle:
     """Check everything that can be checked without running the model.
 
@@ -337,7 +374,19 @@ def verify(
 
     With ``keep_model=False`` the model is checked like every member but not copied out:
     ``files`` leaves it out and ``model_span`` says where it lies, so a device that loads it
-    from the stored bundle never holds a second copy of its largest member."""
+    from the stored bundle never holds a second copy of its largest member.
+
+    ``device``: also check the bundle's ``compat`` against this device (the agent does).
+
+    ``installed=True`` re-opens a bundle this device verified and committed before (the state
+    file names it by ``expect_sha256``): expiry and the signature, which guard *installing*,
+    are not checked again, so an expired bundle or a missing trust file never stops the
+    installed model from serving after a restart (``trust`` may then be None); everything
+    else, the whole bundle's SHA-256 first, is."""
+    if installed and expect_sha256 is None:
+        raise ValueError("an installed bundle is re-opened by its SHA-256")
+    if trust is None and not installed:
+        raise TrustError("no trust file: bundles cannot be verified")
     digest = sha256_hex(data)
     if expect_sha256 is not None and digest != expect_sha256:
         raise HashMismatch("bundle does not match the SHA-256 in the desired state")
@@ -351,7 +400,10 @@ def verify(
     manifest_bytes = bytes(members[MANIFEST])
     if SIGNATURE not in members:
         raise MissingSignature("bundle has no manifest.sig")
-    keyid = trust.verify(ROLE_BUNDLE, MANIFEST_DOMAIN, manifest_bytes, bytes(members[SIGNATURE]))
+    keyid = ""  # an installed bundle's signature was checked when it was installed
+    if not installed:
+        assert trust is not None
+        keyid = trust.verify(ROLE_BUNDLE, MANIFEST_DOMAIN, manifest_bytes, bytes(members[SIGNATURE]))
 
     try:
         manifest = loads_object(manifest_bytes, limits.max_manifest_bytes, "manifest.json")
@@ -374,8 +426,10 @@ def verify(
         raise ManifestInvalid("manifest 'compat.min_agent' must be a version string")
     if min_agent is not None and _version_tuple(min_agent) > _version_tuple(agent_version):
         raise Incompatible(f"bundle needs agent {min_agent} or newer; this is {agent_version}")
+    if device is not None:
+        check_compat(compat, device)
     expires = manifest.get("expires")
-    if expires is not None:
+    if expires is not None and not installed:
         try:
             expired = parse_time(str(expires)) <= now
         except ValueError:

@@ -32,6 +32,12 @@ from .protocol import check_id
 FLAGS: dict[str, str] = {
     "device_id": "device_id",
     "broker": "mqtt.broker",
+    "broker_ca": "mqtt.ca",
+    "broker_cert": "mqtt.cert",
+    "broker_key": "mqtt.key",
+    "broker_username": "mqtt.username",
+    "broker_password_file": "mqtt.password_file",
+    "telemetry_key": "telemetry_key",
     "state_dir": "state_dir",
     "trust": "trust",
     "groups": "groups",
@@ -73,8 +79,20 @@ def _help(text: str, key: str) -> str:
     help="TOML file with any of the settings (docs/settings.md); flags override it.",
 )
 @click.option("--device-id", help="This device's id (letters, digits, _ . : -).")
-@click.option("--broker", help=_help("MQTT broker URL.", "mqtt.broker"))
+@click.option("--broker", help=_help("MQTT broker URL: mqtts://HOST:8883 (TLS) or mqtt://HOST:1883.", "mqtt.broker"))
+@click.option("--broker-ca", type=click.Path(dir_okay=False), help="CA certificate of the broker (mqtts://).")
+@click.option("--broker-cert", type=click.Path(dir_okay=False), help="This device's client certificate (mqtts://).")
+@click.option("--broker-key", type=click.Path(dir_okay=False), help="The key of that certificate.")
+@click.option("--broker-username", help="Username on the broker (password: --broker-password-file or env).")
+@click.option(
+    "--broker-password-file",
+    type=click.Path(dir_okay=False),
+    help="File holding the broker password (else the EDGEKIT_MQTT_PASSWORD environment variable).",
+)
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where bundles, state and the outbox live.")
+@click.option(
+    "--telemetry-key", type=click.Path(dir_okay=False), help="Ed25519 key this device signs its telemetry with."
+)
 @click.option("--trust", type=click.Path(dir_okay=False), help="Trust file (public keys by role).")
 @click.option("--group", "groups", multiple=True, help="Group(s) this device belongs to; repeatable.")
 @click.option("--prefix", help=_help("Topic prefix of the fleet.", "mqtt.prefix"))
@@ -150,7 +168,11 @@ def load_config(config_path: str | None, flags: dict[str, Any]) -> AgentConfig:
             check_id("group", group)
     except AgentError as exc:
         raise ConfigError(exc.detail) from None
-    config.broker_host_port  # noqa: B018 - raises ConfigError for a bad URL
+    config.broker_endpoint()  # raises ConfigError for a bad URL, a missing file, a password in the clear
+    if config.telemetry_key:
+        from .telemetry_sig import load_signer
+
+        load_signer(config.telemetry_key)  # a key that cannot be read stops the agent before it starts
     source = config.input.source
     if source not in ("stdin", "none") and not source.startswith("csv:"):
         raise ConfigError(f"input {source!r}: use stdin, csv:PATH or none")
@@ -186,6 +208,8 @@ def check_api(config: AgentConfig) -> None:
 
 
 def run(config: AgentConfig) -> None:
+    from .events import SourceFailed
+    from .inputs import supervise
     from .service import Service
     from .sources import serve_csv, serve_stdin
 
@@ -206,11 +230,17 @@ def run(config: AgentConfig) -> None:
     try:
         if source != "none":
 
-            def feed() -> None:
+            def read() -> None:
                 if source == "stdin":
-                    serve_stdin(engine)
+                    serve_stdin(engine, config.input.max_line_bytes)
                 else:
                     serve_csv(engine, source[4:], config.input.rate, sys.stdout)
+
+            def report(name: str, why: str) -> None:
+                service.agent.worker.queue.put(SourceFailed(name, why))
+
+            def feed() -> None:
+                supervise(source, read, report, stop, config.input.restart_s)
                 if config.input.exit_on_eof:
                     stop.set()
 

@@ -14,7 +14,10 @@ The TOML file mirrors the sections::
     groups = ["plant-a"]
 
     [mqtt]
-    broker = "mqtt://10.0.0.2:1883"
+    broker = "mqtts://10.0.0.2:8883"
+    ca = "/etc/edgekit/ca.pem"
+    cert = "/etc/edgekit/device.pem"
+    key = "/etc/edgekit/device.key"
 
     [engine]
     trial_rows = 100
@@ -31,6 +34,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
+from .broker import BrokerEndpoint, endpoint, parse_url
 from .errors import ConfigError
 from .protocol import DEFAULT_PREFIX
 
@@ -52,7 +56,16 @@ class Limits:
 class MqttSettings:
     """The connection to the broker."""
 
-    broker: str = _setting("mqtt://127.0.0.1:1883", "URL", "the MQTT broker")
+    broker: str = _setting(
+        "mqtt://127.0.0.1:1883", "URL", "the MQTT broker: mqtts://HOST:8883 (TLS) or mqtt://HOST:1883"
+    )
+    ca: str = _setting("", "path", "CA certificate the broker's certificate is checked against (mqtts://)")
+    cert: str = _setting("", "path", "this device's client certificate (mqtts://; its identity on the broker)")
+    key: str = _setting("", "path", "the private key of that certificate")
+    username: str = _setting("", "", "username on the broker (when it uses passwords, not certificates)")
+    password_file: str = _setting(
+        "", "path", "file holding the broker password (else the EDGEKIT_MQTT_PASSWORD environment variable)"
+    )
     prefix: str = _setting(DEFAULT_PREFIX, "topic", "topic prefix of the fleet")
     keepalive_s: int = _setting(30, "s", "MQTT keep-alive")
     reconnect_min_s: float = _setting(1.0, "s", "first reconnect delay (a random 0-3 s is added per agent)")
@@ -79,6 +92,9 @@ class CoreSettings:
     resend_burst: int = _setting(10, "commands", "resend commands handled per event_period_s; the rest are refused")
     resend_max_messages: int = _setting(10_000, "messages", "most messages one resend command may ask for")
     max_chunk_bytes: int = _setting(4 << 20, "bytes", "largest bundle chunk accepted")
+    clock_tolerance_s: float = _setting(
+        300.0, "s", "a clock this far behind the newest signed time seen is untrusted (expiry then uses that time)"
+    )
     samples_max_expiry_s: float = _setting(
         86_400.0, "s", "a samples request that expires further ahead than this is refused"
     )
@@ -98,6 +114,9 @@ class EngineSettings:
     drift_min_rows: int = _setting(30, "rows", "below this a window's verdict is 'insufficient'")
     latency_samples: int = _setting(2048, "rows", "recent per-row latencies kept for percentiles")
     max_pending_rows: int = _setting(200_000, "rows", "rows awaiting drift accounting; beyond, counted, not kept")
+    drift_max_rows_per_s: float = _setting(
+        2000.0, "rows/s", "rows accounted for drift at most; beyond, an even sample of the rows (0: every row)"
+    )
     intra_op_threads: int = _setting(1, "threads", "onnxruntime intra-op threads (one is fastest for single rows)")
 
 
@@ -135,6 +154,8 @@ class InputSettings:
     source: str = _setting("stdin", "", "stdin | csv:PATH | none")
     rate: float = _setting(0.0, "rows/s", "rows per second when replaying a CSV (0 = as fast as possible)")
     exit_on_eof: bool = _setting(False, "", "exit when the input ends instead of serving on as a daemon")
+    max_line_bytes: int = _setting(1 << 20, "bytes", "longest input line; a longer one is answered as an error, unread")
+    restart_s: float = _setting(1.0, "s", "an input source that fails is reported and started again after this long")
 
 
 @dataclass(frozen=True)
@@ -184,6 +205,10 @@ class AgentConfig:
     state_dir: str = _setting("", "path", "where bundles, state and the outbox live")
     trust: str = _setting("", "path", "the trust file (public keys by role)")
     groups: tuple[str, ...] = _setting((), "", "groups this device belongs to")
+    telemetry_key: str = _setting(
+        "", "path", "Ed25519 key this device signs its telemetry with (edgekit devices add makes it; empty: unsigned)"
+    )
+    device_class: str = _setting("", "", "this device's class; bundles whose compat.device_classes omit it are refused")
     tick_interval_s: float = _setting(0.5, "s", "the worker's clock: drift accounting, trials, heartbeats")
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     core: CoreSettings = field(default_factory=CoreSettings)
@@ -227,6 +252,11 @@ class AgentConfig:
     def broker_host_port(self) -> tuple[str, int, bool]:
         return parse_broker(self.mqtt.broker)
 
+    def broker_endpoint(self) -> BrokerEndpoint:
+        """The broker with TLS and credentials, checked (files exist, no password in the clear)."""
+        m = self.mqtt
+        return endpoint(m.broker, ca=m.ca, cert=m.cert, key=m.key, username=m.username, password_file=m.password_file)
+
     @property
     def socket_path(self) -> str:
         """The local API's Unix socket ('' when there is none); relative paths are in state_dir."""
@@ -247,17 +277,9 @@ class AgentConfig:
 
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host:port`` → (host, port, tls=False). Only plain MQTT for now."""
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "tcp"):
-        raise ConfigError(f"unsupported broker URL scheme {parsed.scheme!r} in {url!r}; use mqtt://HOST:PORT")
-    try:
-        port = parsed.port or 1883
-    except ValueError:
-        raise ConfigError(f"broker URL {url!r} has an invalid port") from None
-    return parsed.hostname or "127.0.0.1", port, False
+    """``mqtt[s]://host:port`` → (host, port, tls); credentials: :func:`device_agent.broker.endpoint`."""
+    host, port, tls, _user, _password = parse_url(url)
+    return host, port, tls
 
 
 def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:

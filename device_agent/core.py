@@ -67,15 +67,17 @@ from .actions import (
     Subscribe,
     Unsubscribe,
 )
-from .bundle import FloorEntry, verify
+from .bundle import DeviceProfile, FloorEntry, verify
 from .config import CoreSettings, Limits
 from .errors import (
     AgentError,
     BundleTooLarge,
     ChunkRejected,
+    ClockUntrusted,
     CommandRejected,
     DesiredRejected,
     HashMismatch,
+    InputSourceFailed,
     Lifecycle,
     ProtocolError,
     SamplesRejected,
@@ -97,6 +99,7 @@ from .events import (
     ResendDone,
     Restored,
     RowRejected,
+    SourceFailed,
     Started,
     Stopping,
     Tick,
@@ -163,6 +166,7 @@ class AgentCore:
         settings: CoreSettings | None = None,
         limits: Limits | None = None,
         trust_error: str = "",
+        profile: DeviceProfile | None = None,
         answered: tuple[str, ...] = (),
     ) -> None:
         self.device = check_id("device id", device_id)
@@ -174,6 +178,8 @@ class AgentCore:
         self.settings = settings or CoreSettings()
         self.limits = limits or Limits()
         self.state = persisted  # the durable state as the last SaveState/Commit wrote it
+        self.profile = profile or DeviceProfile()  # what bundles' compat is checked against
+        self.clock_untrusted = False  # the clock is behind the newest signed time seen
 
         self.phase = Phase.ACTIVE if persisted.active else Phase.IDLE
         self.connected = False
@@ -265,10 +271,13 @@ class AgentCore:
             self._on_committed(event, now, out)
         elif isinstance(event, ResendDone):
             self._on_resend_done(event, now, out)
+        elif isinstance(event, SourceFailed):
+            failure = InputSourceFailed(f"input {event.source} failed ({event.detail}); it is restarted")
+            self._fail_event(out, now, failure)
         elif isinstance(event, Stopping):
             self._on_stopping(event, now, out)
         # Phase changes go out at once; progress and counters at most every reported_min_interval_s.
-        due = self._phase_changed or now - self._last_reported >= self.settings.reported_min_interval_s
+        due = self._phase_changed or _elapsed(self._last_reported, now, self.settings.reported_min_interval_s)
         if self._reported_dirty and self.connected and due:
             out.append(self._reported(now))
         return out
@@ -300,6 +309,7 @@ class AgentCore:
             failures=dict(self.failures),
             suppressed=dict(self.suppressed),
             counters=dict(self.stats.counters),
+            clock_untrusted=self.clock_untrusted,
         )
 
     # ── connection ──────────────────────────────────────────────────────────────────
@@ -382,14 +392,17 @@ class AgentCore:
         doc = DesiredState.from_json(body)
         if doc.target != (f"device:{self.device}" if source == "device" else source):
             raise DesiredRejected(f"document is addressed to {doc.target!r}, not to this topic's {source!r}")
-        if doc.expires is not None and doc.expires <= now:
+        if doc.expires is not None and doc.expires <= self.clock(now):
             raise DesiredRejected(f"desired state seq {doc.seq} expired")
         known = self.state.desired_seq.get(source, 0)
         if doc.seq < known:
             raise DesiredRejected(f"desired state seq {doc.seq} is older than seq {known}, already accepted")
         fresh = doc.seq > known
-        if fresh:
-            self._save(out, replace(self.state, desired_seq={**self.state.desired_seq, source: doc.seq}))
+        signed = max(self.state.signed_time, doc.issued or 0.0)
+        if fresh or signed > self.state.signed_time:
+            seqs = {**self.state.desired_seq, source: doc.seq}
+            self._save(out, replace(self.state, desired_seq=seqs, signed_time=signed))
+            self._check_clock(now, out)
         self.desired[source] = Goal(source, doc.seq, doc.bundle)
         self._pursue(now, out, retry=fresh)
 
@@ -410,7 +423,7 @@ class AgentCore:
                 f"command {cmd.id!r} asks for {asked} messages, above {self.settings.resend_max_messages}"
             )
         start, handled = self._commands
-        if now - start >= self.settings.event_period_s:
+        if _elapsed(start, now, self.settings.event_period_s):
             start, handled = now, 0
         if handled >= self.settings.resend_burst:
             limit = self.settings.resend_burst
@@ -650,7 +663,8 @@ class AgentCore:
             bundle = verify(
                 data,
                 self.trust,
-                now=now,
+                now=self.clock(now),
+                device=self.profile,
                 floor=self.floor,
                 expect_name=goal.bundle.name,
                 expect_sha256=goal.sha256,
@@ -739,6 +753,7 @@ class AgentCore:
     # ── periodic work ───────────────────────────────────────────────────────────────
 
     def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
+        self._check_clock(now, out)
         if self.phase == Phase.TRIAL and event.stats.trial != self.stats.trial:
             self._reported_dirty = True  # a deploy that waits shows the trial's rows
         self.stats = event.stats
@@ -761,7 +776,7 @@ class AgentCore:
             self.retry_pursue_at = None
             if self.connected:
                 self._pursue(now, out, retry=True)
-        if self.connected and now - self._last_hb >= self.settings.heartbeat_interval_s:
+        if self.connected and _elapsed(self._last_hb, now, self.settings.heartbeat_interval_s):
             self._last_hb = now
             hb = Heartbeat(
                 ts=now,
@@ -775,6 +790,29 @@ class AgentCore:
             )
             # Retained so `edgekit fleet status` sees counters and last-seen without waiting.
             out.append(Publish(self.topics.hb(self.device), hb.encode(), qos=0, retain=True))
+
+    def clock(self, now: float) -> float:
+        """The time expiry is judged by: the device's clock, but never earlier than the newest
+        signed time already seen (a clock reset to 1970 must not make old documents valid)."""
+        return max(now, self.state.signed_time)
+
+    def _check_clock(self, now: float, out: list[Action]) -> None:
+        behind = self.state.signed_time - now
+        untrusted = behind > self.settings.clock_tolerance_s
+        if untrusted == self.clock_untrusted:
+            return
+        self.clock_untrusted = untrusted
+        self._reported_dirty = True
+        self._phase_changed = True  # reported at once, like a phase change
+        if untrusted:
+            self._fail_event(
+                out,
+                now,
+                ClockUntrusted(
+                    f"the clock is {behind:.0f} s behind the newest signed time seen; "
+                    "expiry is judged by that signed time until the clock catches up"
+                ),
+            )
 
     def _on_drift(self, event: DriftReady, now: float, out: list[Action]) -> None:
         self.seq += 1
@@ -839,7 +877,7 @@ class AgentCore:
             self.last_runtime_error = record
         self._reported_dirty = True
         start, sent = self._burst.get(code, (now, 0))
-        if now - start >= self.settings.event_period_s:
+        if _elapsed(start, now, self.settings.event_period_s):
             skipped = self.suppressed.pop(code, 0)
             if skipped:
                 self._event(out, now, Lifecycle.SUPPRESSED, f"{skipped} more '{code}' events in the last period")
@@ -877,6 +915,12 @@ class AgentCore:
         self._reported_dirty = False
         self._phase_changed = False
         return Publish(self.topics.reported(self.device), self.summary(now).encode(), retain=True)
+
+
+def _elapsed(since: float, now: float, period: float) -> bool:
+    """``period`` has passed since ``since`` — or the clock went back past it: a clock set
+    back must not silence heartbeats, reports and events until it catches up again."""
+    return now - since >= period or now < since
 
 
 def _transient(code: str) -> bool:

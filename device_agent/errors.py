@@ -11,6 +11,7 @@ lifecycle events it reports beside them.
      ├── ProtocolError       a message on a subscribed topic is malformed
      ├── TransferError       a chunk of a bundle transfer is bad
      ├── ClientError         a local application's request cannot be answered as a whole
+     ├── DeviceError         the device around the agent: its clock, its input sources
      └── InternalError       the agent's own invariants (an illegal phase change), its configuration
 
 Each class carries a stable ``code`` that appears in failure events on the wire, so the
@@ -360,6 +361,31 @@ class TooManyClients(ClientError):
 
     code = "client.busy"
     action = "Keep one connection per application (the Python client does), or raise api.max_clients."
+
+
+# ── the device around the agent ────────────────────────────────────────────────────
+
+
+class DeviceError(AgentError):
+    """Something about the device itself, not a bundle or a message, needs attention."""
+
+    code = "device.error"
+    action = "Read the event's detail and the agent's log on the device."
+
+
+class ClockUntrusted(DeviceError):
+    """The device's clock is earlier than the newest signed time the agent has seen (a desired
+    state's issue time): expiry is judged against that signed time instead, until the clock catches up."""
+
+    code = "clock.untrusted"
+    action = "Set the device's clock (NTP, an RTC with a battery); the agent uses the signed time meanwhile."
+
+
+class InputSourceFailed(DeviceError):
+    """An input source (stdin, a CSV replay) stopped with an error; the agent restarts it."""
+
+    code = "source.failed"
+    action = "Look at what feeds the agent (the event's detail names the error); the source is restarted."
 
 
 # ── the agent itself ──────────────────────────────────────────────────────────────────

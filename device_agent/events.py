@@ -97,6 +97,14 @@ class ResendDone:
 
 
 @dataclass(frozen=True)
+class SourceFailed:
+    """An input source (stdin, a CSV replay) stopped with an error; it is being restarted."""
+
+    source: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class Stopping:
     reason: str = "shutdown"
 
@@ -114,5 +122,6 @@ Event = (
     | TrialDone
     | Committed
     | ResendDone
+    | SourceFailed
     | Stopping
 )

@@ -22,7 +22,8 @@ Requests:
   them) → ``{"id": "t1", "bundle": "pump@3", "prediction": [...], "confidence": [...],
   "errors": [{"row": 7, "error": "row.not_finite", "detail": "..."}]}``: answers as columns, a
   failed row's prediction ``null``. JSON text costs more than a cheap model (parsing 16,000
-  numbers takes milliseconds); this form skips it on both sides;
+  numbers takes milliseconds); this form skips it on both sides. With ``"answer": "binary"`` in
+  the header the answer's columns come back as raw bytes too (:func:`binary_answer`);
 * ``{"op": "health"}`` → ``{"health": {...}}`` (:class:`Health`).
 
 A request that cannot be answered as a whole (too long, too many rows, an unknown op) gets
@@ -66,6 +67,7 @@ class TensorRequest:
     rows: int
     cols: int
     dtype: str  # "float32" or "float64", little-endian
+    binary: bool = False  # answer with a header line and the columns' raw bytes
 
     @property
     def nbytes(self) -> int:
@@ -79,6 +81,10 @@ class HealthRequest:
 
 Request = RowRequest | BatchRequest | TensorRequest | HealthRequest
 TENSOR_DTYPES = {"float32": 4, "float64": 8}  # bytes per value
+ANSWER_FORMS = ("json", "binary")
+# A binary answer's columns: name → (dtype, array typecode). A classifier answers class_index
+# (-1 for a failed row) and confidence (NaN); a regressor answers prediction (NaN).
+ANSWER_COLUMNS = {"class_index": ("int32", "i"), "confidence": ("float32", "f"), "prediction": ("float64", "d")}
 
 
 def parse(obj: Any, max_batch_rows: int, max_bytes: int) -> Request:
@@ -93,7 +99,10 @@ def parse(obj: Any, max_batch_rows: int, max_bytes: int) -> Request:
             return HealthRequest(rid)
         raise BadRequest(f"unknown op {str(obj['op'])[:40]!r}; the agent knows {OP_HEALTH!r}")
     if "tensor" in obj:
-        return _tensor(obj["tensor"], rid, max_batch_rows, max_bytes)
+        answer = obj.get("answer", "json")
+        if answer not in ANSWER_FORMS:
+            raise BadRequest(f"'answer' {str(answer)[:20]!r}: use {' or '.join(ANSWER_FORMS)}")
+        return _tensor(obj["tensor"], rid, max_batch_rows, max_bytes, binary=answer == "binary")
     if "rows" in obj:
         rows = obj["rows"]
         if not isinstance(rows, list):
@@ -104,7 +113,7 @@ def parse(obj: Any, max_batch_rows: int, max_bytes: int) -> Request:
     return RowRequest(obj)
 
 
-def _tensor(spec: Any, rid: Any, max_rows: int, max_bytes: int) -> TensorRequest:
+def _tensor(spec: Any, rid: Any, max_rows: int, max_bytes: int, binary: bool) -> TensorRequest:
     if not isinstance(spec, dict):
         raise BadRequest('\'tensor\' must be {"shape": [rows, columns], "dtype": "float32"}')
     shape, dtype = spec.get("shape"), spec.get("dtype", "float32")
@@ -112,7 +121,7 @@ def _tensor(spec: Any, rid: Any, max_rows: int, max_bytes: int) -> TensorRequest
         raise BadRequest("tensor 'shape' must be [rows, columns], two non-negative integers")
     if dtype not in TENSOR_DTYPES:
         raise BadRequest(f"tensor 'dtype' {str(dtype)[:20]!r}: use {' or '.join(TENSOR_DTYPES)}")
-    request = TensorRequest(rid, shape[0], shape[1], dtype)
+    request = TensorRequest(rid, shape[0], shape[1], dtype, binary)
     if request.rows > max_rows:
         raise RequestTooLarge(f"the batch has {request.rows} rows; this agent takes at most {max_rows}")
     if request.nbytes > max_bytes:
@@ -177,12 +186,25 @@ def batch_request(rows: Sequence[Sequence[Any] | Mapping[str, Any]], rid: Any = 
     return encode(body)
 
 
-def tensor_request(data: bytes, rows: int, cols: int, dtype: str = "float32", rid: Any = None) -> bytes:
-    """A tensor batch: the header line, then ``data`` (``rows × cols`` little-endian values)."""
+def tensor_request(
+    data: bytes, rows: int, cols: int, dtype: str = "float32", rid: Any = None, binary: bool = False
+) -> bytes:
+    """A tensor batch: the header line, then ``data`` (``rows × cols`` little-endian values).
+    ``binary`` asks for the answer's columns as raw bytes after its header line."""
     body: dict[str, Any] = {"tensor": {"shape": [rows, cols], "dtype": dtype}}
+    if binary:
+        body["answer"] = "binary"
     if rid is not None:
         body["id"] = rid
     return encode(body) + data
+
+
+def binary_answer(header: dict[str, Any], columns: Sequence[tuple[str, bytes]]) -> bytes:
+    """A binary tensor answer: one JSON line saying which columns follow and how many bytes
+    they take, then the columns' raw little-endian bytes, one column after the other."""
+    header["columns"] = [[name, ANSWER_COLUMNS[name][0]] for name, _ in columns]
+    header["nbytes"] = sum(len(data) for _, data in columns)
+    return encode(header) + b"".join(data for _, data in columns)
 
 
 def health_request(rid: Any = None) -> bytes:

@@ -42,8 +42,11 @@ class MqttLink:
         post: Callable[[Event | Acked], None],
         will: Callable[[int], tuple[str, bytes]],
         bdseq: int,
+        sign: Callable[[str, bytes], bytes] | None = None,
     ) -> None:
+        """``sign`` adds the device's signature to each document (device_agent.telemetry_sig)."""
         self.config = config
+        self.sign = sign or (lambda _topic, payload: payload)
         self.post = post
         self.will = will
         self.bdseq = bdseq
@@ -51,7 +54,9 @@ class MqttLink:
         self.max_packet: int | None = None
         self._recent: list[paho.MQTTMessageInfo] = []  # last publishes, awaited at shutdown
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
-        client.will_set(*will(bdseq), 1, True)
+        self.endpoint = config.broker_endpoint()
+        self.endpoint.apply(client)  # TLS and credentials: the device's identity on the broker
+        client.will_set(*self._signed_will(bdseq), 1, True)
         # paho backs off exponentially but without jitter: a random first delay spreads a fleet
         # that lost its broker at the same moment over the reconnect window.
         mqtt = config.mqtt
@@ -62,11 +67,11 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.on_connect_fail = lambda *_: log.warning("cannot reach the broker at %s; retrying", mqtt.broker)
+        client.on_connect_fail = lambda *_: log.warning("cannot reach the broker at %s; retrying", self.endpoint)
         self.client = client
 
     def connect(self) -> None:
-        host, port, _tls = self.config.broker_host_port
+        host, port = self.endpoint.host, self.endpoint.port
         # Announce our Maximum Packet Size: the broker then never sends us a message larger
         # than we accept, instead of our reading 100 MB only to refuse it.
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -89,7 +94,12 @@ class MqttLink:
 
     # ── requests from the worker ────────────────────────────────────────────────────
 
+    def _signed_will(self, bdseq: int) -> tuple[str, bytes]:
+        topic, payload = self.will(bdseq)
+        return topic, self.sign(topic, payload)
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
+        payload = self.sign(topic, payload)
         if not self._fits(topic, payload):
             return None
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -139,7 +149,7 @@ class MqttLink:
         # set here because paho reconnects on its own before the worker would see this.
         self.bdseq += 1
         with contextlib.suppress(Exception):
-            client.will_set(*self.will(self.bdseq), 1, True)
+            client.will_set(*self._signed_will(self.bdseq), 1, True)
         self.post(Disconnected(str(reason)))
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

@@ -723,9 +723,10 @@ class Reported(Document):
     failures: Mapping[str, int] = field(default_factory=dict)  # code -> count since boot
     suppressed: Mapping[str, int] = field(default_factory=dict)  # code -> events not sent (rate limit)
     counters: Mapping[str, int] = field(default_factory=dict)
+    clock_untrusted: bool = False  # the device's clock is behind the newest signed time it has seen
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "ts": self.ts,
             "boot_id": self.boot_id,
@@ -743,6 +744,9 @@ class Reported(Document):
             "suppressed": dict(self.suppressed),
             "counters": dict(self.counters),
         }
+        if self.clock_untrusted:  # written only when true: older hosts never see it
+            doc["clock_untrusted"] = True
+        return doc
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Self:
@@ -765,6 +769,7 @@ class Reported(Document):
             failures=int_map(obj, "failures", what),
             suppressed=int_map(obj, "suppressed", what),
             counters=int_map(obj, "counters", what),
+            clock_untrusted=obj.get("clock_untrusted") is True,
         )
 
 

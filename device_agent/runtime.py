@@ -17,6 +17,7 @@ calls with its lock.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import HEALTH, MODEL, ModelSpec, VerifiedBundle
+from .bundle import HEALTH, MODEL, DeviceProfile, ModelSpec, VerifiedBundle
 from .errors import (
     BadValue,
     HealthCheckFailed,
@@ -41,6 +42,24 @@ from .features import DATETIME, Expander, Feature
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _OVERFLOW = "the model's output is not finite: an input value is probably outside the model's float range"
+
+
+@functools.cache
+def max_opset() -> int | None:
+    """The highest default-domain ONNX opset this onnxruntime knows, from its operator schemas
+    (None when this build does not expose them): what a bundle's ``compat.opset`` is held to."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        versions = [s.since_version for s in state.get_all_operator_schema() if s.domain in ("", "ai.onnx")]
+    except Exception:  # a build without the schemas: the opset is left to the load
+        return None
+    return max(versions) if versions else None
+
+
+def device_profile(device_class: str) -> DeviceProfile:
+    """This device, as bundles' ``compat`` sees it."""
+    return DeviceProfile(device_class=device_class, runtime=ort.__version__, max_opset=max_opset)
 
 
 class Prediction(NamedTuple):

@@ -135,6 +135,7 @@ class Slots:
                 desired_seq={str(k): int(v) for k, v in doc.get("desired_seq", {}).items()},
                 bdseq=int(doc.get("bdseq", 0)),
                 interrupted={str(k): int(v) for k, v in doc.get("interrupted", {}).items()},
+                signed_time=float(doc.get("signed_time", 0.0)),
             )
         except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StorageError(f"state file {self.root / STATE} is damaged: {exc}") from None
@@ -147,6 +148,7 @@ class Slots:
             "desired_seq": dict(state.desired_seq),
             "bdseq": state.bdseq,
             "interrupted": dict(state.interrupted),
+            "signed_time": state.signed_time,
         }
         try:
             atomic_write(self.root / STATE, json.dumps(doc, indent=1, sort_keys=True).encode())

@@ -15,8 +15,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, TextIO
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -151,35 +151,97 @@ def answer_matrix(engine: InferenceEngine, x: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def not_json(engine: InferenceEngine) -> dict[str, Any]:
-    err = BadValue("input line is not valid JSON")
+def answer_matrix_binary(engine: InferenceEngine, x: np.ndarray) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """A tensor batch → its answer header and raw columns: no number is written as text, so the
+    answer costs the agent (and the caller) next to nothing beside the model."""
+    try:
+        model, cols = engine.serve_matrix(x)
+    except RowError as exc:
+        for _ in range(len(x)):
+            engine.reject(exc)
+        return error_answer(exc), []
+    header: dict[str, Any] = {"rows": len(x)}
+    label = _label(model)
+    if label is not None:
+        header["bundle"] = label
+    header["errors"] = [{"row": i, "error": e.code, "detail": e.detail} for i, e in sorted(cols.errors.items())]
+    if model is not None and model.spec.task == "classification":
+        header["classes"] = list(model.spec.classes)
+        columns = [
+            ("class_index", cols.class_index.astype("<i4", copy=False).tobytes()),
+            ("confidence", cols.score.astype("<f4").tobytes()),
+        ]
+    else:
+        prediction = cols.score.astype("<f8", copy=True)
+        prediction[list(cols.errors)] = math.nan
+        columns = [("prediction", prediction.tobytes())]
+    return header, columns
+
+
+def not_json(engine: InferenceEngine, why: str = "input line is not valid JSON") -> dict[str, Any]:
+    err = BadValue(why)
     engine.reject(err)
     return error_answer(err)
 
 
-def answer_line(engine: InferenceEngine, line: str | bytes) -> dict[str, Any]:
-    """One line of text holding one row → its answer."""
+def parse_json(line: str | bytes) -> Any:
+    """A line of JSON, or ValueError for anything else: bytes that are not UTF-8, and documents
+    nested too deeply for the parser (Python's parser recurses: ``[[[[...`` raises RecursionError)."""
     try:
-        obj = json.loads(line)
-    except ValueError:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("input line is nested too deeply") from None
+
+
+def answer_line(engine: InferenceEngine, line: str | bytes) -> dict[str, Any]:
+    """One line of text holding one row → its answer. Never raises: one line cannot stop a feed."""
+    try:
+        obj = parse_json(line.decode() if isinstance(line, bytes) else line)
+    except ValueError:  # UnicodeDecodeError included
         return not_json(engine)
-    return answer_object(engine, obj)
+    try:
+        return answer_object(engine, obj)
+    except Exception as exc:  # e.g. an id that cannot be echoed; the feed goes on
+        return error_answer(_unexpected(engine, exc))
 
 
-def serve_lines(engine: InferenceEngine, lines: Iterator[str], out: TextIO) -> int:
+def bounded_lines(stream: BinaryIO, max_bytes: int) -> Iterator[bytes | RowError]:
+    """The stream's lines, each at most ``max_bytes``; a longer one is read to its end in
+    pieces (never held whole) and becomes the error to answer it with."""
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line
+            continue
+        size = len(line)
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(max_bytes + 1)
+            size += len(line)
+        yield BadValue(f"input line of {size} bytes is above input.max_line_bytes ({max_bytes}); it was skipped")
+
+
+def serve_lines(engine: InferenceEngine, lines: Iterable[str | bytes | RowError], out: TextIO) -> int:
     count = 0
     for line in lines:
-        line = line.strip()
-        if not line:
-            continue
+        if isinstance(line, RowError):
+            engine.reject(line)
+            result = error_answer(line)
+        else:
+            line = line.strip()
+            if not line:
+                continue
+            result = answer_line(engine, line)
         count += 1
-        out.write(json.dumps(answer_line(engine, line), default=str) + "\n")
+        out.write(json.dumps(result, default=str) + "\n")
         out.flush()
     return count
 
 
-def serve_stdin(engine: InferenceEngine) -> int:
-    return serve_lines(engine, iter(sys.stdin.readline, ""), sys.stdout)
+def serve_stdin(engine: InferenceEngine, max_line_bytes: int = 1 << 20) -> int:
+    """Rows on stdin, read as bytes: a line that is not text is answered, not fatal."""
+    return serve_lines(engine, bounded_lines(sys.stdin.buffer, max_line_bytes), sys.stdout)
 
 
 def csv_rows(path: str) -> Iterator[dict[str, str] | RowError]:

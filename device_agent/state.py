@@ -22,3 +22,4 @@ class Persisted:
     desired_seq: Mapping[str, int] = field(default_factory=dict)  # target -> highest accepted sequence
     bdseq: int = 0  # birth/death sequence of the latest connection
     interrupted: Mapping[str, int] = field(default_factory=dict)  # sha -> trials cut short by a restart
+    signed_time: float = 0.0  # the newest issue time of an accepted signed document (Unix s)

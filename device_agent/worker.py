@@ -65,7 +65,7 @@ from .events import (
 from .outbox import Outbox
 from .protocol import DeviceEvent, OutboxStats, Stats, Topics
 from .resources import ResourceMeter
-from .runtime import LoadedModel
+from .runtime import LoadedModel, device_profile
 from .slots import Slots
 from .trust import Trust
 
@@ -351,8 +351,8 @@ class Worker:
         """Serve the bundle that was active before the restart, re-verified from disk."""
         ref = action.bundle
         try:
-            if self.trust is None:
-                raise TrustError(self.core.trust_error or "no trust file: the active bundle cannot be verified")
+            # Re-opened as installed: expiry and the trust file guard installing, never the
+            # model that already serves (the state file names it by its SHA-256).
             bundle = verify(
                 self.slots.read_bundle(ref.sha256),
                 self.trust,
@@ -361,6 +361,7 @@ class Worker:
                 expect_sha256=ref.sha256,
                 limits=self.config.limits,
                 keep_model=False,
+                installed=True,
             )
             model = self._load(bundle)
             model.health_check()
@@ -468,6 +469,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         from .mqtt import MqttLink  # paho only where a real connection is made
+        from .telemetry_sig import load_signer
 
         self.config = config
         slots = Slots(config.state_dir)
@@ -492,6 +494,7 @@ class Agent:
             topics=topics,
             settings=config.core,
             limits=config.limits,
+            profile=device_profile(config.device_class),
         )
         self.worker = Worker(config, self.core, slots, outbox, trust)
         self.core.answered = self.worker.samples.answered()
@@ -503,6 +506,7 @@ class Agent:
             post=self.worker.queue.put,
             will=lambda bdseq: (topics.state(config.device_id), self.core.will_payload(bdseq)),
             bdseq=persisted.bdseq + 1,
+            sign=load_signer(config.telemetry_key) if config.telemetry_key else None,
         )
 
     def start(self) -> None:

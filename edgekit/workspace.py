@@ -21,8 +21,12 @@ STATE = ".edgekit"
 
 _TEMPLATE = """# edgekit workspace
 [fleet]
-broker = "{broker}"   # MQTT broker the CLI talks to (deploy, fleet status)
+broker = "{broker}"   # MQTT broker the CLI talks to (deploy, fleet status); mqtts://HOST:8883 for TLS
 prefix = "{prefix}"        # topic prefix: one prefix per fleet
+# ca = ".edgekit/pki/ca.pem"            # mqtts://: the fleet CA the broker's certificate is checked against
+# cert = ".edgekit/pki/hosts/deploy.pem" # this host's client certificate on the broker (edgekit broker config)
+# key = ".edgekit/pki/hosts/deploy.key"
+# username = "deploy"                    # or a password: password_file = "…", or EDGEKIT_MQTT_PASSWORD
 
 [train]
 seed = 0
@@ -77,6 +81,18 @@ class Workspace:
     @property
     def broker(self) -> str:
         return str(os.environ.get("EDGEKIT_BROKER") or self.setting("fleet", "broker", "mqtt://127.0.0.1:1883"))
+
+    def broker_files(self) -> dict[str, str]:
+        """[fleet] ca, cert, key, username, password_file; relative paths are the workspace's."""
+        out: dict[str, str] = {}
+        for key in ("ca", "cert", "key", "username", "password_file"):
+            value = self.setting("fleet", key, "")
+            if not isinstance(value, str):
+                raise WorkspaceError(f"[fleet] {key} in edgekit.toml must be a string, got {value!r}")
+            if value and key != "username":
+                value = str(self.root / value)
+            out[key] = value
+        return out
 
     @property
     def prefix(self) -> str:

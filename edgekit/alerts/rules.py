@@ -39,7 +39,7 @@ from .config import (
     PredictionDriftRule,
     SkewRule,
 )
-from .facts import BundleInfo, DeviceFacts, FleetFacts, Window
+from .facts import Beat, BundleInfo, DeviceFacts, FleetFacts, Window
 
 FIRE, HOLD = "fire", "hold"
 MIB = float(1 << 20)
@@ -394,6 +394,32 @@ def fleet_drift(facts: FleetFacts, cfg: FleetDriftRule, drift_cfg: DriftRule) ->
 # ── serving: errors, offline, latency, confidence ─────────────────────────────────────
 
 
+def refused(beats: Sequence[Beat]) -> tuple[int, int]:
+    """(rows refused, rows received) between the first and last of ``beats`` (oldest first),
+    from the heartbeats' cumulative counters, boot by boot (a restart starts them at zero).
+    The error-rate rule and the rollout gate count alike."""
+    rejected = rows = 0
+    by_boot: dict[str, list[Beat]] = {}
+    for b in beats:
+        if b.served is not None and b.rejected is not None:
+            by_boot.setdefault(b.boot_id, []).append(b)
+    for run in by_boot.values():
+        a, z = run[0], run[-1]
+        assert a.served is not None and a.rejected is not None and z.served is not None and z.rejected is not None
+        r = max(0, z.rejected - a.rejected)
+        rejected += r
+        rows += max(0, z.served - a.served) + r
+    return rejected, rows
+
+
+def low_counts(reports: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """(low-confidence predictions, predictions with a confidence) over window reports: what
+    the low-confidence rule and the rollout gate compare."""
+    low = sum(int(r.get("low_confidence") or 0) for r in reports)
+    counted = sum(sum((r.get("confidence") or {}).get("counts") or []) for r in reports)
+    return low, counted
+
+
 def error_rate(facts: FleetFacts, cfg: ErrorRateRule) -> Iterator[Finding]:
     for dev in facts.devices.values():
         if not dev.beats:
@@ -410,9 +436,7 @@ def error_rate(facts: FleetFacts, cfg: ErrorRateRule) -> Iterator[Finding]:
         if len(beats) < 2:
             continue
         a, b = beats[0], beats[-1]
-        assert a.served is not None and a.rejected is not None and b.served is not None and b.rejected is not None
-        rejected = max(0, b.rejected - a.rejected)
-        rows = max(0, b.served - a.served) + rejected
+        rejected, rows = refused(beats)
         if rows == 0 or rejected == 0:
             continue
         rate = rejected / rows
@@ -539,8 +563,7 @@ def low_confidence(facts: FleetFacts, cfg: LowConfidenceRule) -> Iterator[Findin
         windows = _judged_recent(dev, cfg.windows)
         if not windows:
             continue
-        low = sum(int(w.report.get("low_confidence") or 0) for w in windows)
-        counted = sum(sum((w.report.get("confidence") or {}).get("counts") or []) for w in windows)
+        low, counted = low_counts([w.report for w in windows])
         if counted <= 0:
             continue  # a regressor, or nothing served
         rate = low / counted

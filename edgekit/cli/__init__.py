@@ -92,6 +92,15 @@ def _register() -> None:
     for module in (workspace, keys, runs, bundles, registry, fleet, history, delivery, serve, report, field):
         for command in module.COMMANDS:
             main.add_command(command)
+    from . import devices  # a secured fleet: enrolment (the broker's configuration: broker config)
+
+    for command in devices.COMMANDS:
+        main.add_command(command)
+
+    from . import broker
+
+    for command in broker.COMMANDS:
+        main.add_command(command)
 
 
 _register()

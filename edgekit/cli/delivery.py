@@ -10,6 +10,7 @@ import click
 from .. import registry, workspace
 from ..fleet.gc import collect_garbage
 from ..rollback import rollback
+from .connection import BrokerChoice, broker_options
 from .output import emit, json_option
 
 
@@ -19,16 +20,16 @@ def bundles_group() -> None:
 
 
 @bundles_group.command("gc")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
-def gc_cmd(broker: str | None, dry_run: bool, as_json: bool) -> None:
+def gc_cmd(broker: BrokerChoice, dry_run: bool, as_json: bool) -> None:
     """Clear retained bundle versions that no device needs (active, previous or desired).
 
     Example: edgekit bundles gc --dry-run
     """
     ws = workspace.find()
-    report = collect_garbage(broker or ws.broker, ws.prefix, dry_run=dry_run, protected=registry.protected_versions(ws))
+    report = collect_garbage(broker.resolve(ws), ws.prefix, dry_run=dry_run, protected=registry.protected_versions(ws))
 
     def text(d: dict[str, Any]) -> str:
         verb = "would remove" if d["dry_run"] else "removed"

@@ -7,14 +7,17 @@ from typing import Any
 
 import click
 
+from device_agent.broker import BrokerEndpoint
 from device_agent.trust import ROLE_BUNDLE, ROLE_DEPLOY
 
 from .. import keys, workspace
-from ..errors import UsageError
+from ..errors import UsageError, WorkspaceError
 from ..fleet.deploy import Target
 from ..fleet.release import release
 from ..fleet.status import fleet_view, forget
+from ..fleet.verify import TelemetryCheck
 from ..progress import Progress, for_cli
+from .connection import BrokerChoice, broker_options
 from .output import ago, emit, json_option, table
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
@@ -60,7 +63,7 @@ class DeployWatch:
 @click.argument("bundle")
 @click.option("--device", default=None, help="Target one device.")
 @click.option("--group", default=None, help="Target a group of devices.")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--key", "key_name", default=None, help="Deploy key (default: the workspace's only 'deploy' key).")
 @click.option("--wait", type=float, default=0.0, help="Wait up to N seconds for the devices to report.")
 @click.option(
@@ -71,7 +74,7 @@ def deploy_cmd(
     bundle: str,
     device: str | None,
     group: str | None,
-    broker: str | None,
+    broker: BrokerChoice,
     key_name: str | None,
     wait: float,
     force: bool,
@@ -94,7 +97,7 @@ def deploy_cmd(
             ws,
             bundle,
             target,
-            broker=broker or ws.broker,
+            broker=broker.resolve(ws),
             bundle_key=keys.pick_key(ws, ROLE_BUNDLE, key_name),
             deploy_key=keys.pick_key(ws, ROLE_DEPLOY, key_name),
             force=force,
@@ -146,7 +149,13 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
                 f"{err.get('code')}: {str(err.get('detail'))[:50]}" if err else "-",
             ]
         )
-    return table(rows, ["DEVICE", "STATUS", "ACTIVE", "DEPLOYMENT", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"])
+    header = ["DEVICE", "STATUS", "ACTIVE", "DEPLOYMENT", "SERVED", "ERRORS", "DRIFT", "LAST FAILURE"]
+    if any(d.get("trust", "open") != "open" for d in devices):  # a secured fleet: say what was believed
+        header.append("TRUST")
+        for row, d in zip(rows, devices, strict=True):
+            bad = ", ".join(f"{k}: {v}" for k, v in sorted((d.get("unverified") or {}).items()))
+            row.append(f"{d['trust'].upper()} ({bad})" if bad else d["trust"])
+    return table(rows, header)
 
 
 @click.group("fleet")
@@ -155,13 +164,19 @@ def fleet_group() -> None:
     drift, events and alerts from the telemetry store that edgekit serve fills."""
 
 
-def _where(broker: str | None, prefix: str | None) -> tuple[str, str]:
-    ws = workspace.find() if broker is None or prefix is None else None
-    return broker or (ws.broker if ws else ""), prefix or (ws.prefix if ws else "")
+def _where(broker: BrokerChoice, prefix: str | None) -> tuple[BrokerEndpoint, str, TelemetryCheck]:
+    """Broker, prefix and the telemetry check of the workspace (an open fleet without one)."""
+    try:
+        ws: workspace.Workspace | None = workspace.find()
+    except WorkspaceError:
+        if not broker.given or prefix is None:
+            raise
+        ws = None
+    return broker.resolve(ws), prefix or (ws.prefix if ws else ""), TelemetryCheck.from_workspace(ws)
 
 
 @fleet_group.command("status")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--prefix", default=None, help="Topic prefix (default: edgekit.toml).")
 @click.option(
     "--stale-after",
@@ -169,12 +184,13 @@ def _where(broker: str | None, prefix: str | None) -> tuple[str, str]:
     help="Leave out devices not seen for longer than this (10m, 2h, 7d); they are listed as hidden.",
 )
 @json_option
-def status_cmd(broker: str | None, prefix: str | None, stale_after: str | None, as_json: bool) -> None:
+def status_cmd(broker: BrokerChoice, prefix: str | None, stale_after: str | None, as_json: bool) -> None:
     """Per device: online/offline/stale, active bundle, counters, drift verdict, last failure.
 
     Example: edgekit fleet status --stale-after 1d --json
     """
-    view = fleet_view(*_where(broker, prefix), parse_duration(stale_after) if stale_after else None)
+    endpoint, where_prefix, check = _where(broker, prefix)
+    view = fleet_view(endpoint, where_prefix, parse_duration(stale_after) if stale_after else None, check)
 
     def text(d: dict[str, Any]) -> str:
         out = _status_text(d["devices"])
@@ -192,14 +208,14 @@ def status_cmd(broker: str | None, prefix: str | None, stale_after: str | None, 
 @fleet_group.command("forget")
 @click.argument("devices", nargs=-1)
 @click.option("--stale-after", default=None, help="Forget every device not seen for longer than this (10m, 2h, 7d).")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--prefix", default=None, help="Topic prefix (default: edgekit.toml).")
 @click.option("--force", is_flag=True, help="Forget named devices even if they are online.")
 @json_option
 def forget_cmd(
     devices: tuple[str, ...],
     stale_after: str | None,
-    broker: str | None,
+    broker: BrokerChoice,
     prefix: str | None,
     force: bool,
     as_json: bool,
@@ -210,8 +226,9 @@ def forget_cmd(
     """
     if bool(devices) == bool(stale_after):
         raise UsageError("name the devices to forget, or give --stale-after (not both)", "e.g. --stale-after 30d")
-    where = _where(broker, prefix)
-    view = fleet_view(*where, parse_duration(stale_after) if stale_after else None)
+    endpoint, where_prefix, check = _where(broker, prefix)
+    where = (endpoint, where_prefix)
+    view = fleet_view(*where, parse_duration(stale_after) if stale_after else None, check)
     known = {d["device"]: d for d in view.devices}
     chosen = list(view.hidden) if stale_after else list(devices)
     unknown = [d for d in chosen if d not in known and d not in view.hidden]

@@ -14,6 +14,7 @@ import click
 
 from .. import workspace
 from ..errors import WorkspaceError
+from .connection import BrokerChoice, broker_options
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +47,7 @@ def _setup_logging(json_log: bool) -> None:
     default=None,
     help="postgresql://… or sqlite:///PATH (default: edgekit.toml [serve] store, else .edgekit/telemetry.db).",
 )
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @click.option("--prefix", default=None, help="Topic prefix (default: edgekit.toml).")
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=None, help="Serve Prometheus /metrics on this port."
@@ -70,7 +71,7 @@ def _setup_logging(json_log: bool) -> None:
 @click.option("--json-log", is_flag=True, help="Log JSON lines on stderr.")
 def serve_cmd(
     store_url: str | None,
-    broker: str | None,
+    broker: BrokerChoice,
     prefix: str | None,
     metrics_port: int | None,
     metrics_addr: str,
@@ -96,6 +97,7 @@ def serve_cmd(
     from ..alerts.service import AlertService
     from ..fleet.collector import Collector, ServeSettings
     from ..fleet.metrics import CollectorMetrics, serve_http
+    from ..fleet.verify import TelemetryCheck
     from ..telemetry import open_store
     from ..telemetry import store_url as telemetry_url
 
@@ -103,7 +105,7 @@ def serve_cmd(
     try:
         ws = workspace.find()
     except WorkspaceError:
-        if store_url is None or broker is None:
+        if store_url is None or not broker.given:
             raise WorkspaceError(
                 "no edgekit workspace here, and no --store and --broker given",
                 "run in a workspace (edgekit init) or pass --store and --broker",
@@ -130,7 +132,12 @@ def serve_cmd(
         alerts = AlertService(alert_config, BundleCatalog(ws), settings.prefix, runner=runner)
     metrics = CollectorMetrics()
     collector = Collector(
-        lambda: open_store(str(url)), broker or (ws.broker if ws else ""), settings, metrics, alerts=alerts
+        lambda: open_store(str(url)),
+        broker.resolve(ws),
+        settings,
+        metrics,
+        alerts=alerts,
+        check=TelemetryCheck.from_workspace(ws),
     )
     server = None
     if port is not None:

@@ -8,25 +8,63 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from ..errors import FleetError
+from device_agent.broker import BrokerEndpoint, endpoint
+from device_agent.errors import ConfigError
+
+from ..errors import FleetError, UsageError
+
+Broker = str | BrokerEndpoint  # a URL (credentials from the URL or the environment), or a resolved endpoint
 
 
-def parse_broker(url: str) -> tuple[str, int]:
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in ("mqtt", "tcp"):
-        raise FleetError(f"unsupported broker URL {url!r}", "use mqtt://HOST:PORT")
-    return parsed.hostname or "127.0.0.1", parsed.port or 1883
+def resolve(broker: Broker) -> BrokerEndpoint:
+    """The endpoint of a URL or an endpoint; a bad URL or file is a usage error, one line."""
+    if isinstance(broker, BrokerEndpoint):
+        return broker
+    try:
+        return endpoint(broker)
+    except ConfigError as exc:
+        raise UsageError(exc.detail, "see 'edgekit deploy --help' for the --broker options") from None
+
+
+def parse_broker(url: Broker) -> tuple[str, int]:
+    ep = resolve(url)
+    return ep.host, ep.port
+
+
+def new_client(broker: BrokerEndpoint, client_id: str) -> paho.Client:
+    """A paho MQTT 5 client with the endpoint's TLS and credentials set."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+    try:
+        broker.apply(client)
+    except (OSError, ValueError) as exc:  # ssl.SSLError: a CA, cert or key file that is not one
+        raise UsageError(
+            f"cannot use the broker's TLS files: {exc}", "check --broker-ca/--broker-cert/--broker-key"
+        ) from None
+    return client
+
+
+def tls_reason(exc: ssl.SSLError) -> str:
+    detail = getattr(exc, "verify_message", None)
+    return f"certificate verify failed: {detail}" if detail else str(exc.reason or exc)
+
+
+def refusal_hint(reason: str) -> str:
+    """What to do about a CONNACK refusal."""
+    low = reason.lower()
+    if "not authorized" in low or "bad user" in low or "password" in low or "closed before" in low:
+        return "the broker wants credentials this host does not have: --broker-cert/--broker-key or --broker-username"
+    return "check the broker's log"
 
 
 @dataclass
@@ -39,13 +77,10 @@ class Connection:
 
 
 @contextlib.contextmanager
-def connect(broker: str, timeout: float = 5.0, purpose: str = "cli") -> Iterator[Connection]:
-    host, port = parse_broker(broker)
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"edgekit-{purpose}-{uuid.uuid4().hex[:8]}",
-        protocol=MQTTProtocolVersion.MQTTv5,
-    )
+def connect(broker: Broker, timeout: float = 5.0, purpose: str = "cli") -> Iterator[Connection]:
+    ep = resolve(broker)
+    host, port = ep.host, ep.port
+    client = new_client(ep, f"edgekit-{purpose}-{uuid.uuid4().hex[:8]}")
     conn = Connection(client)
     ready = threading.Event()
     refused: list[str] = []
@@ -69,10 +104,21 @@ def connect(broker: str, timeout: float = 5.0, purpose: str = "cli") -> Iterator
         else:
             conn.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
+    def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not ready.is_set():  # closed before CONNACK: a TLS alert (certificate refused) or a reset
+            refused.append(f"connection closed before the broker answered ({reason})")
+            ready.set()
+
     client.on_connect = on_connect
     client.on_message = on_message
+    client.on_disconnect = on_disconnect
     try:
         client.connect(host, port, keepalive=30)
+    except ssl.SSLError as exc:
+        raise FleetError(
+            f"TLS with the broker at {ep.url} failed: {tls_reason(exc)}",
+            "check --broker-ca (the fleet's CA) and that the URL's host is in the broker's certificate",
+        ) from None
     except OSError as exc:
         raise FleetError(
             f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}", "start the broker or pass --broker"
@@ -80,9 +126,9 @@ def connect(broker: str, timeout: float = 5.0, purpose: str = "cli") -> Iterator
     client.loop_start()
     try:
         if not ready.wait(timeout):
-            raise FleetError(f"the broker at {host}:{port} did not answer within {timeout:.0f} s")
+            raise FleetError(f"the broker at {ep.url} did not answer within {timeout:.0f} s")
         if refused:
-            raise FleetError(f"the broker at {host}:{port} refused the connection: {refused[0]}")
+            raise FleetError(f"the broker at {ep.url} refused the connection: {refused[0]}", refusal_hint(refused[0]))
         yield conn
     finally:
         with contextlib.suppress(Exception):

@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -67,9 +66,10 @@ from ..alerts.service import AlertService
 from ..errors import FleetError
 from ..telemetry import Gap, Received, TelemetryStore
 from ..telemetry.store import LEAVES, StoreError
-from .client import parse_broker
+from .client import Broker, new_client, resolve
 from .metrics import CollectorMetrics
 from .status import DeviceStatus
+from .verify import UNENROLLED, TelemetryCheck
 
 log = logging.getLogger("edgekit.serve")
 
@@ -119,13 +119,16 @@ class Collector:
     def __init__(
         self,
         store: TelemetryStore | Callable[[], TelemetryStore],
-        broker: str,
+        broker: Broker,
         settings: ServeSettings | None = None,
         metrics: CollectorMetrics | None = None,
         alerts: AlertService | None = None,
+        check: TelemetryCheck | None = None,
     ) -> None:
         self.settings = settings or ServeSettings()
-        self.broker = broker
+        self.check = check or TelemetryCheck()  # open fleet unless a device registry says otherwise
+        self._unverified_logged: dict[str, float] = {}
+        self.broker = resolve(broker)
         self.topics = Topics(self.settings.prefix)
         self.metrics = metrics or CollectorMetrics()
         self._open = store if callable(store) else (lambda: store)
@@ -157,7 +160,7 @@ class Collector:
         return f"edgekit-serve-{self.settings.name}"
 
     def start(self, connect_timeout: float = 10.0) -> None:
-        host, port = parse_broker(self.broker)
+        host, port = self.broker.host, self.broker.port
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.settings.session_expiry_s
         props.ReceiveMaximum = self.settings.receive_maximum
@@ -167,13 +170,16 @@ class Collector:
             self.store.close()
             raise FleetError(
                 f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}",
-                "start the broker or pass --broker",
+                "start the broker or pass --broker (and --broker-ca for mqtts://)",
             ) from None
         self._client.loop_start()
         if not self._connected.wait(connect_timeout):
             self._client.loop_stop()
             self.store.close()
-            raise FleetError(f"the broker at {host}:{port} did not accept the connection in {connect_timeout:.0f} s")
+            raise FleetError(
+                f"the broker at {self.broker.url} did not accept the connection in {connect_timeout:.0f} s",
+                "check its log: a collector needs the serve role's certificate or password",
+            )
         self._writer.start()
 
     def stop(self, end_session: bool = False) -> None:
@@ -201,7 +207,7 @@ class Collector:
     # ── MQTT (paho's thread: translate and queue only) ─────────────────────────────
 
     def _make_client(self) -> paho.Client:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        client = new_client(self.broker, self.client_id)
         client.manual_ack_set(True)  # acknowledged only once stored
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
@@ -333,6 +339,14 @@ class Collector:
         if parsed is None or parsed[1] not in LEAVES or not m.payload:
             return None  # not ours, or a retained document cleared
         device, leaf = parsed
+        verdict = self.check.verdict(device, m.topic, m.payload)
+        if not self.check.counts(verdict) and verdict != UNENROLLED:
+            self.metrics.unverified.labels(leaf).inc()
+            now = time.monotonic()
+            if now - self._unverified_logged.get(device, -1e9) > 60:  # one line a minute per device
+                self._unverified_logged[device] = now
+                log.warning("not storing %s from %s: %s", leaf, device, verdict)
+            return None
         try:
             text = m.payload.decode("utf-8")
             doc = LEAVES[leaf].decode(text)
@@ -359,6 +373,7 @@ class Collector:
         now = time.time()
         if time.monotonic() >= self._next_refresh:
             self._next_refresh = time.monotonic() + self.settings.refresh_s
+            self.check.refresh()  # devices enrolled (or revoked) since the collector started
             self._devices = self.store.latest()
             self.metrics.fleet.update(self._devices, now)
         if not self.store.try_lead():

@@ -23,7 +23,8 @@ from device_agent.transfer import split
 from device_agent.trust import DESIRED_DOMAIN, TRANSFER_DOMAIN, Trust, seal
 
 from ..errors import FleetError, UsageError
-from .client import Connection, collect, connect, publish_all
+from .client import Broker, Connection, collect, connect, publish_all
+from .verify import UNVERIFIED, TelemetryCheck
 
 DEFAULT_CHUNK = 256 * 1024  # bytes
 PACKET_OVERHEAD = 1024  # bytes kept free for topic and properties under the broker's packet limit
@@ -79,7 +80,13 @@ class DeployResult:
             )
         failed = sorted(d for d, s in self.outcome.items() if s.startswith("failed"))
         pending = sorted(d for d, s in self.outcome.items() if s.startswith("pending"))
+        unverified = sorted(d for d, s in self.outcome.items() if s.startswith("unverified"))
         parts = []
+        if unverified:
+            parts.append(
+                f"{len(unverified)} device(s) answered with reports their telemetry key did not sign "
+                f"({', '.join(unverified[:5])}): not counted; see edgekit fleet status"
+            )
         if failed:
             parts.append(f"{len(failed)} device(s) refused or failed the bundle ({', '.join(failed[:5])})")
         if pending:
@@ -184,7 +191,7 @@ def publish_desired(
 
 
 def deploy(
-    broker: str,
+    broker: Broker,
     prefix: str,
     bundle_path: Path,
     target: Target,
@@ -195,8 +202,10 @@ def deploy(
     wait: float = 0.0,
     progress: Callable[[str], None] = lambda _m: None,
     on_outcome: Callable[[dict[str, str]], None] | None = None,
+    check: TelemetryCheck | None = None,
 ) -> DeployResult:
-    """Publish a bundle and point ``target`` at it; with ``trust``, first verify it as a device would."""
+    """Publish a bundle and point ``target`` at it; with ``trust``, first verify it as a device would;
+    with ``check``, only reports the devices signed count towards success."""
     started = time.monotonic()
     data = bundle_path.read_bytes()
     try:
@@ -214,7 +223,7 @@ def deploy(
         info, published = publish_bundle(conn, topics, data, name, version, bundle_key, chunk_size)
         seq = publish_desired(conn, topics, target, info, deploy_key)
         progress(f"desired state seq {seq} -> {target.label}")
-        outcome = wait_for(conn, topics, target, info.sha256, wait, progress, on_outcome) if wait > 0 else None
+        outcome = wait_for(conn, topics, target, info.sha256, wait, progress, on_outcome, check) if wait > 0 else None
     return DeployResult(
         name,
         version,
@@ -239,16 +248,24 @@ def wait_for(
     timeout: float,
     progress: Callable[[str], None],
     on_outcome: Callable[[dict[str, str]], None] | None = None,
+    check: TelemetryCheck | None = None,
 ) -> dict[str, Any]:
     """Watch the retained 'reported' documents until the targeted devices are active or failed;
-    ``on_outcome`` sees every round's per-device states."""
+    ``on_outcome`` sees every round's per-device states. A report that does not count (not
+    signed by the enrolled device) makes its device ``unverified: why``, never ``active``."""
     deadline = time.monotonic() + timeout
     outcome: dict[str, str] = {}
     while time.monotonic() < deadline:
-        states = _docs(collect(conn, [topics.all_devices("state")], settle=0.2, max_wait=2.0), topics, DeviceState)
+        state_msgs = collect(conn, [topics.all_devices("state")], settle=0.2, max_wait=2.0)
+        states, _ = _docs(state_msgs, topics, DeviceState, check)
         members = target_members(target, states)
-        reported = _docs(collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0), topics, Reported)
+        reported_msgs = collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0)
+        reported, verdicts = _docs(reported_msgs, topics, Reported, check)
         outcome = deployment_outcome(members, reported, sha)
+        for device in members:
+            verdict = verdicts.get(device)
+            if check is not None and verdict is not None and not check.counts(verdict):
+                outcome[device] = verdict if verdict.startswith(UNVERIFIED) else f"{UNVERIFIED}: {verdict}"
         if on_outcome is not None:
             on_outcome(outcome)
         done = [d for d, s in outcome.items() if is_done(s)]
@@ -300,14 +317,23 @@ def target_members(target: Target, states: dict[str, DeviceState]) -> set[str]:
 _D = TypeVar("_D", DeviceState, Reported)
 
 
-def _docs(messages: list[tuple[str, bytes, bool]], topics: Topics, cls: type[_D]) -> dict[str, _D]:
+def _docs(
+    messages: list[tuple[str, bytes, bool]], topics: Topics, cls: type[_D], check: TelemetryCheck | None = None
+) -> tuple[dict[str, _D], dict[str, str]]:
+    """Each device's document, and (with ``check``) each device's verdict on it; a document
+    that is not believed is left out."""
     out: dict[str, _D] = {}
+    verdicts: dict[str, str] = {}
     for topic, payload, _ in messages:
         parsed = topics.parse_device_topic(topic)
         if parsed is None or not payload:
             continue
+        if check is not None:
+            verdicts[parsed[0]] = verdict = check.verdict(parsed[0], topic, payload)
+            if not check.believed(verdict):
+                continue
         try:
             out[parsed[0]] = cls.decode(payload)
         except ProtocolError:
             continue  # a garbled document is no answer
-    return out
+    return out, verdicts

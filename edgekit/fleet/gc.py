@@ -17,7 +17,7 @@ from device_agent.errors import ProtocolError
 from device_agent.protocol import BundleRef, DesiredState, Reported, Topics, TransferInfo
 from device_agent.trust import read_envelope_unverified
 
-from .client import collect, connect, publish_all
+from .client import Broker, collect, connect, publish_all
 
 Item = tuple[str, bytes, bool]
 
@@ -100,7 +100,7 @@ def plan_gc(
 
 
 def collect_garbage(
-    broker: str, prefix: str, dry_run: bool = False, protected: dict[tuple[str, int], str] | None = None
+    broker: Broker, prefix: str, dry_run: bool = False, protected: dict[tuple[str, int], str] | None = None
 ) -> GcReport:
     topics = Topics(prefix)
     with connect(broker, purpose="gc") as conn:

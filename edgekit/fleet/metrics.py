@@ -130,6 +130,12 @@ class CollectorMetrics:
             "edgekit_ingest_duplicates", "Messages already in the store (redelivered or resent)", ["leaf"], registry=r
         )
         self.invalid = Counter("edgekit_ingest_invalid", "Messages refused as unreadable", ["leaf"], registry=r)
+        self.unverified = Counter(
+            "edgekit_ingest_unverified",
+            "Messages on an enrolled device's topic its telemetry key did not sign (not stored)",
+            ["leaf"],
+            registry=r,
+        )
         self.lag = Histogram(
             "edgekit_ingest_lag_seconds",
             "From the device's timestamp to the commit (events and drift windows)",

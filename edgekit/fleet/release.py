@@ -23,9 +23,10 @@ from device_agent.protocol import Topics
 from .. import keys, registry
 from ..registry import DeployRefused, RegistryError
 from ..workspace import Workspace
-from .client import collect, connect
+from .client import Broker, collect, connect
 from .deploy import DEFAULT_CHUNK, DeployResult, Target, deploy, target_members
 from .status import read_devices
+from .verify import TelemetryCheck
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,15 @@ def resolve(ws: Workspace, spec: str) -> Shipment:
     return Shipment(path, name, version, sha, found if found is not None and found.sha256 == sha else None)
 
 
-def fleet_floor(broker: str, prefix: str, target: Target, name: str) -> dict[str, int]:
-    """Per targeted device that reports running ``name``: the version it runs."""
+def fleet_floor(
+    broker: Broker, prefix: str, target: Target, name: str, check: TelemetryCheck | None = None
+) -> dict[str, int]:
+    """Per targeted device that reports running ``name``: the version it runs (with ``check``,
+    as its own signed reports say: a forged v99 must not block every deploy)."""
     topics = Topics(prefix)
     with connect(broker, purpose="deploy-check") as conn:
         messages = collect(conn, [topics.all_devices("state"), topics.all_devices("reported")], settle=0.3)
-    devices = read_devices(messages, topics)
+    devices = read_devices(messages, topics, check)
     members = target_members(target, {d: s.state for d, s in devices.items() if s.state is not None})
     running: dict[str, int] = {}
     for device in sorted(members):
@@ -71,13 +75,13 @@ def fleet_floor(broker: str, prefix: str, target: Target, name: str) -> dict[str
     return running
 
 
-def check(ws: Workspace, shipment: Shipment, broker: str, target: Target) -> None:
+def check(ws: Workspace, shipment: Shipment, broker: Broker, target: Target) -> None:
     """Refuse, before publishing, a version the registry or the devices would refuse."""
     if shipment.registered is not None:
         registry.check_deployable(ws, shipment.name, shipment.version)
     if not shipment.name:
         return
-    running = fleet_floor(broker, ws.prefix, target, shipment.name)
+    running = fleet_floor(broker, ws.prefix, target, shipment.name, TelemetryCheck.from_workspace(ws))
     higher = {d: v for d, v in running.items() if v > shipment.version}
     if higher:
         device, v = max(higher.items(), key=lambda kv: kv[1])
@@ -94,7 +98,7 @@ def release(
     spec: str,
     target: Target,
     *,
-    broker: str,
+    broker: Broker,
     bundle_key: Ed25519PrivateKey,
     deploy_key: Ed25519PrivateKey,
     force: bool = False,
@@ -120,6 +124,7 @@ def release(
         wait=wait,
         progress=progress,
         on_outcome=on_outcome,
+        check=TelemetryCheck.from_workspace(ws),
     )
     if shipment.registered is not None:
         registry.record_deployment(ws, shipment.name, shipment.version, target.label)

@@ -17,7 +17,8 @@ from typing import Any
 from device_agent.errors import ProtocolError
 from device_agent.protocol import DeviceState, Document, ErrorRecord, Heartbeat, Reported, Topics
 
-from .client import collect, connect
+from .client import Broker, collect, connect
+from .verify import OPEN, UNENROLLED, UNVERIFIED, VERIFIED, TelemetryCheck
 
 STALE_AFTER = 3.0  # heartbeat intervals
 DEFAULT_INTERVAL = 5.0  # seconds, when no heartbeat says otherwise
@@ -31,6 +32,17 @@ class DeviceStatus:
     reported: Reported | None = None
     hb: Heartbeat | None = None
     unreadable: dict[str, str] = field(default_factory=dict)  # leaf -> why its document was refused
+    verdicts: dict[str, str] = field(default_factory=dict)  # leaf -> open, verified, unenrolled, unverified: why
+
+    def trust(self) -> str:
+        """The device's documents as a whole: open, verified, unenrolled or unverified."""
+        values = set(self.verdicts.values())
+        if any(v.startswith(UNVERIFIED) for v in values):
+            return UNVERIFIED
+        for level in (UNENROLLED, VERIFIED):
+            if level in values:
+                return level
+        return OPEN
 
     def last_seen(self) -> float | None:
         stamps = [d.ts for d in (self.hb, self.reported, self.state) if d is not None and d.ts is not None]
@@ -96,6 +108,8 @@ class DeviceStatus:
             "last_failure": jsn(failure),  # the one to show a person
             "outbox": jsn(hb.stats.outbox if hb is not None else None),
             "unreadable": dict(self.unreadable),
+            "trust": self.trust(),
+            "unverified": {leaf: v.split(": ", 1)[1] for leaf, v in self.verdicts.items() if v.startswith(UNVERIFIED)},
         }
 
 
@@ -117,8 +131,11 @@ def with_iso_times(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_devices(messages: Iterable[tuple[str, bytes, bool]], topics: Topics) -> dict[str, DeviceStatus]:
-    """Each device's latest state, reported and heartbeat documents from retained messages."""
+def read_devices(
+    messages: Iterable[tuple[str, bytes, bool]], topics: Topics, check: TelemetryCheck | None = None
+) -> dict[str, DeviceStatus]:
+    """Each device's latest state, reported and heartbeat documents from retained messages;
+    with ``check``, an enrolled device's document that its key did not sign is set aside."""
     devices: dict[str, DeviceStatus] = {}
     for topic, payload, _ in messages:
         parsed = topics.parse_device_topic(topic)
@@ -126,6 +143,12 @@ def read_devices(messages: Iterable[tuple[str, bytes, bool]], topics: Topics) ->
             continue
         device, leaf = parsed
         entry = devices.setdefault(device, DeviceStatus(device))
+        if check is not None:
+            verdict = check.verdict(device, topic, payload)
+            entry.verdicts[leaf] = verdict
+            if not check.believed(verdict):
+                setattr(entry, leaf, None)  # a forged document is not the device's word
+                continue
         try:
             doc = LEAVES[leaf].decode(payload)
         except ProtocolError as exc:
@@ -136,8 +159,10 @@ def read_devices(messages: Iterable[tuple[str, bytes, bool]], topics: Topics) ->
     return devices
 
 
-def status_view(messages: Iterable[tuple[str, bytes, bool]], topics: Topics, now: float) -> list[dict[str, Any]]:
-    devices = read_devices(messages, topics)
+def status_view(
+    messages: Iterable[tuple[str, bytes, bool]], topics: Topics, now: float, check: TelemetryCheck | None = None
+) -> list[dict[str, Any]]:
+    devices = read_devices(messages, topics, check)
     return [devices[d].to_dict(now) for d in sorted(devices)]
 
 
@@ -164,18 +189,22 @@ def split_stale(devices: list[dict[str, Any]], stale_after: float | None) -> Fle
     return FleetView([d for d in devices if d["device"] not in gone], gone, stale_after)
 
 
-def fleet_status(broker: str, prefix: str, settle: float = 0.5) -> list[dict[str, Any]]:
+def fleet_status(
+    broker: Broker, prefix: str, settle: float = 0.5, check: TelemetryCheck | None = None
+) -> list[dict[str, Any]]:
     topics = Topics(prefix)
     with connect(broker, purpose="status") as conn:
         messages = collect(conn, [topics.all_devices(leaf) for leaf in LEAVES], settle=settle)
-    return status_view(messages, topics, time.time())
+    return status_view(messages, topics, time.time(), check)
 
 
-def fleet_view(broker: str, prefix: str, stale_after: float | None = None) -> FleetView:
-    return split_stale(fleet_status(broker, prefix), stale_after)
+def fleet_view(
+    broker: Broker, prefix: str, stale_after: float | None = None, check: TelemetryCheck | None = None
+) -> FleetView:
+    return split_stale(fleet_status(broker, prefix, check=check), stale_after)
 
 
-def forget(broker: str, prefix: str, devices: list[str]) -> list[str]:
+def forget(broker: Broker, prefix: str, devices: list[str]) -> list[str]:
     """Clear every retained topic of ``devices`` (state, heartbeat, reported, their device-level
     desired state): they leave ``fleet status``. Returns the topics cleared."""
     from .client import publish_all

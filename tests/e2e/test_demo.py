@@ -13,13 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.broker
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_demo_story(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--json", "--workdir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=220,
+        timeout=450,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -198,7 +198,7 @@ def test_two_collectors_share_the_load_into_one_postgresql(
     procs = [_serve(broker, url, f"c{i}", ports[i], tmp_path / f"c{i}.log") for i in range(2)]
     try:
         for p in ports:
-            wait_until(lambda p=p: _metric(p, "edgekit_broker_connected") == 1, timeout=20, what="collector up")
+            wait_until(lambda p=p: _metric(p, "edgekit_broker_connected") == 1, timeout=60, what="collector up")
         devices, per_device = 10, 200
         now = time.time()
         items: list[tuple[str, bytes, bool]] = []

@@ -34,8 +34,7 @@ class AgentProcess:
             "device_agent.cli",
             "--device-id",
             device,
-            "--broker",
-            broker_url,
+            *(["--broker", broker_url] if broker_url else []),  # '': the broker of --config's file
             "--state-dir",
             str(state_dir),
             "--trust",

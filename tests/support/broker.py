@@ -31,8 +31,16 @@ class Broker:
     """mosquitto with a temporary config; ``stop``/``start`` keep the same port and store."""
 
     def __init__(
-        self, port: int | None = None, persistence: bool = False, extra: str = "", max_queued_messages: int = 100_000
+        self,
+        port: int | None = None,
+        persistence: bool = False,
+        extra: str = "",
+        max_queued_messages: int = 100_000,
+        listener: list[str] | None = None,
+        scheme: str = "mqtt",
+        config_file: Path | None = None,
     ) -> None:
+        """``listener`` replaces the open listener's lines (a TLS listener, no anonymous access)."""
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
             raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto (make test does this)")
@@ -40,9 +48,12 @@ class Broker:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="ek-broker-"))
         os.chmod(self.dir, 0o777)  # mosquitto drops privileges when started as root
+        self.scheme = scheme
         lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *(
+                line.format(port=self.port)
+                for line in listener or ["listener {port} 127.0.0.1", "allow_anonymous true"]
+            ),
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
@@ -52,11 +63,13 @@ class Broker:
         ]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
+        if config_file is not None:  # a configuration written elsewhere (edgekit broker config), used as it is
+            self.conf = config_file
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(

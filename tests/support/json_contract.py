@@ -32,6 +32,14 @@ STORE_KIND = {
     ("report",): "report",
 }
 
+# Enrolment and the broker's configuration (checked in tests/unit/host/test_enrolment.py), and their kinds.
+SECURITY_KIND = {
+    ("devices", "add"): "device",
+    ("devices", "revoke"): "device",
+    ("devices", "list"): "devices",
+    ("broker", "config"): "broker_config",
+}
+
 
 def load_schemas() -> dict[str, dict[str, Any]]:
     text = DOCS.read_text()

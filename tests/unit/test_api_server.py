@@ -359,6 +359,54 @@ def test_a_tensor_over_mqtt_comes_in_one_message(server: Server) -> None:
     assert "prediction" in json.loads(server.handler.handle_message(json.dumps(ROWS[0]).encode()))
 
 
+def test_a_binary_answer_holds_the_same_columns_as_raw_bytes(server: Server) -> None:
+    import numpy as np
+
+    x = np.asarray(sample_rows(64, seed=9), dtype=np.float32)
+    x[7, 1] = np.nan
+    with AgentClient(server.path) as agent:
+        as_json = agent.predict_array(x, id="j")
+        binary = agent.predict_tensor(x, id="b")
+        after = agent.predict(x[0].tolist())  # the connection is in step after the raw bytes
+    assert binary.header["id"] == "b" and binary.bundle == "demo@1" and binary.header["rows"] == 64
+    assert binary.errors == as_json["errors"] and [e["row"] for e in binary.errors] == [7]
+    assert binary.predictions == as_json["prediction"]
+    assert binary.columns["class_index"][7] == -1
+    conf = np.asarray(binary.confidence)
+    assert conf.dtype == np.float32 and np.isnan(conf[7])
+    expected = np.array([np.nan if c is None else c for c in as_json["confidence"]])
+    assert np.allclose(conf, expected, atol=1e-6, equal_nan=True)
+    assert after["prediction"] == as_json["prediction"][0]
+
+
+def test_a_binary_answer_to_a_tensor_that_does_not_fit_is_one_error_line(server: Server) -> None:
+    import numpy as np
+
+    with AgentClient(server.path) as agent:
+        with pytest.raises(RequestRefused) as refused:
+            agent.predict_tensor(np.zeros((2, 5), dtype=np.float32))
+        assert refused.value.error == "row.wrong_shape"
+        assert "prediction" in agent.predict(ROWS[0])
+    with server.raw() as sock:
+        header = {"tensor": {"shape": [1, 3]}, "answer": "text"}
+        sock.sendall(json.dumps(header).encode() + b"\n")
+        assert read_lines(sock, 1)[0]["error"] == "client.bad_request"
+
+
+def test_a_binary_answer_over_mqtt_is_its_header_line_and_bytes(server: Server) -> None:
+    import numpy as np
+
+    x = np.asarray(sample_rows(4, seed=3), dtype=np.float32)
+    message = json.dumps({"tensor": {"shape": [4, 3]}, "answer": "binary"}).encode() + b"\n" + x.tobytes()
+    head, _, raw = server.handler.handle_message(message).partition(b"\n")
+    header = json.loads(head)
+    assert header["columns"] == [["class_index", "int32"], ["confidence", "float32"]]
+    assert header["nbytes"] == len(raw) == 4 * 4 + 4 * 4
+    labels = [header["classes"][j] for j in np.frombuffer(raw[:16], dtype="<i4")]
+    as_json = json.dumps({"tensor": {"shape": [4, 3]}}).encode() + b"\n" + x.tobytes()
+    assert labels == json.loads(server.handler.handle_message(as_json))["prediction"]
+
+
 def test_the_health_command_answers_a_watchdog(tmp_path: Path, model: LoadedModel) -> None:
     from click.testing import CliRunner
 

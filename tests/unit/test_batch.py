@@ -256,3 +256,32 @@ def test_pending_rows_that_lost_their_labels_are_left_out_of_drift(model: Loaded
     engine.tick()
     assert engine.unaccounted == 5
     assert [w.report["n"] for w in rec.of(DriftReady)] == [20]
+
+
+def test_rows_beyond_the_drift_budget_are_sampled_evenly_and_counted(model: LoadedModel) -> None:
+    rec = Recorder()
+    engine = InferenceEngine(rec, EngineSettings(drift_window_rows=50, drift_max_rows_per_s=100))
+    engine.activate(model)
+    x = sample_rows(1000, seed=4)
+    engine.serve_matrix(x)
+    assert engine.served == 1000
+    kept = len(engine._rows)
+    assert 99 <= kept <= 100  # one second's budget, whatever the clock did meanwhile
+    assert engine.sampled_out == 1000 - kept
+    assert engine.stats().counters["drift_sampled_out"] == 1000 - kept
+    first, last = np.asarray(engine._rows[0]), np.asarray(engine._rows[-1])
+    assert np.array_equal(first, x[0]) and np.array_equal(last, x[-1])  # spread over the whole batch
+    engine.serve_many(sample_rows(200, seed=5).tolist())  # the bucket is nearly empty
+    assert engine.served == 1200 and len(engine._rows) + engine.sampled_out == 1200
+    total = len(engine._rows)
+    engine.tick()
+    assert sum(w.report["n"] for w in rec.of(DriftReady)) == total // 50 * 50  # only the sample is accounted
+
+
+def test_no_drift_budget_accounts_every_row(model: LoadedModel) -> None:
+    engine = InferenceEngine(Recorder(), EngineSettings(drift_max_rows_per_s=0))
+    engine.activate(model)
+    engine.serve_matrix(sample_rows(5000, seed=4))
+    for row in sample_rows(100, seed=6).tolist():
+        engine.serve(row)
+    assert len(engine._rows) == 5100 and engine.sampled_out == 0

@@ -23,11 +23,11 @@ def test_cpu_share_and_disk_of_the_state_dir(tmp_path: Path) -> None:
     meter = ResourceMeter(str(tmp_path), window_s=0.2)
     first = meter.read()
     assert first is not None and first.cpu_pct == 0.0
-    end = time.monotonic() + 0.3
-    while time.monotonic() < end:  # one busy core
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # 0.3 s of this process's CPU, however loaded the machine is
         pass
     busy = meter.read()
-    assert busy is not None and busy.cpu_pct > 30.0 and busy.cpu_s >= first.cpu_s
+    assert busy is not None and busy.cpu_s - first.cpu_s >= 0.25 and busy.cpu_pct > 0.0
     disk = shutil.disk_usage(tmp_path)
     assert busy.disk_total_bytes == disk.total
     assert abs(busy.disk_free_bytes - disk.free) < 64 << 20

@@ -23,7 +23,8 @@ from sklearn.ensemble import RandomForestClassifier
 from edgekit.cli import main
 
 # Commands that print data must take --json; these only write a file or print a line of status.
-NO_JSON = {("keys", "trust"), ("serve",)}  # serve is a daemon: it logs, and --json-log makes that JSON
+# serve is a daemon: it logs, and --json-log makes that JSON; bridge-config writes a broker's config.
+NO_JSON = {("keys", "trust"), ("serve",), ("broker", "bridge-config")}
 
 
 def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:

@@ -1,0 +1,112 @@
+"""The broker configuration ``edgekit broker config`` writes, on a real mosquitto: only
+enrolled identities get in, each only where its role needs it, and a real agent deploys and
+reports through it. Every attack here worked against the open broker (issue: security)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from device_agent.broker import BrokerEndpoint
+from device_agent.protocol import Topics
+from edgekit import devices, workspace
+from edgekit.fleet.client import collect, connect
+from edgekit.pki import FleetCA
+from tests.conftest import HostSetup
+from tests.support.agent import AgentProcess, wait_until
+from tests.support.json_contract import Cli
+from tests.support.secured import Client, SecuredFleet, secured_fleet
+
+pytestmark = pytest.mark.broker
+
+T = Topics()
+
+
+def retained(fleet: SecuredFleet, identity: str, topics: list[str]) -> dict[str, bytes]:
+    with connect(fleet.role(identity), purpose="check") as conn:
+        return {t: p for t, p, r in collect(conn, topics) if r}
+
+
+def test_a_device_is_confined_to_its_own_topics_and_cannot_be_taken_over(host: HostSetup, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(host.root, root)
+    with secured_fleet(root, {"s1": ("g1",), "s2": ("g2",)}) as fleet:
+        agent = AgentProcess(
+            "s1", "", tmp_path / "s1-state", host.trust, extra=("--config", str(fleet.provision["s1"] / "agent.toml"))
+        )
+        cli = Cli(root, env={"EDGEKIT_BROKER": fleet.url})
+        deploy = fleet.role_flags("@deploy")
+        try:
+            # A real agent with its provisioned files deploys (through its group) and reports.
+            wait_until(lambda: cli("fleet", "status", *fleet.role_flags("@reader"))["devices"], what="s1's birth")
+            done = cli("deploy", str(host.bundles[1]), "--group", "g1", "--wait", "30", *deploy)
+            assert done["succeeded"] is True and done["outcome"] == {"s1": "active"}
+
+            # Anonymous, and a certificate from another CA: refused at the door.
+            assert not Client(BrokerEndpoint("127.0.0.1", fleet.broker.port, True, ca=str(fleet.ca))).connect()
+            stranger = FleetCA.create("not the fleet").issue("s1")
+            (tmp_path / "x.pem").write_bytes(stranger.cert_pem)
+            (tmp_path / "x.key").write_bytes(stranger.key_pem)
+            forged_id = BrokerEndpoint(
+                "127.0.0.1",
+                fleet.broker.port,
+                True,
+                ca=str(fleet.ca),
+                cert=str(tmp_path / "x.pem"),
+                key=str(tmp_path / "x.key"),
+            )
+            assert not Client(forged_id).connect()
+
+            # s2 (a real, enrolled device) tries to write as s1, and where only the host may write.
+            before = retained(fleet, "@deploy", [T.state("s1"), T.reported("s1"), T.desired_device("s1")])
+            s2 = Client(fleet.device("s2"), client_id="edgekit-s2")
+            assert s2.connect()
+            forged = (
+                b'{"format":1,"online":true,"bdseq":99,"boot_id":"x","agent":"9","active":{"name":"wine","version":99}}'
+            )
+            for topic in (T.state("s1"), T.reported("s1"), T.hb("s1"), T.desired_device("s1"), T.desired_group("g1")):
+                s2.publish(topic, forged)
+            s2.publish(T.desired_device("s1"), b"")  # the empty retained desired that left a device idle
+            s2.publish(T.bundle_manifest("wine", 99), forged)
+            s2.publish(f"{T.prefix}/alerts/fake", forged)
+            s2.publish(T.state("s2"), forged)  # its own topic: allowed (and the host checks its signature)
+            time.sleep(0.5)
+            after = retained(fleet, "@deploy", [T.state("s1"), T.reported("s1"), T.desired_device("s1")])
+            assert after == before
+            assert T.bundle_manifest("wine", 99) not in retained(fleet, "@deploy", [f"{T.prefix}/bundle/#"])
+            assert not retained(fleet, "@serve-main", [f"{T.prefix}/alerts/#"])
+            assert retained(fleet, "@reader", [T.state("s2")])[T.state("s2")] == forged
+
+            # s2 cannot read s1's desired state or commands, nor g1's desired state.
+            s2.client.subscribe([(T.desired_device("s1"), 1), (T.desired_group("g1"), 1), (T.cmd("s1"), 1)])
+            time.sleep(0.5)
+            assert s2.messages == []
+            s2.close()
+
+            # Taking over s1's session: connecting with its client id, under any other identity,
+            # neither kicks the agent off nor fires its Will.
+            thief = Client(fleet.device("s2"), client_id="edgekit-s1")
+            assert thief.connect()
+            time.sleep(1.0)
+            thief.close()
+            status = cli("fleet", "status", *fleet.role_flags("@reader"))
+            [s1] = [d for d in status["devices"] if d["device"] == "s1"]
+            assert s1["status"] == "online" and s1["active"]["version"] == 1
+            assert "disconnected" not in agent.stderr().lower().replace("reconnect", "")
+            assert agent.ask(host.rows[0])["bundle"] == "wine@1"
+        finally:
+            agent.stop()
+
+
+def test_a_revoked_device_is_locked_out(host: HostSetup, tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    shutil.copytree(host.root, root)
+    with secured_fleet(root, {"r1": (), "r2": ()}) as fleet:
+        assert Client(fleet.device("r1")).connect()
+        devices.revoke(workspace.load(root), "r1")
+        fleet.reconfigure()
+        assert not Client(fleet.device("r1")).connect()
+        assert Client(fleet.device("r2")).connect()
