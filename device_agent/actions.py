@@ -133,6 +133,13 @@ class StageChunk:
 
 
 @dataclass(frozen=True)
+class SaveTrust:
+    """Replace the trust file on disk with these bytes (already verified), atomically."""
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class DropStaging:
     sha256: str
 
@@ -153,4 +160,5 @@ Action = (
     | StageTransfer
     | StageChunk
     | DropStaging
+    | SaveTrust
 )

@@ -59,6 +59,7 @@ from .actions import (
     Restore,
     Revert,
     SaveState,
+    SaveTrust,
     Send,
     SendSamples,
     StageChunk,
@@ -75,6 +76,7 @@ from .errors import (
     ChunkRejected,
     ClockUntrusted,
     CommandRejected,
+    DesiredMissing,
     DesiredRejected,
     HashMismatch,
     InputSourceFailed,
@@ -84,7 +86,9 @@ from .errors import (
     TransferMismatch,
     TransferTimeout,
     TrialCrashed,
+    TrialRegressed,
     TrustError,
+    TrustRejected,
     VersionRollback,
     by_code,
 )
@@ -130,7 +134,18 @@ from .protocol import (
 )
 from .state import Persisted
 from .transfer import Assembly
-from .trust import DESIRED_DOMAIN, ROLE_BUNDLE, ROLE_DEPLOY, SAMPLES_DOMAIN, TRANSFER_DOMAIN, Trust, open_envelope
+from .trial import judge
+from .trust import (
+    DESIRED_DOMAIN,
+    ROLE_BUNDLE,
+    ROLE_DEPLOY,
+    ROLE_ROOT,
+    SAMPLES_DOMAIN,
+    TRANSFER_DOMAIN,
+    Trust,
+    open_envelope,
+    read_envelope_unverified,
+)
 
 DETAIL_MAX = 500  # characters of a failure's detail sent to the host
 
@@ -178,8 +193,10 @@ class AgentCore:
         self.settings = settings or CoreSettings()
         self.limits = limits or Limits()
         self.state = persisted  # the durable state as the last SaveState/Commit wrote it
+        self._trust_bytes = b""  # the last trust file accepted over the air
         self.profile = profile or DeviceProfile()  # what bundles' compat is checked against
         self.clock_untrusted = False  # the clock is behind the newest signed time seen
+        self._desired_due: float | None = None  # when a missing desired state is reported
 
         self.phase = Phase.ACTIVE if persisted.active else Phase.IDLE
         self.connected = False
@@ -330,7 +347,9 @@ class AgentCore:
         out.append(Publish(self.topics.state(self.device), birth.encode(), retain=True))
         subs = [self.topics.desired_device(self.device), self.topics.cmd(self.device)]
         subs += [self.topics.desired_group(g) for g in self.groups]
+        subs.append(self.topics.trust())
         out.append(Subscribe(tuple(subs)))
+        self._desired_due = now + self.settings.desired_wait_s
         if self.trust is None:
             self._fail_event(out, now, TrustError(self.trust_error or "no trust file"))
         if self.goal is not None and self.phase == Phase.DOWNLOADING:
@@ -343,8 +362,8 @@ class AgentCore:
         self._reported_dirty = True
 
     def _on_stopping(self, event: Stopping, now: float, out: list[Action]) -> None:
-        if self.phase == Phase.TRIAL and self.goal is not None:
-            # A clean stop during a trial is no crash: it does not count against the bundle.
+        if self.phase in (Phase.INSTALLING, Phase.TRIAL) and self.goal is not None:
+            # A clean stop during an install or trial is no crash: it does not count against the bundle.
             self._save(out, replace(self.state, interrupted=self._interrupted(self.goal.sha256, -1)))
         self._last_hb = -1e18  # a final heartbeat and summary carry the last counters
         self._on_tick(Tick(self.stats), now, out)
@@ -364,6 +383,9 @@ class AgentCore:
             if topic == self.topics.cmd(self.device):
                 self._on_command(msg.payload, now, out)
                 return
+            if topic == self.topics.trust():
+                self._on_trust(msg.payload, now, out)
+                return
             for g in self.groups:
                 if topic == self.topics.desired_group(g):
                     self._on_desired(f"group:{g}", msg.payload, now, out)
@@ -380,21 +402,38 @@ class AgentCore:
             self._fail_event(out, now, exc)
 
     def _on_desired(self, source: str, payload: bytes, now: float, out: list[Action]) -> None:
-        if not payload:  # retained document cleared by the host: fall back to what remains
+        self._desired_due = None  # something arrived: nothing to report as missing
+        if not payload:  # retained document cleared: fall back to what remains, and say so
             if self.desired.pop(source, None) is not None:
                 self._pursue(now, out, retry=False)
-            return
+            serving = self.active.label if self.active is not None else "nothing"
+            remaining = self._effective()
+            left = f"following {remaining.source}" if remaining is not None else "no desired state left"
+            raise DesiredMissing(f"the retained desired state was cleared; serving {serving}, {left}")
         if self.trust is None:
             raise TrustError(self.trust_error or "no trust file: desired state cannot be verified")
+        # A recovery document resets the sequence, so it needs a stronger key than a deploy:
+        # the role is chosen from what the document claims, then that role's signature checked.
+        claimed = read_envelope_unverified(payload, "desired state", self.settings.max_payload_bytes)
+        role = ROLE_ROOT if claimed.get("recover") is True else ROLE_DEPLOY
         body, _ = open_envelope(
-            self.trust, ROLE_DEPLOY, DESIRED_DOMAIN, payload, "desired state", self.settings.max_payload_bytes
+            self.trust, role, DESIRED_DOMAIN, payload, "desired state", self.settings.max_payload_bytes
         )
         doc = DesiredState.from_json(body)
         if doc.target != (f"device:{self.device}" if source == "device" else source):
             raise DesiredRejected(f"document is addressed to {doc.target!r}, not to this topic's {source!r}")
-        if doc.expires is not None and doc.expires <= self.clock(now):
+        clock = self.clock(now)
+        if doc.expires is not None and doc.expires <= clock:
             raise DesiredRejected(f"desired state seq {doc.seq} expired")
+        ahead = doc.seq / 1e6 - clock  # edgekit deploy numbers them by the microsecond
+        if now >= self.settings.clock_valid_after and ahead > self.settings.max_seq_ahead_s:
+            raise DesiredRejected(
+                f"desired state seq {doc.seq} is {ahead / 86400:.0f} days ahead of this device's clock; "
+                "a sequence that far ahead would freeze every later deploy"
+            )
         known = self.state.desired_seq.get(source, 0)
+        if doc.recover and doc.seq != known:
+            known = 0  # a root-signed recovery: the sequence starts again from this document
         if doc.seq < known:
             raise DesiredRejected(f"desired state seq {doc.seq} is older than seq {known}, already accepted")
         fresh = doc.seq > known
@@ -405,6 +444,27 @@ class AgentCore:
             self._check_clock(now, out)
         self.desired[source] = Goal(source, doc.seq, doc.bundle)
         self._pursue(now, out, retry=fresh)
+
+    def _on_trust(self, payload: bytes, now: float, out: list[Action]) -> None:
+        """A newer trust file signed by the current root: keys added, revoked, rotated."""
+        if not payload:
+            return
+        if self.trust is None:
+            raise TrustRejected("no trust file: a new one cannot be checked against a root key")
+        if payload == self._trust_bytes:
+            return  # the retained copy, delivered again
+        try:
+            new = self.trust.accept_update(payload)
+        except TrustRejected:
+            raise
+        except AgentError as exc:
+            raise TrustRejected(f"trust file refused: {exc.detail}") from None
+        if new.version == self.trust.version:
+            return
+        self.trust, self._trust_bytes = new, payload
+        out.append(SaveTrust(payload))
+        names = ", ".join(sorted(k.name or k.keyid for k in new.keys.values()))
+        self._event(out, now, Lifecycle.TRUST_UPDATED, f"trust file version {new.version}: {names}")
 
     def _on_command(self, payload: bytes, now: float, out: list[Action]) -> None:
         """A resend request only makes the device publish again what it already published;
@@ -502,7 +562,9 @@ class AgentCore:
                 goal,
                 now,
                 out,
-                TrialCrashed(f"{goal.ref.label} was not retried: its trial ended in a restart {crashes} times"),
+                TrialCrashed(
+                    f"{goal.ref.label} was not retried: its install or trial ended in a restart {crashes} times"
+                ),
             )
             return
         held = self.floor.get(goal.bundle.name)
@@ -678,6 +740,9 @@ class AgentCore:
             return
         self._phase(Phase.INSTALLING)
         self.staged.pop(goal.sha256, None)
+        # Counted before the load: if the model takes the process down during its load, health
+        # check or trial, the next start knows, and after max_trial_crashes stops trying it.
+        self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, +1)))
         out.append(Install(bundle, data))  # the install adopts the staged file and clears staging
 
     # ── installation, trial, commit ─────────────────────────────────────────────────
@@ -688,13 +753,14 @@ class AgentCore:
             return
         if event.error is not None:
             out.append(DropStaging(goal.sha256))
+            # A failure the install reported is no crash: the bundle waits for a new desired state.
+            self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, None)))
             self._fail(out, now, event.error, goal.sha256)
             self._pursue_newer(goal, now, out)
             return
         self._phase(Phase.TRIAL)
-        # Counted before the trial starts: if the process dies during it, the next start
-        # serves the old model and knows this bundle's trial was cut short.
-        self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, +1)))
+        if event.memory is not None:
+            self._save(out, replace(self.state, memory={**self.state.memory, goal.sha256: event.memory}))
         out.append(StartTrial(goal.sha256))
         self._event(out, now, Lifecycle.TRIAL, f"{goal.ref.label} is on trial", goal.ref)
 
@@ -702,10 +768,17 @@ class AgentCore:
         goal = self.goal
         if goal is None or event.sha256 != goal.sha256 or self.phase != Phase.TRIAL or self._committing:
             return
-        if event.error is not None:
+        error = event.error
+        if error is None and event.report is not None:
+            old = self.active.sha256 if self.active is not None else ""
+            why = judge(event.report, self.settings, self.state.memory.get(goal.sha256), self.state.memory.get(old))
+            if why is not None:
+                error = TrialRegressed(f"{goal.ref.label} regressed on trial: {why}")
+        if error is not None:
             out.append(Revert(goal.sha256))
-            self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, None)))
-            self._fail(out, now, event.error, goal.sha256)
+            memory = {k: v for k, v in self.state.memory.items() if k != goal.sha256}
+            self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, None), memory=memory))
+            self._fail(out, now, error, goal.sha256)
             self._pursue_newer(goal, now, out)
             return
         floor = dict(self.floor)
@@ -713,12 +786,14 @@ class AgentCore:
         if held is None or goal.bundle.version >= held.version:
             floor[goal.bundle.name] = FloorEntry(goal.bundle.version, goal.sha256)
         previous = self.active if self.active is not None and self.active.sha256 != goal.sha256 else self.previous
+        kept = {r.sha256 for r in (goal.ref, previous) if r is not None}
         committed = replace(
             self.state,
             active=goal.ref,
             previous=previous,
             floor=floor,
             interrupted=self._interrupted(goal.sha256, None),
+            memory={k: v for k, v in self.state.memory.items() if k in kept},
         )
         # The commit is the state from now on: a SaveState emitted before Committed arrives
         # must not write the old active bundle back over it.
@@ -754,6 +829,16 @@ class AgentCore:
 
     def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
         self._check_clock(now, out)
+        if self._desired_due is not None and now >= self._desired_due and self.connected:
+            self._desired_due = None
+            if self.active is not None and not self.desired:
+                self._fail_event(
+                    out,
+                    now,
+                    DesiredMissing(
+                        f"no desired state is retained for this device or its groups; serving {self.active.label}"
+                    ),
+                )
         if self.phase == Phase.TRIAL and event.stats.trial != self.stats.trial:
             self._reported_dirty = True  # a deploy that waits shows the trial's rows
         self.stats = event.stats

@@ -52,6 +52,14 @@ class TrustError(AgentError):
     action = "Install a valid trust file (edgekit keys trust -o trust.json) at the agent's --trust path."
 
 
+class TrustRejected(TrustError):
+    """A new trust file was refused: not signed by enough of the current root keys, not newer
+    than the current one, or malformed. The current trust file stays."""
+
+    code = "trust.rejected"
+    action = "Publish trust files with edgekit keys trust publish, signed by the current root key (or keys)."
+
+
 # ── the bundle's bytes ────────────────────────────────────────────────────────────────
 
 
@@ -177,6 +185,29 @@ class HealthCheckFailed(ModelError):
     action = "Compare onnxruntime versions on host and device; a quantized model may need a wider tolerance."
 
 
+class ModelTimeout(ModelError):
+    """Loading the model or running its health samples took longer than its budget
+    (engine.load_timeout_s of wall-clock time, or engine.load_cpu_s of CPU): it was stopped."""
+
+    code = "model.timeout"
+    action = "Look for loops or huge operators in the model (edgekit inspect); raise engine.load_timeout_s if needed."
+
+
+class ModelResources(ModelError):
+    """Loading the model or running its health samples needed more memory than
+    engine.load_memory_bytes: it was stopped before it could take the device's memory."""
+
+    code = "model.resources"
+    action = "Shrink or quantize the model; raise engine.load_memory_bytes if the device has the room."
+
+
+class ModelCrashed(ModelError):
+    """The process that loads and checks a new model died (a crash inside onnxruntime)."""
+
+    code = "model.crashed"
+    action = "Check the model with edgekit verify on a machine like the device; rebuild it with another opset."
+
+
 # ── deployment steps ──────────────────────────────────────────────────────────────────
 
 
@@ -225,8 +256,17 @@ class TrialFailed(DeployError):
     action = "Look at the rows the device serves (edgekit fleet status, events) and fix the model."
 
 
+class TrialRegressed(DeployError):
+    """The new model did worse on live rows than the one it replaces: more rows rejected,
+    slower, or more memory, beyond the core.trial_* limits; the previous model serves again."""
+
+    code = "trial.regressed"
+    action = "Check that the model fits what the device feeds it (its features); the event says what regressed."
+
+
 class TrialCrashed(DeployError):
-    """The agent stopped during this bundle's trial too often; it is not retried until asked again."""
+    """The agent stopped during this bundle's install (load, health check) or trial too often
+    (core.max_trial_crashes); it is not retried until a newer desired state asks."""
 
     code = "trial.crashed"
     action = "Look for crashes on the device (memory, the model); deploy again to retry it."
@@ -302,6 +342,15 @@ class DesiredRejected(ProtocolError):
     action = "Deploy again with edgekit deploy; replayed or misaddressed documents are refused."
 
 
+class DesiredMissing(ProtocolError):
+    """No desired state is retained for this device or its groups (the retained document was
+    cleared, or none arrived after connecting): the device keeps what it serves, and nothing
+    tells it what to run."""
+
+    code = "desired.missing"
+    action = "Deploy again (edgekit deploy); find who cleared the retained desired topic (only edgekit should)."
+
+
 class CommandRejected(ProtocolError):
     """A command on this device's command topic was refused: addressed to another device,
     asking for more than one command may, or above the rate limit for commands."""
@@ -369,7 +418,7 @@ class TooManyClients(ClientError):
 class DeviceError(AgentError):
     """Something about the device itself, not a bundle or a message, needs attention."""
 
-    code = "device.error"
+    code = "environment.error"
     action = "Read the event's detail and the agent's log on the device."
 
 
@@ -428,6 +477,7 @@ class Lifecycle(StrEnum):
     TRIAL = "lifecycle.trial"
     ACTIVATED = "lifecycle.activated"
     SUPPRESSED = "lifecycle.suppressed"
+    TRUST_UPDATED = "lifecycle.trust_updated"
 
     @property
     def meaning(self) -> str:
@@ -438,6 +488,7 @@ _LIFECYCLE_MEANING = {
     Lifecycle.TRIAL: "The new bundle loaded, reproduced its health samples and serves live rows on trial.",
     Lifecycle.ACTIVATED: "The new bundle passed its trial and is committed as the active one.",
     Lifecycle.SUPPRESSED: "More failures of one code arrived than the rate limit sends; this says how many.",
+    Lifecycle.TRUST_UPDATED: "A newer trust file signed by the current root replaced the device's trust file.",
 }
 
 

@@ -102,6 +102,10 @@ class Topics:
     def state(self, device: str) -> str:
         return self.dev(device, "state")
 
+    def trust(self) -> str:
+        """The fleet's signed trust file, retained (``edgekit keys trust publish``)."""
+        return f"{self.prefix}/trust"
+
     def hb(self, device: str) -> str:
         return self.dev(device, "hb")
 
@@ -321,6 +325,13 @@ class DesiredBundle:
         return BundleRef(self.name, self.version, self.sha256)
 
 
+def _opt_bool(obj: Mapping[str, Any], key: str, what: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what}: '{key}' must be true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class DesiredState(Document):
     """Which bundle a device (``device:<id>``) or a group (``group:<g>``) should run.
@@ -335,6 +346,7 @@ class DesiredState(Document):
     bundle: DesiredBundle
     issued: float | None = None
     expires: float | None = None
+    recover: bool = False  # signed by a root key: resets the device's sequence for this target
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -352,6 +364,8 @@ class DesiredState(Document):
             doc["issued"] = self.issued
         if self.expires is not None:
             doc["expires"] = self.expires
+        if self.recover:  # written only when set: a reader that does not know it never sees it
+            doc["recover"] = True
         return doc
 
     @classmethod
@@ -375,6 +389,7 @@ class DesiredState(Document):
             ),
             issued=opt_num(obj, "issued", what),
             expires=opt_num(obj, "expires", what),
+            recover=_opt_bool(obj, "recover", what),
         )
 
 

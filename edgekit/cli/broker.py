@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,11 @@ import click
 
 from .. import broker_config, workspace
 from ..devices import AUTH_CERT, AUTH_PASSWORD
-from ..errors import WorkspaceError
+from ..errors import ExitCode, WorkspaceError
 from ..fleet.bridge import BridgeSpec, render
-from .output import emit, json_option
+from ..fleet.capabilities import BrokerReport, probe
+from .connection import BrokerChoice, broker_options
+from .output import emit, json_option, table
 
 
 @click.group("broker")
@@ -71,7 +74,10 @@ def bridge_config(
     help="Directory for mosquitto.conf, acl, certificates (default: .edgekit/broker/).",
 )
 @click.option("--host", "hosts", multiple=True, help="Name or IP devices reach the broker by; repeatable.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True, help="TLS listener port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True, help="The devices' TLS port.")
+@click.option(
+    "--host-port", type=click.IntRange(1, 65535), default=None, help="The host roles' TLS port (default: --port + 1)."
+)
 @click.option("--bind", default="", help="Address the listener binds to (default: all).")
 @click.option(
     "--auth",
@@ -92,6 +98,7 @@ def config_cmd(
     output: Path | None,
     hosts: tuple[str, ...],
     port: int,
+    host_port: int | None,
     bind: str,
     auth: str,
     collectors: tuple[str, ...],
@@ -113,6 +120,7 @@ def config_cmd(
         (output or ws.state / "broker").resolve(),
         hosts=hosts or ("localhost", "127.0.0.1"),
         port=port,
+        host_port=host_port,
         bind=bind,
         auth=auth,
         collectors=collectors or ("main",),
@@ -121,15 +129,48 @@ def config_cmd(
 
     def text(d: dict[str, Any]) -> str:
         lines = [
-            f"wrote {d['config']} ({d['auth']}s, port {d['port']}, {d['devices']} device(s), {d['revoked']} revoked)",
+            f"wrote {d['config']} ({d['auth']}s, {d['devices']} device(s), {d['revoked']} revoked)",
+            f'  devices connect to port {d["port"]} ([fleet] device_broker = "mqtts://HOST:{d["port"]}"), '
+            f'host commands to port {d["host_port"]} ([fleet] broker = "mqtts://HOST:{d["host_port"]}")',
             f"  run: mosquitto -c {d['config']}   (reload after changes: kill -HUP $(pidof mosquitto))",
-            "  host roles (put one in [fleet] of edgekit.toml, with ca = the fleet CA):",
+            "  host roles (put one in [fleet] of edgekit.toml, with ca = .edgekit/pki/ca.pem):",
         ]
         for identity, creds in sorted(d["roles"].items()):
             lines.append(f"    {identity}: " + ", ".join(f"{k} = {v}" for k, v in creds.items()))
         return "\n".join(lines)
 
     emit(files.to_dict(), as_json, text, kind="broker_config")
+
+
+@broker.command("check")
+@click.argument("url", required=False)
+@broker_options
+@json_option
+def check(url: str | None, broker: BrokerChoice, as_json: bool) -> None:
+    """What the broker supports of what edgekit uses: MQTT 5 or 3.1.1, retained messages (on
+    exact and wildcard subscriptions), shared subscriptions, packet limit, session expiry.
+
+    Exit 0 when everything edgekit needs is there, 6 when something is missing.
+
+    Example: edgekit broker check mqtt://127.0.0.1:1883 --json
+    """
+    if url is not None:
+        broker = dataclasses.replace(broker, url=url)
+    try:
+        ws: workspace.Workspace | None = workspace.find()
+    except WorkspaceError:
+        ws = None
+    report = probe(broker.resolve(ws))
+    emit(report.to_json(), as_json, lambda _d: _text(report), kind="broker")
+    if not report.ok:
+        raise SystemExit(int(ExitCode.FLEET))
+
+
+def _text(report: BrokerReport) -> str:
+    mark = {True: "yes", False: "NO", None: "unknown"}
+    rows = [[f.name, mark[f.supported], f.detail] for f in report.features]
+    head = f"{report.broker}: MQTT {report.protocol}" + ("" if report.ok else " — edgekit cannot work fully here")
+    return head + "\n" + table(rows, ["feature", "supported", "detail"])
 
 
 COMMANDS = [broker]
