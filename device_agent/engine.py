@@ -125,6 +125,7 @@ class InferenceEngine:
         self._capture_label = ""
         self._captured: list[tuple[float, str, str, Any, float, Sequence[Any]]] = []
         self._rng = random.Random()
+        self._np_rng = np.random.default_rng()  # a batch's uniform sample in one call
         self.captured = 0
         self.capture_dropped = 0  # rows to capture while the worker's write fell behind
         self._lock = threading.Lock()  # the serving state; held briefly on every row
@@ -292,7 +293,7 @@ class InferenceEngine:
                 self._latency[self._lat_n % len(self._latency)] = per_row
                 self._lat_n += 1
                 if self.model is model and row is not None:
-                    self._served_locked(row, result, sampled is None or bool(sampled[i]), raw)
+                    self._served_locked(row, result, sampled is None or bool(sampled[i]), raw=raw)
                 else:
                     self.served += 1
             return model, results
@@ -382,7 +383,7 @@ class InferenceEngine:
         n = len(x)
         score = cols.score
         low = score < cap.below if model.spec.task == "classification" else np.zeros(n, dtype=bool)
-        keep = low | (np.array([self._rng.random() for _ in range(n)]) < cap.uniform) if cap.uniform else low
+        keep = low | (self._np_rng.random(n) < cap.uniform) if cap.uniform else low
         classes = model.spec.classes
         for i in np.nonzero(keep)[0].tolist():
             label = classes[int(cols.class_index[i])] if classes else float(score[i])

@@ -13,6 +13,7 @@ from device_agent.trust import ROLE_DEPLOY
 
 from .. import keys, progress, workspace
 from ..fleet.deploy import Target
+from .connection import BrokerChoice, broker_options
 from .fleet import fleet_group
 from .history import parse_since
 from .output import emit, json_option
@@ -31,7 +32,7 @@ def samples_group() -> None:
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The CSV to write.")
 @click.option("--wait", type=float, default=30.0, show_default=True, help="Seconds to wait for the devices' answers.")
 @click.option("--key", "key_name", default=None, help="Deploy key (default: the workspace's only 'deploy' key).")
-@click.option("--broker", default=None, help="MQTT broker URL (default: edgekit.toml).")
+@broker_options
 @json_option
 def pull_cmd(
     device: str | None,
@@ -41,7 +42,7 @@ def pull_cmd(
     out: Path,
     wait: float,
     key_name: str | None,
-    broker: str | None,
+    broker: BrokerChoice,
     as_json: bool,
 ) -> None:
     """Ask devices (signed request) for their captured rows; write a CSV with an empty label column.
@@ -54,7 +55,7 @@ def pull_cmd(
     target = Target(device=device, group=group)
     shown = progress.for_cli(as_json)
     pulled = pull(
-        broker or ws.broker,
+        broker.resolve(ws),
         ws.prefix,
         target,
         keys.pick_key(ws, ROLE_DEPLOY, key_name),

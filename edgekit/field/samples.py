@@ -32,7 +32,7 @@ from device_agent.protocol import SampleRow, SamplesReply, SamplesRequest, Topic
 from device_agent.trust import SAMPLES_DOMAIN, seal
 
 from ..errors import FleetError
-from ..fleet.client import Connection, collect, connect, publish_all
+from ..fleet.client import Broker, Connection, collect, connect, publish_all
 from ..fleet.deploy import Target, target_members
 from ..fleet.status import read_devices
 
@@ -103,7 +103,7 @@ def request(device: str, key: Ed25519PrivateKey, since: float | None, wait: floa
 
 
 def pull(
-    broker: str,
+    broker: Broker,
     prefix: str,
     target: Target,
     deploy_key: Ed25519PrivateKey,
