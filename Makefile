@@ -29,8 +29,8 @@ demo: $(STAMP) mosquitto
 	$(PY) examples/fieldloop.py
 
 test: $(STAMP) mosquitto postgres chromium aedes
-	$(PY) -m pytest
-	EDGEKIT_TEST_SECURE=1 $(PY) -m pytest -q -m tls_variant   # the same tests on a TLS + ACL broker
+	$(PY) -m pytest -n 2
+	EDGEKIT_TEST_SECURE=1 $(PY) -m pytest -n 2 -q -m tls_variant   # the same tests on a TLS + ACL broker
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
