@@ -70,6 +70,9 @@ class MqttSettings:
     keepalive_s: int = _setting(30, "s", "MQTT keep-alive")
     reconnect_min_s: float = _setting(1.0, "s", "first reconnect delay (a random 0-3 s is added per agent)")
     reconnect_max_s: float = _setting(30.0, "s", "longest reconnect delay")
+    protocol: str = _setting(
+        "auto", "", "MQTT version: auto (5, or 3.1.1 once the broker refuses 5), 5, or 3.1.1 (docs/scaling.md)"
+    )
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,16 @@ class AgentConfig:
         for name in ("device_id", "state_dir", "trust"):
             if not getattr(self, name):
                 raise ConfigError(f"{name.replace('_', '-')} is not set: pass --{name.replace('_', '-')} or set it")
+        _ = self.mqtt_protocols  # an unknown MQTT version is refused before anything starts
         return self
+
+    @property
+    def mqtt_protocols(self) -> tuple[str, ...]:
+        """The MQTT versions to try, in order: ``mqtt.protocol`` read."""
+        chosen = {"auto": ("5", "3.1.1"), "5": ("5",), "3.1.1": ("3.1.1",)}.get(self.mqtt.protocol)
+        if chosen is None:
+            raise ConfigError(f"mqtt.protocol {self.mqtt.protocol!r} is not an MQTT version; use auto, 5 or 3.1.1")
+        return chosen
 
     @property
     def broker_host_port(self) -> tuple[str, int, bool]:

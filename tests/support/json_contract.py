@@ -23,6 +23,7 @@ FLEET_KIND = {
     ("desired", "recover"): "refreshed",
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
+    ("broker", "check"): "broker",
 }
 # The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
 STORE_KIND = {
@@ -40,6 +41,9 @@ SECURITY_KIND = {
     ("devices", "list"): "devices",
     ("broker", "config"): "broker_config",
 }
+
+# The fleet simulator (checked in tests/integration/test_sim.py).
+SIM_KIND = {("sim",): "sim"}
 
 
 def load_schemas() -> dict[str, dict[str, Any]]:
