@@ -61,6 +61,7 @@ from .actions import (
     SaveState,
     SaveTrust,
     Send,
+    SendSamples,
     StageChunk,
     StageTransfer,
     StartTrial,
@@ -81,6 +82,7 @@ from .errors import (
     InputSourceFailed,
     Lifecycle,
     ProtocolError,
+    SamplesRejected,
     TransferMismatch,
     TransferTimeout,
     TrialCrashed,
@@ -122,10 +124,12 @@ from .protocol import (
     Progress,
     Reported,
     ResendReply,
+    SamplesRequest,
     Stats,
     Topics,
     TransferInfo,
     check_id,
+    loads_object,
     range_count,
 )
 from .state import Persisted
@@ -136,6 +140,7 @@ from .trust import (
     ROLE_BUNDLE,
     ROLE_DEPLOY,
     ROLE_ROOT,
+    SAMPLES_DOMAIN,
     TRANSFER_DOMAIN,
     Trust,
     open_envelope,
@@ -177,6 +182,7 @@ class AgentCore:
         limits: Limits | None = None,
         trust_error: str = "",
         profile: DeviceProfile | None = None,
+        answered: tuple[str, ...] = (),
     ) -> None:
         self.device = check_id("device id", device_id)
         self.groups = tuple(check_id("group", g) for g in groups)
@@ -219,6 +225,7 @@ class AgentCore:
         self._last_reported = -1e18
         self._reported_dirty = True
         self._phase_changed = False
+        self.answered: list[str] = list(answered)[-self.settings.samples_remembered :]  # samples requests, oldest first
 
     # ── views of the durable state ──────────────────────────────────────────────────
 
@@ -461,8 +468,13 @@ class AgentCore:
 
     def _on_command(self, payload: bytes, now: float, out: list[Action]) -> None:
         """A resend request only makes the device publish again what it already published;
-        still, it must be for this device, bounded, and not too frequent."""
-        cmd = Command.decode(payload, self.settings.max_payload_bytes)
+        still, it must be for this device, bounded, and not too frequent. A signed envelope
+        on the same topic is a samples request."""
+        obj = loads_object(payload, self.settings.max_payload_bytes, Command.WHAT)
+        if "body" in obj and "sigs" in obj:
+            self._on_samples_request(payload, now, out)
+            return
+        cmd = Command.from_json(obj)
         if cmd.device != self.device:
             raise CommandRejected(f"command {cmd.id!r} is addressed to {cmd.device!r}")
         asked = range_count(cmd.resend.ranges)
@@ -478,6 +490,27 @@ class AgentCore:
             raise CommandRejected(f"command {cmd.id!r} is above the limit of {limit} resend commands per period")
         self._commands = (start, handled + 1)
         out.append(Resend(cmd.id, cmd.resend.boot_id, cmd.resend.ranges))
+
+    def _on_samples_request(self, payload: bytes, now: float, out: list[Action]) -> None:
+        """Captured rows leave the device only for a request signed with a deploy key, for
+        this device, not expired nor expiring far ahead; a request id is answered once."""
+        if self.trust is None:
+            raise TrustError(self.trust_error or "no trust file: a samples request cannot be verified")
+        body, _ = open_envelope(
+            self.trust, ROLE_DEPLOY, SAMPLES_DOMAIN, payload, SamplesRequest.WHAT, self.settings.max_payload_bytes
+        )
+        req = SamplesRequest.from_json(body)
+        if req.device != self.device:
+            raise SamplesRejected(f"samples request {req.id!r} is addressed to {req.device!r}")
+        if req.expires <= now:
+            raise SamplesRejected(f"samples request {req.id!r} expired")
+        if req.expires - now > self.settings.samples_max_expiry_s:
+            limit = self.settings.samples_max_expiry_s
+            raise SamplesRejected(f"samples request {req.id!r} expires more than {limit:.0f} s ahead")
+        if req.id in self.answered:
+            return  # a repeated request (a redelivery, or a replay): answered once
+        self.answered = [*self.answered, req.id][-self.settings.samples_remembered :]
+        out.append(SendSamples(req.id, req.since, req.max_rows))
 
     def _on_resend_done(self, event: ResendDone, now: float, out: list[Action]) -> None:
         if not self.connected:

@@ -359,6 +359,14 @@ class CommandRejected(ProtocolError):
     action = "Find who publishes on dev/<id>/cmd; edgekit serve asks only for what it is missing, a few times."
 
 
+class SamplesRejected(ProtocolError):
+    """A samples request was refused: addressed to another device, expired, or expiring
+    further ahead than core.samples_max_expiry_s. (A bad signature is reported as such.)"""
+
+    code = "samples.rejected"
+    action = "Ask again with edgekit fleet samples pull; check the host's and the device's clocks."
+
+
 class TransferError(AgentError):
     """A bundle transfer failed."""
 

@@ -25,9 +25,10 @@ MANIFEST_DOMAIN = b"edgekit-manifest-v1\n"
 TRANSFER_DOMAIN = b"edgekit-transfer-v1\n"
 DESIRED_DOMAIN = b"edgekit-desired-v1\n"
 TRUST_DOMAIN = b"edgekit-trust-v1\n"
+SAMPLES_DOMAIN = b"edgekit-samples-v1\n"  # a request for a device's captured rows
 
 ROLE_BUNDLE = "bundle"  # may sign bundles and their transfer documents
-ROLE_DEPLOY = "deploy"  # may sign desired-state documents
+ROLE_DEPLOY = "deploy"  # may sign desired-state documents and samples requests
 ROLE_ROOT = "root"  # may sign recovery desired states (they reset a device's sequence); kept offline
 ROLES = (ROLE_BUNDLE, ROLE_DEPLOY, ROLE_ROOT)
 DEFAULT_ROLES = (ROLE_BUNDLE, ROLE_DEPLOY)  # what a new key gets unless told: never root

@@ -96,7 +96,8 @@ def serve_cmd(
     gaps in a device's sequence are asked for again. Several collectors may share the load
     (each with its own --name) into one PostgreSQL. Alert rules (edgekit.toml [alerts],
     docs/alerts.md) run over what arrives; alerts are stored, published retained on
-    PREFIX/alerts/…, and passed to --on-alert.
+    PREFIX/alerts/…, and passed to --on-alert. Run in a workspace, it also runs the phased
+    rollouts that 'edgekit rollout start' records (docs/rollouts.md).
 
     Example: edgekit serve --store postgresql://edgekit@db/telemetry --metrics-port 9310
     """
@@ -140,6 +141,11 @@ def serve_cmd(
         runner = CommandRunner(command, alert_config.command_timeout_s, alert_config.command_queue) if command else None
         alerts = AlertService(alert_config, BundleCatalog(ws), settings.prefix, runner=runner)
     metrics = CollectorMetrics()
+    rollouts = None
+    if ws is not None:  # rollouts sign with the workspace's keys and record in its registry
+        from ..rollout.controller import RolloutController
+
+        rollouts = RolloutController(ws, broker.resolve(ws), settings.prefix)
     collector = Collector(
         lambda: open_store(str(url)),
         broker.resolve(ws),
@@ -147,6 +153,7 @@ def serve_cmd(
         metrics,
         alerts=alerts,
         check=TelemetryCheck.from_workspace(ws),
+        rollouts=rollouts,
     )
     server = None
     if port is not None:

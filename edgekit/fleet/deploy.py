@@ -266,10 +266,10 @@ def wait_for(
     deadline = time.monotonic() + timeout
     outcome: dict[str, str] = {}
     while time.monotonic() < deadline:
-        state_msgs = collect(conn, [topics.all_devices("state")], settle=0.2, max_wait=2.0)
+        state_msgs = collect(conn, [topics.all_devices("state")], settle=0.2)
         states, _ = _docs(state_msgs, topics, DeviceState, check)
         members = target_members(target, states)
-        reported_msgs = collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0)
+        reported_msgs = collect(conn, [topics.all_devices("reported")], settle=0.3)
         reported, verdicts = _docs(reported_msgs, topics, Reported, check)
         outcome = deployment_outcome(members, reported, sha)
         for device in members:

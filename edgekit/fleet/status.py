@@ -100,6 +100,7 @@ class DeviceStatus:
             "progress": jsn(rep.progress if rep is not None else None),
             "served": counters.get("served", 0),
             "rejected": counters.get("rejected", 0),
+            "captured": counters.get("captured"),  # rows kept for labelling; None: capture is off
             "errors": int(sum(failures.values())),
             "failures": failures,
             "latency": jsn(hb.stats.latency if hb is not None else None),

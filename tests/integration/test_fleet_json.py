@@ -70,6 +70,10 @@ def test_fleet_commands_print_their_documents(host: HostSetup, broker: Broker, t
         run(("bundles", "gc"), "--dry-run")
         caps = run(("broker", "check"), broker.url)
         assert caps["ok"] is True and caps["protocol"] == ("5" if broker.kind == "mosquitto" else "3.1.1")
+        pulled = run(("fleet", "samples", "pull"), "--group", "jg", "-o", str(tmp_path / "s.csv"), "--wait", "10")
+        assert pulled["devices"] == [
+            {"device": "j1", "answered": True, "parts": 1, "rows": 0, "capturing": False, "skipped": 0}
+        ]
         online = run(("fleet", "forget"), "j1", code=ExitCode.USAGE)
         assert "online" in online["detail"]
     finally:
