@@ -29,6 +29,7 @@ demo: $(STAMP) mosquitto
 
 test: $(STAMP) mosquitto postgres chromium aedes
 	$(PY) -m pytest
+	EDGEKIT_TEST_SECURE=1 $(PY) -m pytest -q -m tls_variant   # the same tests on a TLS + ACL broker
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -88,13 +88,25 @@ class CoreSettings:
     transfer_timeout_s: float = _setting(120.0, "s", "abandon a transfer that makes no progress for this long")
     transfer_retry_base_s: float = _setting(10.0, "s", "first retry of a timed-out transfer (doubles, jittered)")
     transfer_retry_max_s: float = _setting(600.0, "s", "longest delay between transfer retries")
-    max_trial_crashes: int = _setting(2, "restarts", "a bundle whose trial ended in this many restarts is not retried")
+    max_trial_crashes: int = _setting(
+        2, "restarts", "a bundle whose install or trial ended in this many restarts is not retried until asked again"
+    )
     event_burst: int = _setting(20, "events", "failure events of one code per period; the rest are counted")
     event_period_s: float = _setting(60.0, "s", "the period of event_burst")
     max_payload_bytes: int = _setting(1 << 20, "bytes", "largest control message read (desired, transfer document)")
     resend_burst: int = _setting(10, "commands", "resend commands handled per event_period_s; the rest are refused")
     resend_max_messages: int = _setting(10_000, "messages", "most messages one resend command may ask for")
     max_chunk_bytes: int = _setting(4 << 20, "bytes", "largest bundle chunk accepted")
+    trial_min_rows: int = _setting(
+        20, "rows", "a trial's rejection rate is compared with the old model's from this many rows"
+    )
+    trial_max_reject_increase: float = _setting(
+        0.2, "share", "a new model rejecting this much more of the rows than the model it replaces is reverted"
+    )
+    trial_max_latency_ratio: float = _setting(3.0, "x", "a new model this many times slower (median) is reverted")
+    trial_latency_slack_s: float = _setting(0.002, "s", "... and slower by at least this much per row")
+    trial_max_memory_ratio: float = _setting(3.0, "x", "a new model needing this many times the memory is reverted")
+    trial_memory_slack_bytes: int = _setting(64 << 20, "bytes", "... and at least this much more")
     clock_tolerance_s: float = _setting(
         300.0, "s", "a clock this far behind the newest signed time seen is untrusted (expiry then uses that time)"
     )
@@ -115,6 +127,11 @@ class EngineSettings:
         2000.0, "rows/s", "rows accounted for drift at most; beyond, an even sample of the rows (0: every row)"
     )
     intra_op_threads: int = _setting(1, "threads", "onnxruntime intra-op threads (one is fastest for single rows)")
+    load_timeout_s: float = _setting(
+        60.0, "s", "a new model's load and health check (in a child process) are stopped after this long"
+    )
+    load_cpu_s: float = _setting(60.0, "s", "... or after this much CPU time")
+    load_memory_bytes: int = _setting(1 << 30, "bytes", "... or when they need more memory than this")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from tests.support.agent import AgentProcess, wait_until
 from tests.support.broker import BOTH_BROKERS, Broker
 from tests.support.json_contract import FLEET_KIND, Cli, check
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.tls_variant]
 
 
 @BOTH_BROKERS

@@ -40,6 +40,9 @@ SECURITY_KIND = {
     ("broker", "config"): "broker_config",
 }
 
+# The fleet simulator (checked in tests/integration/test_sim.py).
+SIM_KIND = {("sim",): "sim"}
+
 
 def load_schemas() -> dict[str, dict[str, Any]]:
     text = DOCS.read_text()

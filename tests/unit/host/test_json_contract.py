@@ -13,7 +13,16 @@ from sklearn.datasets import load_diabetes, load_wine
 
 from edgekit.cli import main
 from edgekit.errors import ExitCode
-from tests.support.json_contract import FLEET_KIND, SCHEMAS, SECURITY_KIND, STORE_KIND, Cli, check, json_commands
+from tests.support.json_contract import (
+    FLEET_KIND,
+    SCHEMAS,
+    SECURITY_KIND,
+    SIM_KIND,
+    STORE_KIND,
+    Cli,
+    check,
+    json_commands,
+)
 
 KIND = {
     ("init",): "workspace",
@@ -93,6 +102,7 @@ def test_every_documented_kind_is_a_valid_schema_and_used() -> None:
         *FLEET_KIND.values(),
         *STORE_KIND.values(),
         *SECURITY_KIND.values(),
+        *SIM_KIND.values(),
         "error",
     }
 
@@ -100,8 +110,10 @@ def test_every_documented_kind_is_a_valid_schema_and_used() -> None:
 def test_every_command_with_json_is_documented() -> None:
     """The fleet commands' documents are checked against a real broker and agent in
     tests/integration/test_fleet_json.py; those reading the telemetry store in
-    tests/unit/host/test_history_cli.py."""
-    assert set(json_commands(main)) == set(KIND) | set(FLEET_KIND) | set(STORE_KIND) | set(SECURITY_KIND)
+    tests/unit/host/test_history_cli.py; the simulator's in tests/integration/test_sim.py."""
+    assert set(json_commands(main)) == set(KIND) | set(FLEET_KIND) | set(STORE_KIND) | set(SECURITY_KIND) | set(
+        SIM_KIND
+    )
 
 
 @pytest.mark.parametrize("path", sorted(KIND), ids=" ".join)
