@@ -47,6 +47,9 @@ from .workspace import Workspace
 DEVICE_WRITES = ("state", "hb", "reported", "events", "drift", "samples", "resent")
 DEVICE_READS = ("desired", "cmd")
 SYNC_TOPIC = "edgekit-sync/#"  # the CLI's end-of-retained marker (edgekit.fleet.client.collect)
+# Throw-away topics on which a host tries what the broker supports (edgekit.fleet.capabilities):
+# serve tries a shared subscription at start, and without this rule would find none.
+PROBE_TOPIC = "edgekit-probe/#"
 AUTH_MODES = (devices_mod.AUTH_CERT, devices_mod.AUTH_PASSWORD)
 
 
@@ -67,6 +70,7 @@ def role_rules(prefix: str, role: str) -> list[str]:
             # fleet forget clears a departed device's retained documents (empty payloads)
             *(f"topic write {p}/dev/+/{leaf}" for leaf in ("state", "hb", "reported")),
             f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
         ]
     if role == "serve":
         return [
@@ -75,9 +79,15 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic readwrite {p}/alerts/#",
             f"topic read {p}/bundle/+/+/manifest",
             f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
         ]
     if role == "reader":
-        return [*read_telemetry, f"topic read {p}/alerts/#", f"topic readwrite {SYNC_TOPIC}"]
+        return [
+            *read_telemetry,
+            f"topic read {p}/alerts/#",
+            f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
+        ]
     raise UsageError(f"unknown host role {role!r}")
 
 

@@ -14,6 +14,7 @@ import pytest
 from device_agent.broker import BrokerEndpoint
 from device_agent.protocol import Topics
 from edgekit import devices, workspace
+from edgekit.fleet.capabilities import probe
 from edgekit.fleet.client import collect, connect, resolve
 from edgekit.pki import FleetCA
 from tests.conftest import HostSetup
@@ -99,6 +100,11 @@ def test_a_device_is_confined_to_its_own_topics_and_cannot_be_taken_over(host: H
             assert s1["status"] == "online" and s1["active"]["version"] == 1
             assert "disconnected" not in agent.stderr().lower().replace("reconnect", "")
             assert agent.ask(host.rows[0])["bundle"] == "wine@1"
+
+            # A host role may try what the broker supports on its probe topics: the collector
+            # finds shared subscriptions here too, and shares the load (broker_config.PROBE_TOPIC).
+            report = probe(fleet.role("@serve-main"))
+            assert report.ok and report.feature("shared_subscriptions").supported is True
         finally:
             agent.stop()
 
