@@ -50,7 +50,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -108,6 +108,15 @@ class ServeSettings:
     flush_timeout_s: float = 10.0  # on stop: the longest spent storing what was received
 
 
+class Periodic(Protocol):
+    """Work the leading collector runs every ``interval_s`` on its store (the rollout controller)."""
+
+    interval_s: float
+    publish: Callable[[str, bytes, bool], None] | None
+
+    def step(self, store: TelemetryStore, now: float | None = None) -> Any: ...
+
+
 @dataclass(slots=True)
 class _Incoming:
     topic: str
@@ -133,6 +142,7 @@ class Collector:
         metrics: CollectorMetrics | None = None,
         alerts: AlertService | None = None,
         check: TelemetryCheck | None = None,
+        rollouts: Periodic | None = None,
     ) -> None:
         self.settings = settings or ServeSettings()
         self.check = check or TelemetryCheck()  # open fleet unless a device registry says otherwise
@@ -164,6 +174,10 @@ class Collector:
         if alerts is not None:
             alerts.publish = self._publish_retained
             self.metrics.register(alerts)
+        self.rollouts = rollouts
+        self._next_rollouts = 0.0
+        if rollouts is not None:
+            rollouts.publish = self._publish_retained
 
     # ── life ────────────────────────────────────────────────────────────────────────
 
@@ -448,6 +462,12 @@ class Collector:
             except Exception:  # retried at the next run, from what the store holds; ingestion goes on
                 log.exception("alert evaluation failed")
                 self.alerts.reset()
+        if self.rollouts is not None and time.monotonic() >= self._next_rollouts:
+            self._next_rollouts = time.monotonic() + self.rollouts.interval_s
+            try:
+                self.rollouts.step(self.store, now)
+            except Exception:  # the stored record is the truth: the next step starts from it again
+                log.exception("rollout step failed")
 
     def _publish_retained(self, topic: str, payload: bytes, retain: bool) -> None:
         self._client.publish(topic, payload, qos=1, retain=retain)

@@ -60,6 +60,7 @@ class DriftGate:
     alpha: float = _f(0.01, "family-wise false-alarm rate of the merged windows", 0.000001, 0.5)
     min_rows: int = _f(200, "rows needed in the new version's merged windows", 1)
     min_importance: float = _f(0.01, "importance share below which a drifting feature is ignored", 0, 1)
+    old_quiet: float = _f(0.5, "a feature counts as quiet on the previous version below this score (1 = boundary)", 0)
 
 
 @dataclass(frozen=True)

@@ -256,18 +256,39 @@ def _merge(side: Side) -> dict[str, Any] | None:
         return None
 
 
+def _rows(windows: Sequence[Window]) -> int:
+    return sum(int(w.report.get("n") or 0) for w in windows)
+
+
+def _newest(windows: Sequence[Window], k: int) -> list[Window]:
+    return sorted(windows, key=lambda w: (w.ts, w.device, w.seq))[-k:] if k > 0 else []
+
+
 def drift(facts: GateFacts, cfg: DriftGate) -> GateResult:
+    """Each side's newest windows, as many on both (so both tests have the same power: with
+    more rows on one side, a drift both sides have would be seen on that side only), merged
+    and judged against that side's own reference. A feature fails the gate when it drifts on
+    the new side and is clearly quiet on the old one (its score, 1.0 at the decision
+    boundary, below ``old_quiet``): a borderline old side is no evidence either way."""
     new, old = facts.new, facts.old
-    evidence: dict[str, Any] = {"alpha": cfg.alpha, "min_rows": cfg.min_rows}
+    evidence: dict[str, Any] = {"alpha": cfg.alpha, "min_rows": cfg.min_rows, "old_quiet": cfg.old_quiet}
     if new.info is None:
         return GateResult("drift", NO_DATA, "the registry does not know the new version: no reference", evidence)
-    rows = sum(int(w.report.get("n") or 0) for w in new.windows)
-    evidence["new"] = {"windows": len(new.windows), "n": rows}
-    if rows < cfg.min_rows:
+    new_w, old_w = list(new.windows), list(old.windows) if old.info is not None else []
+    alone = not old.devices
+    if not alone:
+        k = min(len(new_w), len(old_w))
+        new_w, old_w = _newest(new_w, k), _newest(old_w, k)
+    rows = _rows(new_w)
+    evidence["new"] = {"windows": len(new_w), "n": rows}
+    if rows < cfg.min_rows or (not alone and _rows(old_w) < cfg.min_rows):
         return GateResult(
-            "drift", NO_DATA, f"{rows} rows in the new version's windows; {cfg.min_rows} needed", evidence
+            "drift",
+            NO_DATA,
+            f"{rows} and {_rows(old_w)} rows in comparable windows of the two versions; {cfg.min_rows} needed",
+            evidence,
         )
-    view = merged(new.info.reference, new.windows, cfg.alpha)
+    view = merged(new.info.reference, new_w, cfg.alpha)
     if view is None:
         return GateResult("drift", NO_DATA, "the new version's windows do not merge", evidence)
     shares = new.info.shares()
@@ -276,16 +297,25 @@ def drift(facts: GateFacts, cfg: DriftGate) -> GateResult:
     evidence["new"]["features"] = {
         f: {k: view["features"][f].get(k) for k in ("psi", "psi_limit", "score", "shift", "fired")} for f in drifted
     }
-    old_drifted: set[str] = set()
-    if old.info is not None and old.windows:
-        old_view = merged(old.info.reference, old.windows, cfg.alpha)
-        if old_view is not None:
-            old_drifted = set(old_view["drifted"])
-            evidence["old"] = {"windows": len(old.windows), "n": old_view["n"], "drifted": sorted(old_drifted)}
-    else:
+    loud: set[str] = set()  # features not clearly quiet on the old side
+    if alone:
         evidence["old"] = None
-        evidence["note"] = "no judged windows of the previous version in the period: the new side alone"
-    only_new = [f for f in drifted if f not in old_drifted]
+        evidence["note"] = "no device on the previous version: the new side alone"
+    else:
+        assert old.info is not None
+        old_view = merged(old.info.reference, old_w, cfg.alpha)
+        if old_view is None:
+            return GateResult("drift", NO_DATA, "the previous version's windows do not merge", clean(evidence))
+        scores = {f: e.get("score") for f, e in (old_view.get("features") or {}).items() if isinstance(e, dict)}
+        loud = {f for f, sc in scores.items() if not isinstance(sc, int | float) or sc >= cfg.old_quiet}
+        loud |= set(old_view["drifted"])
+        evidence["old"] = {
+            "windows": len(old_w),
+            "n": old_view["n"],
+            "drifted": sorted(old_view["drifted"]),
+            "scores": {f: scores.get(f) for f in drifted},
+        }
+    only_new = [f for f in drifted if f not in loud]
     evidence["only_new"] = only_new
     if only_new:
         names = ", ".join(repr(f) for f in only_new[:3]) + (" …" if len(only_new) > 3 else "")
@@ -295,7 +325,8 @@ def drift(facts: GateFacts, cfg: DriftGate) -> GateResult:
             f"inputs drift from the new version's reference in {names}; not on the previous",
             clean(evidence),
         )
-    seen = f" (both sides: {', '.join(sorted(old_drifted & set(drifted)))})" if old_drifted & set(drifted) else ""
+    both = sorted(set(drifted) & loud)
+    seen = f" (on both sides: {', '.join(both)})" if both else ""
     return GateResult("drift", PASS, f"no drift only the new version sees over {rows} rows{seen}", clean(evidence))
 
 

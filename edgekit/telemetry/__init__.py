@@ -4,7 +4,7 @@ births and Wills, in SQLite (the workspace default) or PostgreSQL — one interf
 Kept apart from the workspace database (:mod:`edgekit.store`, runs and registry): telemetry
 grows without bound and may live on another machine, in a database several collectors share.
 
-Schema (version 2; :mod:`edgekit.telemetry.schema`; a version-1 store is migrated on open)::
+Schema (version 3; :mod:`edgekit.telemetry.schema`; a version-1 store is migrated on open)::
 
     events         (device, boot_id, seq) PK, id, ts, received, kind, code, detail,
                    bundle_name, bundle_version, bundle_sha256, doc
@@ -21,6 +21,8 @@ Schema (version 2; :mod:`edgekit.telemetry.schema`; a version-1 store is migrate
     lost           (device, boot_id, first_seq) PK, last_seq, at, command
     alerts         id PK, key, rule, state, severity, device, grp, feature, started, updated,
                    resolved, cleared, doc (edgekit.alert/1); one firing instance per key
+    rollouts       id PK, grp, name, version, state, created, updated, requested,
+                   requested_at, requested_by, doc (a rollout record); one open per group
     telemetry_meta key PK, value                                     schema_version
 """
 

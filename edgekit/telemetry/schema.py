@@ -12,7 +12,7 @@ are for filtering, the document is the source of truth and is read back through
 
 from __future__ import annotations
 
-VERSION = 2
+VERSION = 3
 
 TABLES = (
     # One row per event; (device, boot_id, seq) is the idempotency key of the outbox.
@@ -102,6 +102,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS heartbeats_device_sha ON heartbeats (device, active_sha256, ts)",
         "CREATE INDEX IF NOT EXISTS drift_windows_received ON drift_windows (received)",
         "CREATE INDEX IF NOT EXISTS drift_windows_device_bundle ON drift_windows (device, bundle_sha256, ts)",
+    ),
+    # Version 3: phased rollouts (edgekit/rollout/record.py), at most one open per group; a
+    # command from the CLI (pause, resume, abort) waits in ``requested`` for serve to apply it.
+    3: (
+        """CREATE TABLE IF NOT EXISTS rollouts (
+             id TEXT PRIMARY KEY, grp TEXT NOT NULL, name TEXT NOT NULL, version {int} NOT NULL,
+             state TEXT NOT NULL, created {real} NOT NULL, updated {real} NOT NULL,
+             requested TEXT, requested_at {real}, requested_by TEXT, doc TEXT NOT NULL)""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS rollouts_open ON rollouts (grp) WHERE state IN ('running', 'paused')",
+        "CREATE INDEX IF NOT EXISTS rollouts_created ON rollouts (created)",
     ),
 }
 

@@ -19,9 +19,12 @@ FLEET_KIND = {
     ("deploy",): "deployment",
     ("fleet", "status"): "fleet",
     ("fleet", "forget"): "forgotten",
+    ("desired", "refresh"): "refreshed",
+    ("desired", "recover"): "refreshed",
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
     ("broker", "check"): "broker",
+    ("fleet", "samples", "pull"): "samples",
 }
 # The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
 STORE_KIND = {
@@ -30,6 +33,14 @@ STORE_KIND = {
     ("fleet", "drift"): "drift",
     ("fleet", "history"): "history",
     ("report",): "report",
+}
+# The rollout commands (start in tests/integration/test_rollout.py, the rest in tests/unit/host/test_rollout_cli.py).
+ROLLOUT_KIND = {
+    ("rollout", "start"): "rollout",
+    ("rollout", "status"): "rollout",
+    ("rollout", "pause"): "rollout",
+    ("rollout", "resume"): "rollout",
+    ("rollout", "abort"): "rollout",
 }
 
 # Enrolment and the broker's configuration (checked in tests/unit/host/test_enrolment.py), and their kinds.

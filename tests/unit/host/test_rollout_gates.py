@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 from rollout_factory import NEW, OLD, biased, good, info, side, unsure
 
+from edgekit.alerts.rules import merged
 from edgekit.errors import WorkspaceError
 from edgekit.rollout.config import RolloutConfig
 from edgekit.rollout.gates import (
@@ -127,6 +128,20 @@ def test_drift_only_the_new_version_sees_fails_drift_both_see_does_not(ref_good)
     assert r.verdict == PASS and "x0" in r.evidence["old"]["drifted"]
     # no registry entry: no reference, no judgement
     assert drift(facts(side(NEW, NEW_DEVICES, None, seed=2), old), CFG.drift).verdict == NO_DATA
+
+
+def test_drift_both_sides_see_is_not_blamed_on_the_new_version_with_fewer_old_rows(ref_good) -> None:  # type: ignore[no-untyped-def]
+    # one window left on the previous version, twelve on the new: the same small field shift,
+    # which 2,400 merged rows see and 200 do not
+    old = side(OLD, ["o1"], ref_good, per_device=1, shift=0.15)
+    new = side(NEW, NEW_DEVICES, ref_good, seed=2, per_device=4, shift=0.15)
+    assert "x0" in merged(ref_good.reference, new.windows, 0.01)["drifted"]  # type: ignore[index]
+    assert "x0" not in merged(ref_good.reference, old.windows, 0.01)["drifted"]  # type: ignore[index]
+    r = drift(facts(new, old), CFG.drift)
+    assert r.verdict == PASS and r.evidence["new"]["windows"] == r.evidence["old"]["windows"] == 1
+    # too few rows on the previous version to compare: no verdict yet
+    few = side(OLD, ["o1"], ref_good, per_device=0)
+    assert drift(facts(side(NEW, NEW_DEVICES, ref_good, seed=2), few), CFG.drift).verdict == NO_DATA
 
 
 def test_prediction_shift_against_the_previous_versions_mix(ref_good) -> None:  # type: ignore[no-untyped-def]

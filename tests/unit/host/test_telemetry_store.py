@@ -130,16 +130,16 @@ def test_a_version_1_store_is_migrated_in_place(store_url: str, monkeypatch: pyt
         old.write([received("d1", event("d1", "b1", 1)), received("d1", window("d1", "b1", 2, verdict="drift"))])
         assert "alerts" not in {t for t in _tables(old)}
         old.close()
-    s = open_store(store_url)  # this edgekit: version 2
+    s = open_store(store_url)  # this edgekit: version 3
     try:
-        assert s.schema_version() == 2 and "alerts" in _tables(s)
+        assert s.schema_version() == 3 and {"alerts", "rollouts"} <= set(_tables(s))
         assert [w.doc.seq for w in s.drift_windows("d1")] == [2] and len(s.events("d1")) == 1
         s.write([received("d1", heartbeat("b1", 1001.0, seq=2))])  # the new column of heartbeats
         assert s.p99_before("d1", "ff" * 32) == ("ab" * 32, [30.0])
     finally:
         s.close()
     again = open_store(store_url)  # opening again migrates nothing twice
-    assert again.schema_version() == 2
+    assert again.schema_version() == 3
     again.close()
 
 
