@@ -33,6 +33,16 @@ def broker() -> None:
 @click.option("--group", "groups", multiple=True, help="Only these groups' desired states cross (repeatable).")
 @click.option("--qos", type=click.IntRange(0, 1), default=1, show_default=True, help="QoS across the bridge.")
 @click.option("--max-packet-size", type=click.IntRange(0), default=0, help="bridge_max_packet_size in bytes (0: none).")
+@click.option("--ca", default="", help="mqtts://: the central broker's CA certificate, as a path on the site broker.")
+@click.option("--cert", default="", help="mqtts://: the bridge's client certificate (path on the site broker).")
+@click.option("--key", default="", help="The key of that certificate (path on the site broker).")
+@click.option("--username", default="", help="The bridge's username on the central broker.")
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="File holding that password (written into the section: keep the file private).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not to stdout.")
 def bridge_config(
     site: str,
@@ -41,6 +51,11 @@ def bridge_config(
     groups: tuple[str, ...],
     qos: int,
     max_packet_size: int,
+    ca: str,
+    cert: str,
+    key: str,
+    username: str,
+    password_file: Path | None,
     output: Path | None,
 ) -> None:
     """The mosquitto bridge section a site broker needs to carry edgekit to a central broker.
@@ -56,12 +71,27 @@ def bridge_config(
             prefix = workspace.find().prefix
         except WorkspaceError:  # run on the site broker's machine: no workspace there
             prefix = "edgekit/v1"
-    spec = BridgeSpec(site, central, prefix, qos, groups, max_packet_size)
+    password = password_file.read_text().strip() if password_file is not None else ""
+    spec = BridgeSpec(
+        site,
+        central,
+        prefix,
+        qos,
+        groups,
+        max_packet_size,
+        ca=ca,
+        cert=cert,
+        key=key,
+        username=username,
+        password=password,
+    )
     text = render(spec)
     if output is None:
         click.echo(text, nl=False)
     else:
         output.write_text(text)
+        if password:
+            output.chmod(0o600)
         click.echo(f"wrote {output}: bridge {spec.connection} to {central}", err=True)
 
 

@@ -30,11 +30,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..broker_config import DEVICE_READS, DEVICE_WRITES
 from ..errors import UsageError
-from .client import parse_broker
+from .client import resolve
 
-IN_TOPICS = ("bundle/#", "group/+/desired", "dev/+/desired", "dev/+/cmd")
-OUT_TOPICS = ("dev/+/state", "dev/+/hb", "dev/+/reported", "dev/+/events", "dev/+/drift", "dev/+/resent")
+# What devices read and write, as the broker's ACL grants it (one definition: broker_config).
+IN_TOPICS = ("bundle/#", "group/+/desired", *(f"dev/+/{leaf}" for leaf in DEVICE_READS))
+OUT_TOPICS = tuple(f"dev/+/{leaf}" for leaf in DEVICE_WRITES)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -50,6 +52,11 @@ class BridgeSpec:
     max_packet_size: int = 0  # bytes; 0: the central broker's own limit applies
     keepalive_s: int = 30
     restart_s: tuple[int, int] = (2, 30)  # reconnect backoff: base and cap, seconds
+    ca: str = ""  # mqtts:// central broker: its CA certificate (bridge_cafile)
+    cert: str = ""  # the bridge's client certificate and key on the central broker
+    key: str = ""
+    username: str = ""  # or a username and password there
+    password: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.site):
@@ -58,7 +65,11 @@ class BridgeSpec:
             raise UsageError(f"QoS {self.qos} is not supported here", "use 1 (or 0 for telemetry you may lose)")
         if not self.prefix or "+" in self.prefix or "#" in self.prefix:
             raise UsageError(f"prefix {self.prefix!r} is not a topic prefix", "use the workspace's, e.g. edgekit/v1")
-        parse_broker(self.central)
+        resolve(self.central)
+        if bool(self.cert) != bool(self.key):
+            raise UsageError("a bridge certificate needs its key, and a key its certificate", "give --cert and --key")
+        if (self.cert or self.ca) and not resolve(self.central).tls:
+            raise UsageError("TLS files were given for a plain mqtt:// central broker", "use mqtts://HOST:8883")
 
     @property
     def connection(self) -> str:
@@ -83,7 +94,8 @@ class BridgeSpec:
 
 def render(spec: BridgeSpec) -> str:
     """The bridge section for the site broker's mosquitto.conf (or a file in its include_dir)."""
-    host, port = parse_broker(spec.central)
+    central = resolve(spec.central)
+    host, port = central.host, central.port
     lines = [
         f"# edgekit bridge: this site broker ({spec.site}) <-> the central broker {host}:{port}",
         "# Written by `edgekit broker bridge-config`; see docs/scaling.md. On the central broker set",
@@ -108,6 +120,15 @@ def render(spec: BridgeSpec) -> str:
     ]
     if spec.max_packet_size:
         lines.append(f"bridge_max_packet_size {spec.max_packet_size}")
+    if central.tls:
+        lines.append("# mqtts: the central broker's certificate is checked against this CA")
+        lines.append(f"bridge_cafile {spec.ca}" if spec.ca else "bridge_capath /etc/ssl/certs")
+        if spec.cert:
+            lines += [f"bridge_certfile {spec.cert}", f"bridge_keyfile {spec.key}"]
+    if spec.username:
+        lines.append(f"remote_username {spec.username}")
+        if spec.password:
+            lines.append(f"remote_password {spec.password}")
     lines.append("# host -> devices: retained bundles and desired states, resend commands")
     lines += [f"topic {t} in {spec.qos}" for t in spec.in_topics()]
     lines.append("# devices -> host: births and Wills, heartbeats, summaries, events, drift windows, resend replies")

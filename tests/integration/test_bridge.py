@@ -140,5 +140,34 @@ def test_the_bridge_config_names_every_topic_once_in_one_direction() -> None:
     assert directions[f"{P}/bundle/#"] == "in" and directions[f"{P}/dev/+/drift"] == "out"
     assert f"{P}/group/g1/desired" in directions and f"{P}/group/+/desired" not in directions
     assert "address 10.1.2.3:1884" in result.output and "try_private true" in result.output
+    assert f"{P}/dev/+/samples" in directions  # every leaf a device may write (broker_config), out
     bad = CliRunner().invoke(main, ["broker", "bridge-config", "--site", "a b", "--central", "mqtt://x:1"])
     assert bad.exit_code == 2 and "site name" in bad.output
+
+
+def test_the_bridge_config_for_a_secured_central_broker(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    args = ["broker", "bridge-config", "--site", "s9", "--central", "mqtts://central.example:8883"]
+    tls = CliRunner().invoke(
+        main, [*args, "--ca", "/etc/edgekit/ca.crt", "--cert", "/etc/edgekit/b.crt", "--key", "/etc/edgekit/b.key"]
+    )
+    assert tls.exit_code == 0, tls.output
+    assert "address central.example:8883" in tls.output
+    assert all(
+        f in tls.output
+        for f in (
+            "bridge_cafile /etc/edgekit/ca.crt",
+            "bridge_certfile /etc/edgekit/b.crt",
+            "bridge_keyfile /etc/edgekit/b.key",
+        )
+    )
+    out = tmp_path / "bridge.conf"
+    pw = CliRunner().invoke(main, [*args, "--username", "s9-bridge", "--password-file", str(secret), "-o", str(out)])
+    assert pw.exit_code == 0, pw.output
+    assert "remote_username s9-bridge\nremote_password s3cret\n" in out.read_text()
+    assert out.stat().st_mode & 0o077 == 0  # it holds a password
+    half = CliRunner().invoke(main, [*args, "--cert", "/etc/edgekit/b.crt"])
+    assert half.exit_code == 2 and "needs its key" in half.output
+    plain = CliRunner().invoke(main, [*args[:-1], "mqtt://central.example:1883", "--ca", "/etc/edgekit/ca.crt"])
+    assert plain.exit_code == 2 and "plain mqtt://" in plain.output
