@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench mosquitto postgres chromium clean
+.PHONY: demo test lint bench mosquitto postgres chromium aedes clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,15 @@ postgres:
 chromium:
 	@bash scripts/ensure-chromium.sh
 
+aedes:
+	@bash scripts/ensure-aedes.sh
+
 demo: $(STAMP) mosquitto
 	$(PY) examples/demo.py
 
-test: $(STAMP) mosquitto postgres chromium
+test: $(STAMP) mosquitto postgres chromium aedes
 	$(PY) -m pytest
+	EDGEKIT_TEST_SECURE=1 $(PY) -m pytest -q -m tls_variant   # the same tests on a TLS + ACL broker
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

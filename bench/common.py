@@ -43,10 +43,21 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "applications calling the agent's socket: single rows, batches, concurrent clients, against bare onnxruntime",
     ),
     (
+        "fleet-scale",
+        "bench/fleet_scale.py",
+        "1,000 simulated devices: fleet status, a 1 MiB bundle to all, serve ingesting their telemetry, vs raw MQTT",
+    ),
+    (
+        "rollout-scale",
+        "bench/rollout_scale.py",
+        "a phased rollout to 1,000 simulated devices aborted at its first phase, against a plain deploy",
+    ),
+    (
         "small-device",
         "bench/small_device.py",
         "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",
     ),
+    ("install-probe", "bench/install_probe.py", "what the child-process probe of a new model adds to an install"),
 )
 
 

@@ -70,6 +70,9 @@ class MqttSettings:
     keepalive_s: int = _setting(30, "s", "MQTT keep-alive")
     reconnect_min_s: float = _setting(1.0, "s", "first reconnect delay (a random 0-3 s is added per agent)")
     reconnect_max_s: float = _setting(30.0, "s", "longest reconnect delay")
+    protocol: str = _setting(
+        "auto", "", "MQTT version: auto (5, or 3.1.1 once the broker refuses 5), 5, or 3.1.1 (docs/scaling.md)"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,25 @@ class CoreSettings:
     transfer_timeout_s: float = _setting(120.0, "s", "abandon a transfer that makes no progress for this long")
     transfer_retry_base_s: float = _setting(10.0, "s", "first retry of a timed-out transfer (doubles, jittered)")
     transfer_retry_max_s: float = _setting(600.0, "s", "longest delay between transfer retries")
-    max_trial_crashes: int = _setting(2, "restarts", "a bundle whose trial ended in this many restarts is not retried")
+    max_trial_crashes: int = _setting(
+        2, "restarts", "a bundle whose install or trial ended in this many restarts is not retried until asked again"
+    )
     event_burst: int = _setting(20, "events", "failure events of one code per period; the rest are counted")
     event_period_s: float = _setting(60.0, "s", "the period of event_burst")
     max_payload_bytes: int = _setting(1 << 20, "bytes", "largest control message read (desired, transfer document)")
     resend_burst: int = _setting(10, "commands", "resend commands handled per event_period_s; the rest are refused")
     resend_max_messages: int = _setting(10_000, "messages", "most messages one resend command may ask for")
     max_chunk_bytes: int = _setting(4 << 20, "bytes", "largest bundle chunk accepted")
+    trial_min_rows: int = _setting(
+        20, "rows", "a trial's rejection rate is compared with the old model's from this many rows"
+    )
+    trial_max_reject_increase: float = _setting(
+        0.2, "share", "a new model rejecting this much more of the rows than the model it replaces is reverted"
+    )
+    trial_max_latency_ratio: float = _setting(3.0, "x", "a new model this many times slower (median) is reverted")
+    trial_latency_slack_s: float = _setting(0.002, "s", "... and slower by at least this much per row")
+    trial_max_memory_ratio: float = _setting(3.0, "x", "a new model needing this many times the memory is reverted")
+    trial_memory_slack_bytes: int = _setting(64 << 20, "bytes", "... and at least this much more")
     clock_tolerance_s: float = _setting(
         300.0, "s", "a clock this far behind the newest signed time seen is untrusted (expiry then uses that time)"
     )
@@ -112,6 +127,11 @@ class EngineSettings:
         2000.0, "rows/s", "rows accounted for drift at most; beyond, an even sample of the rows (0: every row)"
     )
     intra_op_threads: int = _setting(1, "threads", "onnxruntime intra-op threads (one is fastest for single rows)")
+    load_timeout_s: float = _setting(
+        60.0, "s", "a new model's load and health check (in a child process) are stopped after this long"
+    )
+    load_cpu_s: float = _setting(60.0, "s", "... or after this much CPU time")
+    load_memory_bytes: int = _setting(1 << 30, "bytes", "... or when they need more memory than this")
 
 
 @dataclass(frozen=True)
@@ -221,7 +241,16 @@ class AgentConfig:
         for name in ("device_id", "state_dir", "trust"):
             if not getattr(self, name):
                 raise ConfigError(f"{name.replace('_', '-')} is not set: pass --{name.replace('_', '-')} or set it")
+        _ = self.mqtt_protocols  # an unknown MQTT version is refused before anything starts
         return self
+
+    @property
+    def mqtt_protocols(self) -> tuple[str, ...]:
+        """The MQTT versions to try, in order: ``mqtt.protocol`` read."""
+        chosen = {"auto": ("5", "3.1.1"), "5": ("5",), "3.1.1": ("3.1.1",)}.get(self.mqtt.protocol)
+        if chosen is None:
+            raise ConfigError(f"mqtt.protocol {self.mqtt.protocol!r} is not an MQTT version; use auto, 5 or 3.1.1")
+        return chosen
 
     @property
     def broker_host_port(self) -> tuple[str, int, bool]:

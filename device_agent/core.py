@@ -82,6 +82,7 @@ from .errors import (
     TransferMismatch,
     TransferTimeout,
     TrialCrashed,
+    TrialRegressed,
     TrustError,
     VersionRollback,
     by_code,
@@ -126,6 +127,7 @@ from .protocol import (
 )
 from .state import Persisted
 from .transfer import Assembly
+from .trial import judge
 from .trust import DESIRED_DOMAIN, ROLE_BUNDLE, ROLE_DEPLOY, TRANSFER_DOMAIN, Trust, open_envelope
 
 DETAIL_MAX = 500  # characters of a failure's detail sent to the host
@@ -337,8 +339,8 @@ class AgentCore:
         self._reported_dirty = True
 
     def _on_stopping(self, event: Stopping, now: float, out: list[Action]) -> None:
-        if self.phase == Phase.TRIAL and self.goal is not None:
-            # A clean stop during a trial is no crash: it does not count against the bundle.
+        if self.phase in (Phase.INSTALLING, Phase.TRIAL) and self.goal is not None:
+            # A clean stop during an install or trial is no crash: it does not count against the bundle.
             self._save(out, replace(self.state, interrupted=self._interrupted(self.goal.sha256, -1)))
         self._last_hb = -1e18  # a final heartbeat and summary carry the last counters
         self._on_tick(Tick(self.stats), now, out)
@@ -470,7 +472,9 @@ class AgentCore:
                 goal,
                 now,
                 out,
-                TrialCrashed(f"{goal.ref.label} was not retried: its trial ended in a restart {crashes} times"),
+                TrialCrashed(
+                    f"{goal.ref.label} was not retried: its install or trial ended in a restart {crashes} times"
+                ),
             )
             return
         held = self.floor.get(goal.bundle.name)
@@ -646,6 +650,9 @@ class AgentCore:
             return
         self._phase(Phase.INSTALLING)
         self.staged.pop(goal.sha256, None)
+        # Counted before the load: if the model takes the process down during its load, health
+        # check or trial, the next start knows, and after max_trial_crashes stops trying it.
+        self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, +1)))
         out.append(Install(bundle, data))  # the install adopts the staged file and clears staging
 
     # ── installation, trial, commit ─────────────────────────────────────────────────
@@ -656,13 +663,14 @@ class AgentCore:
             return
         if event.error is not None:
             out.append(DropStaging(goal.sha256))
+            # A failure the install reported is no crash: the bundle waits for a new desired state.
+            self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, None)))
             self._fail(out, now, event.error, goal.sha256)
             self._pursue_newer(goal, now, out)
             return
         self._phase(Phase.TRIAL)
-        # Counted before the trial starts: if the process dies during it, the next start
-        # serves the old model and knows this bundle's trial was cut short.
-        self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, +1)))
+        if event.memory is not None:
+            self._save(out, replace(self.state, memory={**self.state.memory, goal.sha256: event.memory}))
         out.append(StartTrial(goal.sha256))
         self._event(out, now, Lifecycle.TRIAL, f"{goal.ref.label} is on trial", goal.ref)
 
@@ -670,10 +678,17 @@ class AgentCore:
         goal = self.goal
         if goal is None or event.sha256 != goal.sha256 or self.phase != Phase.TRIAL or self._committing:
             return
-        if event.error is not None:
+        error = event.error
+        if error is None and event.report is not None:
+            old = self.active.sha256 if self.active is not None else ""
+            why = judge(event.report, self.settings, self.state.memory.get(goal.sha256), self.state.memory.get(old))
+            if why is not None:
+                error = TrialRegressed(f"{goal.ref.label} regressed on trial: {why}")
+        if error is not None:
             out.append(Revert(goal.sha256))
-            self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, None)))
-            self._fail(out, now, event.error, goal.sha256)
+            memory = {k: v for k, v in self.state.memory.items() if k != goal.sha256}
+            self._save(out, replace(self.state, interrupted=self._interrupted(goal.sha256, None), memory=memory))
+            self._fail(out, now, error, goal.sha256)
             self._pursue_newer(goal, now, out)
             return
         floor = dict(self.floor)
@@ -681,12 +696,14 @@ class AgentCore:
         if held is None or goal.bundle.version >= held.version:
             floor[goal.bundle.name] = FloorEntry(goal.bundle.version, goal.sha256)
         previous = self.active if self.active is not None and self.active.sha256 != goal.sha256 else self.previous
+        kept = {r.sha256 for r in (goal.ref, previous) if r is not None}
         committed = replace(
             self.state,
             active=goal.ref,
             previous=previous,
             floor=floor,
             interrupted=self._interrupted(goal.sha256, None),
+            memory={k: v for k, v in self.state.memory.items() if k in kept},
         )
         # The commit is the state from now on: a SaveState emitted before Committed arrives
         # must not write the old active bundle back over it.

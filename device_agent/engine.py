@@ -25,6 +25,7 @@ from .errors import InferenceFailed, NoModel, ProtocolError, RowError, TrialFail
 from .events import DriftReady, Event, RowRejected, TrialDone
 from .protocol import Latency, Progress, Stats
 from .runtime import Columns, LoadedModel, Prediction
+from .trial import TrialReport
 
 
 class _Window:
@@ -62,7 +63,12 @@ class _Trial:
         self.deadline = time.monotonic() + max_s
         self.fallback = fallback
         self.ok = 0
+        self.rejected = 0  # rows the new model could not answer (any row error but "no model")
         self.decided = False
+        self.latency_from = 0  # where its rows start in the engine's latency ring
+        self.base_rows = 0  # the replaced model's rows since it started serving
+        self.base_rejected = 0
+        self.base_latency_s: float | None = None
 
 
 class _DriftBudget:
@@ -121,6 +127,8 @@ class InferenceEngine:
         self._lat_n = 0
         self.served = 0
         self.rejected = 0
+        self.model_rejected = 0  # rows the model was given and could not answer
+        self._mark = (0, 0)  # (served, model_rejected) when the serving model started
         self.low_confidence = 0
         self.unaccounted = 0  # rows served but left out of drift because the worker fell behind
         self.sampled_out = 0  # rows served beyond the drift budget: the windows hold an even sample
@@ -140,7 +148,13 @@ class InferenceEngine:
         notifies TrialDone(not ok) and puts the previous model straight back."""
         with self._lock:
             fallback = (self.model, self._window)
-        trial = _Trial(model.bundle.sha256, self.settings.trial_rows, self.settings.trial_max_s, fallback)
+            trial = _Trial(model.bundle.sha256, self.settings.trial_rows, self.settings.trial_max_s, fallback)
+            if self.model is not None:  # the baseline the trial's verdict compares with
+                served, rejected = self._mark
+                trial.base_rejected = self.model_rejected - rejected
+                trial.base_rows = self.served - served + trial.base_rejected
+                trial.base_latency_s = self._median_latency_locked(0, self._lat_n)
+            trial.latency_from = self._lat_n
         self._switch(model, trial=trial)
 
     def trial_sha(self) -> str | None:
@@ -166,6 +180,7 @@ class InferenceEngine:
         self._low_conf_threshold = self._window.low_confidence if self._window else 0.0
         self._rows, self._labels, self._scores = [], [], []  # rows served by the failed model are not drift data
         self._trial = None
+        self._mark = (self.served, self.model_rejected)
 
     def _switch(self, model: LoadedModel, trial: _Trial | None) -> None:
         try:
@@ -183,6 +198,7 @@ class InferenceEngine:
             self._window = window
             self._low_conf_threshold = threshold
             self._trial = trial
+            self._mark = (self.served, self.model_rejected)
         if old is not None:
             self._account(old, *pending, final=True)
 
@@ -193,8 +209,7 @@ class InferenceEngine:
         with self._lock:
             trial = self._trial
             if trial is not None and not trial.decided and time.monotonic() >= trial.deadline:
-                trial.decided = True
-                self._notify(TrialDone(trial.sha256))
+                self._decide_locked(trial)
             pending = self._take_locked()
             window = self._window
         if window is not None:
@@ -307,9 +322,8 @@ class InferenceEngine:
             trial = self._trial
             if trial is not None and not trial.decided:
                 trial.ok += n
-                if trial.ok >= trial.rows:
-                    trial.decided = True
-                    self._notify(TrialDone(trial.sha256))
+                if trial.ok + trial.rejected >= trial.rows:
+                    self._decide_locked(trial)
             return model, cols
 
     def _no_model_locked(self) -> RowError:
@@ -322,12 +336,19 @@ class InferenceEngine:
         """A row the model did not answer: counted, reported, and held against a model on trial
         when the model itself failed."""
         self.rejected += 1
+        self.model_rejected += 1
         self._notify(RowRejected(exc))
         trial = self._trial
-        if trial is not None and not trial.decided and isinstance(exc, InferenceFailed):
+        if trial is None or trial.decided:
+            return
+        if isinstance(exc, InferenceFailed):
             trial.decided = True
             self._notify(TrialDone(trial.sha256, TrialFailed(f"on live row {trial.ok + 1}: {exc.detail}")))
             self._revert_locked(trial)
+            return
+        trial.rejected += 1  # the row's fault or the model's: the verdict compares the rates
+        if trial.ok + trial.rejected >= trial.rows:
+            self._decide_locked(trial)
 
     def _served_locked(self, inputs: Sequence[Any], pred: Prediction, sampled: bool | None = None) -> None:
         self.served += 1
@@ -344,9 +365,32 @@ class InferenceEngine:
         trial = self._trial
         if trial is not None and not trial.decided:
             trial.ok += 1
-            if trial.ok >= trial.rows:
-                trial.decided = True
-                self._notify(TrialDone(trial.sha256))
+            if trial.ok + trial.rejected >= trial.rows:
+                self._decide_locked(trial)
+
+    def _decide_locked(self, trial: _Trial) -> None:
+        """The trial has seen enough (or its time is up): what it counted goes to the core,
+        which compares it with the model it replaces."""
+        trial.decided = True
+        report = TrialReport(
+            rows=trial.ok + trial.rejected,
+            rejected=trial.rejected,
+            latency_s=self._median_latency_locked(trial.latency_from, self._lat_n),
+            base_rows=trial.base_rows,
+            base_rejected=trial.base_rejected,
+            base_latency_s=trial.base_latency_s,
+        )
+        self._notify(TrialDone(trial.sha256, report=report))
+
+    def _median_latency_locked(self, start: int, end: int) -> float | None:
+        """The median of the latencies recorded between ring positions ``start`` and ``end``
+        (what is still in the ring of them), in seconds."""
+        ring = len(self._latency)
+        start = max(start, end - ring)
+        if end <= start:
+            return None
+        at = np.arange(start, end) % ring
+        return float(np.median(self._latency[at])) / 1e9
 
     # ── drift accounting (worker thread) ────────────────────────────────────────────
 

@@ -177,6 +177,29 @@ class HealthCheckFailed(ModelError):
     action = "Compare onnxruntime versions on host and device; a quantized model may need a wider tolerance."
 
 
+class ModelTimeout(ModelError):
+    """Loading the model or running its health samples took longer than its budget
+    (engine.load_timeout_s of wall-clock time, or engine.load_cpu_s of CPU): it was stopped."""
+
+    code = "model.timeout"
+    action = "Look for loops or huge operators in the model (edgekit inspect); raise engine.load_timeout_s if needed."
+
+
+class ModelResources(ModelError):
+    """Loading the model or running its health samples needed more memory than
+    engine.load_memory_bytes: it was stopped before it could take the device's memory."""
+
+    code = "model.resources"
+    action = "Shrink or quantize the model; raise engine.load_memory_bytes if the device has the room."
+
+
+class ModelCrashed(ModelError):
+    """The process that loads and checks a new model died (a crash inside onnxruntime)."""
+
+    code = "model.crashed"
+    action = "Check the model with edgekit verify on a machine like the device; rebuild it with another opset."
+
+
 # ── deployment steps ──────────────────────────────────────────────────────────────────
 
 
@@ -225,8 +248,17 @@ class TrialFailed(DeployError):
     action = "Look at the rows the device serves (edgekit fleet status, events) and fix the model."
 
 
+class TrialRegressed(DeployError):
+    """The new model did worse on live rows than the one it replaces: more rows rejected,
+    slower, or more memory, beyond the core.trial_* limits; the previous model serves again."""
+
+    code = "trial.regressed"
+    action = "Check that the model fits what the device feeds it (its features); the event says what regressed."
+
+
 class TrialCrashed(DeployError):
-    """The agent stopped during this bundle's trial too often; it is not retried until asked again."""
+    """The agent stopped during this bundle's install (load, health check) or trial too often
+    (core.max_trial_crashes); it is not retried until a newer desired state asks."""
 
     code = "trial.crashed"
     action = "Look for crashes on the device (memory, the model); deploy again to retry it."

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import AgentError, RowError
 from .protocol import BundleRef, Stats
+from .trial import TrialReport
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,18 @@ class Restored(_Outcome):
 
 @dataclass(frozen=True)
 class InstallDone(_Outcome):
-    """The worker's answer to ``Install``: model loaded, health checked, bundle stored."""
+    """The worker's answer to ``Install``: model loaded, health checked, bundle stored;
+    ``memory``: bytes its load and health check added (measured in the probe's child)."""
+
+    memory: int | None = None
 
 
 @dataclass(frozen=True)
 class TrialDone(_Outcome):
-    """The engine's verdict on the new model's first live rows."""
+    """The engine's verdict on the new model's first live rows (a failure the model caused),
+    and what it counted for the core to compare with the model it replaces."""
+
+    report: TrialReport | None = None
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,7 @@ class Slots:
                 desired_seq={str(k): int(v) for k, v in doc.get("desired_seq", {}).items()},
                 bdseq=int(doc.get("bdseq", 0)),
                 interrupted={str(k): int(v) for k, v in doc.get("interrupted", {}).items()},
+                memory={str(k): int(v) for k, v in doc.get("memory", {}).items()},
                 signed_time=float(doc.get("signed_time", 0.0)),
             )
         except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -148,6 +149,7 @@ class Slots:
             "desired_seq": dict(state.desired_seq),
             "bdseq": state.bdseq,
             "interrupted": dict(state.interrupted),
+            "memory": dict(state.memory),
             "signed_time": state.signed_time,
         }
         try:

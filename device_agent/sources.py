@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -240,8 +241,13 @@ def serve_lines(engine: InferenceEngine, lines: Iterable[str | bytes | RowError]
 
 
 def serve_stdin(engine: InferenceEngine, max_line_bytes: int = 1 << 20) -> int:
-    """Rows on stdin, read as bytes: a line that is not text is answered, not fatal."""
-    return serve_lines(engine, bounded_lines(sys.stdin.buffer, max_line_bytes), sys.stdout)
+    """Rows on stdin, read as bytes: a line that is not text is answered, not fatal.
+
+    Read through a reader of its own on a duplicate of the descriptor, not ``sys.stdin.buffer``:
+    this thread waits inside ``readline`` holding the reader's lock, and at shutdown Python
+    flushes ``sys.stdin``'s reader and aborts if a daemon thread holds its lock."""
+    with open(os.dup(sys.stdin.fileno()), "rb") as stream:
+        return serve_lines(engine, bounded_lines(stream, max_line_bytes), sys.stdout)
 
 
 def csv_rows(path: str) -> Iterator[dict[str, str] | RowError]:

@@ -21,5 +21,6 @@ class Persisted:
     floor: Mapping[str, FloorEntry] = field(default_factory=dict)  # name -> highest accepted version
     desired_seq: Mapping[str, int] = field(default_factory=dict)  # target -> highest accepted sequence
     bdseq: int = 0  # birth/death sequence of the latest connection
-    interrupted: Mapping[str, int] = field(default_factory=dict)  # sha -> trials cut short by a restart
+    interrupted: Mapping[str, int] = field(default_factory=dict)  # sha -> installs or trials cut short by a restart
+    memory: Mapping[str, int] = field(default_factory=dict)  # sha -> bytes its load and health check added
     signed_time: float = 0.0  # the newest issue time of an accepted signed document (Unix s)

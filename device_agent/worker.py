@@ -61,6 +61,7 @@ from .events import (
     TrialDone,
 )
 from .outbox import Outbox
+from .probe import Budget, probe
 from .protocol import DeviceEvent, OutboxStats, Stats, Topics
 from .resources import ResourceMeter
 from .runtime import LoadedModel, device_profile
@@ -323,8 +324,7 @@ class Worker:
             self.slots.store_bundle(bundle.sha256, action.data)
             _release(action.data)
             try:
-                model = self._load(bundle)
-                model.health_check()
+                model, memory = self._load_checked(bundle)
             except BaseException:
                 self._discard(bundle.sha256)
                 raise
@@ -338,7 +338,29 @@ class Worker:
             self.queue.put(InstallDone(bundle.sha256, InstallFailed(f"{type(exc).__name__}: {exc}")))
             return
         self._loaded = {bundle.sha256: model}
-        self.queue.put(InstallDone(bundle.sha256))
+        self.queue.put(InstallDone(bundle.sha256, memory=memory))
+
+    def _load_checked(self, bundle: VerifiedBundle) -> tuple[LoadedModel, int | None]:
+        """A new model loads and runs its health samples first in a child process under the
+        engine's budget (:mod:`device_agent.probe`); only then is it loaded here. Returns the
+        model and the memory its load and health check added in the child."""
+        threads = self.config.engine.intra_op_threads
+        if bundle.model_span is None:  # the model travelled in memory: nothing to hand a child
+            model = self._load(bundle)
+            model.health_check()
+            return model, None
+        engine = self.config.engine
+        budget = Budget(engine.load_timeout_s, engine.load_memory_bytes, engine.load_cpu_s)
+        with self.slots.member_file(bundle.sha256, bundle.model_span) as path:
+            result = probe(bundle, str(path), threads, budget, step=fault)
+            log.info(
+                "%s passed its load and health check in %.2f s (%.1f MiB, %.3f ms per sample)",
+                bundle.ref.label,
+                result.seconds,
+                result.rss_bytes / 2**20,
+                result.latency_s * 1e3,
+            )
+            return LoadedModel(bundle, threads, model_path=path), result.rss_bytes
 
     def _load(self, bundle: VerifiedBundle) -> LoadedModel:
         """onnxruntime reads the model from a file the kernel copies out of the stored bundle:

@@ -9,17 +9,33 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Broker
+from tests.support.broker import Broker, make_broker
 from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker(persistence=True)
-    b.start()
+def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+    """mosquitto with persistence; a test marked ``@BOTH_BROKERS`` (tests/support/broker.py)
+    runs once more against aedes, an independent MQTT 3.1.1 broker with the same interface.
+    With EDGEKIT_TEST_SECURE=1, mosquitto is the secured one `edgekit broker config` writes
+    (TLS, identities, ACLs), the host connecting as @deploy and agents enrolled as they start."""
+    from tests.support import secured
+
+    kind = getattr(request, "param", "mosquitto")
+    b: Broker
+    if secured.secure_variant():
+        if kind != "mosquitto":
+            pytest.skip("the TLS + ACL variant runs on mosquitto")
+        b = secured.ACTIVE = secured.SecureTestBroker()
+        for name, value in secured.ACTIVE.host_env().items():
+            monkeypatch.setenv(name, value)
+        b.start()
+    else:
+        b = make_broker(kind)  # type: ignore[assignment]  # AedesBroker has Broker's interface
     try:
         yield b
     finally:
+        secured.ACTIVE = None
         b.close()
 
 

@@ -96,6 +96,10 @@ def _register() -> None:
 
     for command in devices.COMMANDS:
         main.add_command(command)
+    from . import sim
+
+    for command in sim.COMMANDS:
+        main.add_command(command)
 
     from . import broker
 

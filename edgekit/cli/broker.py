@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,11 @@ import click
 
 from .. import broker_config, workspace
 from ..devices import AUTH_CERT, AUTH_PASSWORD
-from ..errors import WorkspaceError
+from ..errors import ExitCode, WorkspaceError
 from ..fleet.bridge import BridgeSpec, render
-from .output import emit, json_option
+from ..fleet.capabilities import BrokerReport, probe
+from .connection import BrokerChoice, broker_options
+from .output import emit, json_option, table
 
 
 @click.group("broker")
@@ -130,6 +133,37 @@ def config_cmd(
         return "\n".join(lines)
 
     emit(files.to_dict(), as_json, text, kind="broker_config")
+
+
+@broker.command("check")
+@click.argument("url", required=False)
+@broker_options
+@json_option
+def check(url: str | None, broker: BrokerChoice, as_json: bool) -> None:
+    """What the broker supports of what edgekit uses: MQTT 5 or 3.1.1, retained messages (on
+    exact and wildcard subscriptions), shared subscriptions, packet limit, session expiry.
+
+    Exit 0 when everything edgekit needs is there, 6 when something is missing.
+
+    Example: edgekit broker check mqtt://127.0.0.1:1883 --json
+    """
+    if url is not None:
+        broker = dataclasses.replace(broker, url=url)
+    try:
+        ws: workspace.Workspace | None = workspace.find()
+    except WorkspaceError:
+        ws = None
+    report = probe(broker.resolve(ws))
+    emit(report.to_json(), as_json, lambda _d: _text(report), kind="broker")
+    if not report.ok:
+        raise SystemExit(int(ExitCode.FLEET))
+
+
+def _text(report: BrokerReport) -> str:
+    mark = {True: "yes", False: "NO", None: "unknown"}
+    rows = [[f.name, mark[f.supported], f.detail] for f in report.features]
+    head = f"{report.broker}: MQTT {report.protocol}" + ("" if report.ok else " — edgekit cannot work fully here")
+    return head + "\n" + table(rows, ["feature", "supported", "detail"])
 
 
 COMMANDS = [broker]

@@ -11,7 +11,10 @@ import click
 from device_agent.features import DATETIME_PARTS
 
 from .. import compare as compare_mod
-from .. import pipeline, progress, reproduce, workspace
+from .. import progress, workspace
+
+# pipeline and reproduce import scikit-learn and skl2onnx (seconds on a busy machine): they are
+# imported by the commands that train, so `edgekit fleet status` does not pay for them.
 from .. import runs as runs_mod
 from ..errors import ExitCode, UsageError
 from .output import emit, json_option, table
@@ -192,6 +195,8 @@ def train_cmd(
     Example: edgekit train data.csv --target label --model auto --time-budget 60 --metric f1_macro
     """
     ws = workspace.find()
+    from .. import pipeline
+
     run = pipeline.train_run(
         ws,
         data,
@@ -277,6 +282,8 @@ def quantize_cmd(
 
     Example: edgekit quantize latest --max-accuracy-loss 0.01
     """
+    from .. import pipeline
+
     _, report = pipeline.quantize_run(
         workspace.find(),
         run_id,
@@ -476,6 +483,8 @@ def runs_reproduce(run_id: str, data_path: Path | None, as_json: bool) -> None:
     Example: edgekit runs reproduce latest --json
     """
     ws = workspace.find()
+    from .. import reproduce
+
     report = reproduce.reproduce(ws, run_id, data_path, progress=progress.for_cli(as_json))
     emit(report, as_json, _reproduce_text, "reproduction")
     if not report["match"]:

@@ -27,6 +27,13 @@ Retained documents are read on each connection through a plain subscription too,
 the MQTT 5 specification does not send retained messages to shared subscriptions (mosquitto
 does, other brokers do not).
 
+On a broker without shared subscriptions (``edgekit broker check`` says so; aedes, RabbitMQ
+before 3.13) the collector subscribes plainly and says so in its log: one collector then takes
+all the traffic, and a second would store everything again (harmlessly: storing is
+idempotent) rather than share it. On a broker without MQTT 5 it speaks MQTT 3.1.1: a
+persistent session (clean session off) that never expires, so ``--end-session`` ends it by
+connecting once more with a clean session.
+
 Threads: paho's network thread only puts messages on a queue (never blocks); one writer
 thread takes them in batches, writes each batch in one transaction, acknowledges, updates
 the metrics, and every few seconds scans for gaps and refreshes the fleet view.
@@ -51,6 +58,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_agent.errors import ProtocolError
+from device_agent.mqtt_versions import refuses_protocol
 from device_agent.protocol import (
     MAX_RANGES,
     Command,
@@ -66,7 +74,8 @@ from ..alerts.service import AlertService
 from ..errors import FleetError
 from ..telemetry import Gap, Received, TelemetryStore
 from ..telemetry.store import LEAVES, StoreError
-from .client import Broker, new_client, resolve
+from .capabilities import shared_subscriptions
+from .client import Broker, connect, new_client, resolve
 from .metrics import CollectorMetrics
 from .status import DeviceStatus
 from .verify import UNENROLLED, TelemetryCheck
@@ -155,6 +164,9 @@ class Collector:
         self._next_scan = 0.0
         self._next_refresh = 0.0
         self._writer = threading.Thread(target=self._run, name="edgekit-serve-writer", daemon=True)
+        self.protocol = "5"  # or "3.1.1", once the broker refused MQTT 5
+        self.shared = True  # subscribing through the share group; False where the broker has none
+        self._refused_version = threading.Event()
         self._client = self._make_client()
         self._snapshot_mid: int | None = None
         self.alerts = alerts
@@ -175,26 +187,55 @@ class Collector:
 
     def start(self, connect_timeout: float = 10.0) -> None:
         host, port = self.broker.host, self.broker.port
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.settings.session_expiry_s
-        props.ReceiveMaximum = self.settings.receive_maximum
         try:
-            self._client.connect(host, port, keepalive=30, clean_start=False, properties=props)
-        except OSError as exc:
+            self._learn_broker(connect_timeout)
+            while True:
+                self._client = self._make_client()
+                self._open_session(host, port)
+                self._client.loop_start()
+                if self._connected.wait(connect_timeout):
+                    break
+                self._client.loop_stop()
+                if not (self._refused_version.is_set() and self.protocol == "5"):
+                    raise FleetError(
+                        f"the broker at {self.broker.url} did not accept the connection in {connect_timeout:.0f} s",
+                        "check its log: a collector needs the serve role's certificate or password",
+                    )
+                self.protocol = "3.1.1"  # the probe spoke 5 and the session was refused: unlikely, handled
+        except FleetError:
             self.store.close()
+            raise
+        self._writer.start()
+
+    def _learn_broker(self, timeout: float) -> None:
+        """The MQTT version to speak and whether shared subscriptions work, from a short
+        probe connection (the broker's word alone is not enough: see capabilities.py)."""
+        with connect(self.broker, timeout=timeout, purpose="serve-probe") as conn:
+            self.protocol = conn.protocol
+            self.shared = shared_subscriptions(conn)
+        if self.protocol != "5":
+            log.warning("the broker at %s speaks MQTT 3.1.1 only: the session never expires", self.broker.url)
+        if not self.shared:
+            log.warning(
+                "the broker at %s has no shared subscriptions: this collector subscribes plainly and "
+                "takes all the traffic (a second one would store everything again, not share it)",
+                self.broker.url,
+            )
+
+    def _open_session(self, host: str, port: int) -> None:
+        try:
+            if self.protocol == "5":
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = self.settings.session_expiry_s
+                props.ReceiveMaximum = self.settings.receive_maximum
+                self._client.connect(host, port, keepalive=30, clean_start=False, properties=props)
+            else:
+                self._client.connect(host, port, keepalive=30)
+        except OSError as exc:
             raise FleetError(
                 f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}",
                 "start the broker or pass --broker (and --broker-ca for mqtts://)",
             ) from None
-        self._client.loop_start()
-        if not self._connected.wait(connect_timeout):
-            self._client.loop_stop()
-            self.store.close()
-            raise FleetError(
-                f"the broker at {self.broker.url} did not accept the connection in {connect_timeout:.0f} s",
-                "check its log: a collector needs the serve role's certificate or password",
-            )
-        self._writer.start()
 
     def stop(self, end_session: bool = False) -> None:
         """Store what was received (acknowledging it), then disconnect. The session stays on
@@ -205,23 +246,39 @@ class Collector:
         self._stopping.set()
         self._writer.join(max(0.1, deadline - time.monotonic()))
         props = None
-        if end_session:
+        if end_session and self.protocol == "5":
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
         with contextlib.suppress(Exception):
             self._client.disconnect(properties=props)
         with contextlib.suppress(Exception):  # paho 2.2 can raise AttributeError here
             self._client.loop_stop()
+        if end_session and self.protocol != "5":
+            self._end_v311_session()
         if self.alerts is not None and self.alerts.runner is not None:
             self.alerts.runner.stop()
         self.metrics.connected.set(0)
         with contextlib.suppress(Exception):
             self.store.close()
 
+    def _end_v311_session(self) -> None:
+        """MQTT 3.1.1 has no session expiry: a connection with a clean session discards it."""
+        done = threading.Event()
+        client = new_client(self.broker, self.client_id, "3.1.1", clean_session=True)
+        client.on_connect = lambda *_: done.set()
+        with contextlib.suppress(Exception):
+            client.connect(self.broker.host, self.broker.port, keepalive=10)
+            client.loop_start()
+            done.wait(5.0)
+            client.disconnect()
+        with contextlib.suppress(Exception):
+            client.loop_stop()
+
     # ── MQTT (paho's thread: translate and queue only) ─────────────────────────────
 
     def _make_client(self) -> paho.Client:
-        client = new_client(self.broker, self.client_id)
+        # 3.1.1: a persistent session (clean session off), the broker queues while the collector is stopped
+        client = new_client(self.broker, self.client_id, self.protocol, clean_session=False)
         client.manual_ack_set(True)  # acknowledged only once stored
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
@@ -232,15 +289,18 @@ class Collector:
 
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:
+            if refuses_protocol(reason):
+                self._refused_version.set()
             log.error("the broker refused the connection: %s", reason)
             return
         with contextlib.suppress(OSError, AttributeError):
             sock = client.socket()
             if isinstance(sock, socket.socket):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        group = self.settings.share_group
-        client.subscribe([(f"$share/{group}/{self.topics.all_devices(leaf)}", 1) for leaf in LIVE])
-        _, self._snapshot_mid = client.subscribe([(self.topics.all_devices(leaf), 1) for leaf in RETAINED])
+        group = f"$share/{self.settings.share_group}/" if self.shared else ""
+        client.subscribe([(f"{group}{self.topics.all_devices(leaf)}", 1) for leaf in LIVE])
+        if self.shared:  # a plain subscription to the same filters already brings the retained documents
+            _, self._snapshot_mid = client.subscribe([(self.topics.all_devices(leaf), 1) for leaf in RETAINED])
         self.metrics.connected.set(1)
         log.info("connected as %s (session %s)", self.client_id, "resumed" if flags.session_present else "new")
         self._connected.set()

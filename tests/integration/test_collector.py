@@ -32,7 +32,7 @@ from edgekit.telemetry import open_store
 from tests.conftest import HostSetup
 from tests.support import fleetdocs
 from tests.support.agent import AgentProcess, wait_until
-from tests.support.broker import Broker, free_port
+from tests.support.broker import BOTH_BROKERS, Broker, free_port
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.broker
@@ -294,6 +294,7 @@ def test_mosquitto_queues_for_a_stopped_share_group_member_and_keeps_assigning_i
     _leave(b)
 
 
+@BOTH_BROKERS
 def test_a_message_is_acknowledged_only_once_stored(broker: Broker, tmp_path: Path) -> None:
     """The database goes away: the collector keeps what it received unacknowledged, and
     when it stops, the broker still holds it for the next start."""

@@ -16,7 +16,7 @@ from tests.conftest import HostSetup
 from tests.support.agent import AgentProcess, wait_until
 from tests.support.broker import Broker
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.tls_variant]
 T = Topics()
 
 

@@ -14,7 +14,7 @@ from edgekit.fleet.deploy import Target, publish_bundle, publish_desired
 from edgekit.fleet.status import fleet_status
 from tests.conftest import HostSetup
 from tests.support.agent import AgentProcess, wait_until
-from tests.support.broker import Broker
+from tests.support.broker import BOTH_BROKERS, Broker
 from tests.support.watch import Watcher
 
 pytestmark = pytest.mark.broker
@@ -41,6 +41,7 @@ def _active_version(broker: Broker, device: str) -> int | None:
     return active.get("version")
 
 
+@BOTH_BROKERS
 def test_group_deploy_activates_on_both_and_serves(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
     watcher = Watcher(broker.url, [f"{P}/dev/+/events", f"{P}/dev/+/drift"])
     agents = [AgentProcess(d, broker.url, tmp_path / d / "state", host.trust, ("plant",)) for d in ("a1", "a2")]

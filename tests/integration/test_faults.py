@@ -22,7 +22,7 @@ from edgekit.fleet.deploy import Target, publish_bundle, publish_desired
 from edgekit.fleet.status import fleet_status
 from tests.conftest import HostSetup
 from tests.support.agent import AgentProcess, wait_until
-from tests.support.broker import Broker
+from tests.support.broker import BOTH_BROKERS, Broker
 from tests.support.watch import Watcher
 
 pytestmark = pytest.mark.broker
@@ -78,6 +78,8 @@ def _publish_chunks(broker: Broker, version: int, parts: list[bytes], indices: r
         publish_all(conn, [(T.bundle_chunk("wine", version, i), b"" if clear else parts[i], True) for i in indices])
 
 
+@pytest.mark.tls_variant
+@BOTH_BROKERS
 def test_broker_killed_mid_transfer_resumes_and_completes(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
     agent = AgentProcess("f1", broker.url, tmp_path / "f1" / "state", host.trust)
     try:
@@ -117,7 +119,9 @@ def test_agent_restart_mid_transfer_asks_only_for_missing_chunks(
         agent.stop()
 
 
-@pytest.mark.parametrize("point", ["after_store", "after_trial_start", "before_commit", "after_commit"])
+@pytest.mark.parametrize(
+    "point", ["during_load", "during_health_check", "after_store", "after_trial_start", "before_commit", "after_commit"]
+)
 def test_sigkill_at_each_install_step_leaves_old_or_new_never_neither(
     point: str, host: HostSetup, broker: Broker, tmp_path: Path
 ) -> None:

@@ -14,12 +14,13 @@ import pytest
 from edgekit.errors import ExitCode
 from tests.conftest import HostSetup
 from tests.support.agent import AgentProcess, wait_until
-from tests.support.broker import Broker
+from tests.support.broker import BOTH_BROKERS, Broker
 from tests.support.json_contract import FLEET_KIND, Cli, check
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.tls_variant]
 
 
+@BOTH_BROKERS
 def test_fleet_commands_print_their_documents(host: HostSetup, broker: Broker, tmp_path: Path) -> None:
     root = tmp_path / "ws"
     shutil.copytree(host.root, root)  # a workspace of its own: deploys and a rollback change its registry
@@ -58,6 +59,8 @@ def test_fleet_commands_print_their_documents(host: HostSetup, broker: Broker, t
         assert j1["status"] == "online" and j1["active"]["version"] == 2 and j1["last_seen"].endswith("+00:00")
 
         run(("bundles", "gc"), "--dry-run")
+        caps = run(("broker", "check"), broker.url)
+        assert caps["ok"] is True and caps["protocol"] == ("5" if broker.kind == "mosquitto" else "3.1.1")
         online = run(("fleet", "forget"), "j1", code=ExitCode.USAGE)
         assert "online" in online["detail"]
     finally:

@@ -4,6 +4,7 @@ reports through it. Every attack here worked against the open broker (issue: sec
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -13,12 +14,13 @@ import pytest
 from device_agent.broker import BrokerEndpoint
 from device_agent.protocol import Topics
 from edgekit import devices, workspace
-from edgekit.fleet.client import collect, connect
+from edgekit.fleet.client import collect, connect, resolve
 from edgekit.pki import FleetCA
 from tests.conftest import HostSetup
 from tests.support.agent import AgentProcess, wait_until
+from tests.support.broker import Broker
 from tests.support.json_contract import Cli
-from tests.support.secured import Client, SecuredFleet, secured_fleet
+from tests.support.secured import Client, SecuredFleet, secure_variant, secured_fleet
 
 pytestmark = pytest.mark.broker
 
@@ -110,3 +112,17 @@ def test_a_revoked_device_is_locked_out(host: HostSetup, tmp_path: Path) -> None
         fleet.reconfigure()
         assert not Client(fleet.device("r1")).connect()
         assert Client(fleet.device("r2")).connect()
+
+
+@pytest.mark.tls_variant
+def test_the_tls_variant_runs_on_the_secured_broker(broker: Broker) -> None:
+    """Under EDGEKIT_TEST_SECURE=1 (make test's second run), the suite's broker is the one
+    `edgekit broker config` writes: TLS only, nobody anonymous, the host as @deploy."""
+    if not secure_variant():
+        pytest.skip("the open broker: make test runs this again with EDGEKIT_TEST_SECURE=1")
+    assert broker.url.startswith("mqtts://")
+    ca = os.environ["EDGEKIT_BROKER_CA"]
+    assert not Client(BrokerEndpoint("127.0.0.1", broker.port, True, ca=ca)).connect()  # anonymous
+    host = Client(resolve(broker.url))  # the environment's @deploy identity
+    assert host.connect()
+    host.close()

@@ -47,6 +47,10 @@ class AgentProcess:
         ]
         for g in groups:
             args += ["--group", g]
+        from . import secured
+
+        if secured.ACTIVE is not None and broker_url == secured.ACTIVE.url:  # the TLS + ACL variant
+            args += secured.ACTIVE.agent_flags(device, tuple(groups))
         args += list(extra)
         self.device = device
         self.stderr_path = state_dir.parent / f"{device}.stderr.log"

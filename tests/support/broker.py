@@ -1,4 +1,5 @@
-"""A real mosquitto on a free loopback port, started (and killable) by the tests."""
+"""Real brokers on free loopback ports, started (and killable) by the tests: mosquitto, and
+aedes — a second, independent MQTT 3.1.1 broker — for the cases that run against both."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -24,11 +27,13 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"mosquitto did not start listening on 127.0.0.1:{port}")
+    raise RuntimeError(f"the broker did not start listening on 127.0.0.1:{port}")
 
 
 class Broker:
     """mosquitto with a temporary config; ``stop``/``start`` keep the same port and store."""
+
+    kind = "mosquitto"
 
     def __init__(
         self,
@@ -94,3 +99,73 @@ class Broker:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+AEDES_DIR = Path(os.environ.get("EDGEKIT_AEDES_DIR", Path.home() / ".cache" / "edgekit" / "aedes"))
+AEDES_SERVER = Path(__file__).resolve().parent / "aedes" / "server.mjs"
+
+
+class AedesBroker:
+    """aedes (MQTT 3.1.1 only, no shared subscriptions) with its sessions, subscriptions and
+    retained messages in LevelDB under a temporary directory: ``stop``/``start`` keep the same
+    port and store, like :class:`Broker` with persistence. Installed by scripts/ensure-aedes.sh."""
+
+    kind = "aedes"
+
+    def __init__(self, port: int | None = None) -> None:
+        node = shutil.which("node")
+        if node is None or not (AEDES_DIR / "node_modules" / "aedes").is_dir():
+            raise RuntimeError(
+                f"aedes is not installed in {AEDES_DIR}: run bash scripts/ensure-aedes.sh (make test does)"
+            )
+        self.exe = node
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="ek-aedes-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = self.dir / "aedes.log"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {**os.environ, "EDGEKIT_AEDES_MODULES": str(AEDES_DIR / "node_modules")}
+        with open(self._log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, str(AEDES_SERVER), str(self.port), str(self.dir / "db")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        _wait_port(self.port)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def make_broker(kind: str = "mosquitto") -> Broker | AedesBroker:
+    """A started broker of ``kind`` with persistence on: what the ``broker`` fixture yields."""
+    b: Broker | AedesBroker = AedesBroker() if kind == "aedes" else Broker(persistence=True)
+    b.start()
+    return b
+
+
+# Run a test against mosquitto and against aedes: put ``@BOTH_BROKERS`` on a test that takes
+# the ``broker`` fixture. Kept to the core cases (deploy, resume after a broker restart, fleet
+# status, the collector) so `make test` stays short.
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["mosquitto", "aedes"], indirect=True)

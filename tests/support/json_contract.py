@@ -21,6 +21,7 @@ FLEET_KIND = {
     ("fleet", "forget"): "forgotten",
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
+    ("broker", "check"): "broker",
 }
 # The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
 STORE_KIND = {
@@ -46,6 +47,9 @@ SECURITY_KIND = {
     ("devices", "list"): "devices",
     ("broker", "config"): "broker_config",
 }
+
+# The fleet simulator (checked in tests/integration/test_sim.py).
+SIM_KIND = {("sim",): "sim"}
 
 
 def load_schemas() -> dict[str, dict[str, Any]]:

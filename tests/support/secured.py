@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -156,3 +157,91 @@ class Client:
             self.client.disconnect()
         with contextlib.suppress(Exception):
             self.client.loop_stop()
+
+
+# ── the TLS + ACL variant of the integration suite ──────────────────────────────────────
+# EDGEKIT_TEST_SECURE=1 turns the `broker` fixture into a SecureTestBroker: the
+# configuration `edgekit broker config` writes, on a real mosquitto. Host code in the test
+# connects as the @deploy role (EDGEKIT_BROKER_CA/CERT/KEY); each agent a test starts is
+# enrolled first (its own certificate, groups in the ACL, telemetry key) and the broker reloads.
+
+SECURE_ENV = "EDGEKIT_TEST_SECURE"
+ACTIVE: SecureTestBroker | None = None
+
+
+def secure_variant() -> bool:
+    return os.environ.get(SECURE_ENV, "") not in ("", "0")
+
+
+class SecureTestBroker(Broker):
+    def __init__(self) -> None:
+        from edgekit import keys
+
+        self.scratch = Path(tempfile.mkdtemp(prefix="ek-secure-ws-"))
+        self.ws = workspace.init(self.scratch / "ws")
+        keys.generate(self.ws, "scratch")  # enrolment writes a trust file; the tests' agents get theirs
+        self.folder = Path(tempfile.mkdtemp(prefix="ek-secure-"))
+        os.chmod(self.folder, 0o755)
+        port = free_port()
+        self.files = self._write(port)
+        super().__init__(port=port, config_file=self.files.config, scheme="mqtts")
+        self.enrolled: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "data" / "mosquitto.log"  # data/: the one directory mosquitto may write
+
+    def _write(self, port: int) -> broker_config.BrokerFiles:
+        files = _write(self.ws.root, self.folder, port)
+        with open(files.config, "a") as fh:  # the test's own log, to see reloads
+            fh.write(f"log_dest file {self.log}\nlog_type all\nautosave_interval 1\n")
+        return files
+
+    def host_env(self) -> dict[str, str]:
+        creds = self.files.roles["@deploy"]
+        return {
+            "EDGEKIT_BROKER_CA": str(self.files.directory / "ca.pem"),
+            "EDGEKIT_BROKER_CERT": creds["cert"],
+            "EDGEKIT_BROKER_KEY": creds["key"],
+        }
+
+    def agent_flags(self, device: str, groups: tuple[str, ...]) -> list[str]:
+        """Enrol ``device`` (again, if its groups changed), reload the broker, and return the
+        flags that give the agent its identity."""
+        out = self.scratch / "provision"
+        if self.enrolled.get(device) != groups:
+            devices.enrol(self.ws, device, groups=groups, broker=self.url, out_dir=out, force=device in self.enrolled)
+            self.enrolled[device] = groups
+            self._write(self.port)
+            self.reload()
+        folder = out / device
+        return [
+            "--broker-ca",
+            str(folder / "ca.pem"),
+            "--broker-cert",
+            str(folder / "device.pem"),
+            "--broker-key",
+            str(folder / "device.key"),
+            "--telemetry-key",
+            str(folder / "telemetry.key"),
+        ]
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto reads its ACL again (no restart, no session lost)."""
+        log = self.log
+        before = log.read_text(errors="replace").count("Reloading config") if log.exists() else 0
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text(errors="replace").count("Reloading config") > before:
+                time.sleep(0.1)
+                return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not reload its configuration")
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)

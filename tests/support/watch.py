@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
@@ -20,16 +21,26 @@ class Watcher:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
         host, port = parse_broker(broker_url)
-        self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect(host, port)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError("watcher could not subscribe")
+        for protocol in (MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311):  # 3.1.1: aedes
+            refused = threading.Event()
+            self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+            self.client.on_message = self._on_message
+            self.client.on_connect = lambda c, _u, _f, r, _p, refused=refused: (
+                refused.set() if r.is_failure else c.subscribe([(t, 1) for t in topics])
+            )
+            self.client.on_subscribe = lambda *_: self._subscribed.set()
+            self.client.reconnect_delay_set(0.2, 1)
+            self.client.connect(host, port)
+            self.client.loop_start()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (self._subscribed.is_set() or refused.is_set()):
+                time.sleep(0.02)
+            if self._subscribed.is_set():
+                return
+            self.client.disconnect()
+            self.client.loop_stop()
+        raise RuntimeError("watcher could not subscribe")
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         with self._lock:

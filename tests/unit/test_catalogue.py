@@ -16,7 +16,22 @@ from device_agent.errors import AgentError, Lifecycle, by_code, catalogue
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACES = sorted({c.code.split(".")[0] for c in catalogue()} | {"lifecycle"})
 CODE_RE = re.compile(rf"^({'|'.join(NAMESPACES)})\.[a-z_]+$")
-NOT_CODES = {"onnx", "json", "sig", "ekb", "sqlite", "part", "csv", "toml", "db", "py", "txt", "sock"}  # file names
+NOT_CODES = {
+    "onnx",
+    "json",
+    "sig",
+    "ekb",
+    "sqlite",
+    "part",
+    "csv",
+    "toml",
+    "db",
+    "py",
+    "txt",
+    "sock",
+    "pem",
+    "key",
+}  # file names
 NOT_A_CODE = {"model.family"}  # a run parameter's name, in the same shape
 
 

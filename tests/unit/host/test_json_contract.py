@@ -18,6 +18,7 @@ from tests.support.json_contract import (
     ROLLOUT_KIND,
     SCHEMAS,
     SECURITY_KIND,
+    SIM_KIND,
     STORE_KIND,
     Cli,
     check,
@@ -103,6 +104,7 @@ def test_every_documented_kind_is_a_valid_schema_and_used() -> None:
         *STORE_KIND.values(),
         *SECURITY_KIND.values(),
         *ROLLOUT_KIND.values(),
+        *SIM_KIND.values(),
         "error",
     }
 
@@ -110,9 +112,10 @@ def test_every_documented_kind_is_a_valid_schema_and_used() -> None:
 def test_every_command_with_json_is_documented() -> None:
     """The fleet commands' documents are checked against a real broker and agent in
     tests/integration/test_fleet_json.py; those reading the telemetry store in
-    tests/unit/host/test_history_cli.py."""
+    tests/unit/host/test_history_cli.py; the simulator's in tests/integration/test_sim.py; the rollout
+    commands' in tests/unit/host/test_rollout_cli.py and tests/integration/test_rollout.py."""
     assert set(json_commands(main)) == (
-        set(KIND) | set(FLEET_KIND) | set(STORE_KIND) | set(SECURITY_KIND) | set(ROLLOUT_KIND)
+        set(KIND) | set(FLEET_KIND) | set(STORE_KIND) | set(SECURITY_KIND) | set(SIM_KIND) | set(ROLLOUT_KIND)
     )
 
 
