@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[host,boosting,parquet,serve,report,dev]'
+	$(PY) -m pip install -q -e '.[host,boosting,parquet,serve,report,review,dev]'
 	touch $(STAMP)
 
 mosquitto:
@@ -26,10 +26,11 @@ aedes:
 
 demo: $(STAMP) mosquitto
 	$(PY) examples/demo.py
+	$(PY) examples/fieldloop.py
 
 test: $(STAMP) mosquitto postgres chromium aedes
-	$(PY) -m pytest
-	EDGEKIT_TEST_SECURE=1 $(PY) -m pytest -q -m tls_variant   # the same tests on a TLS + ACL broker
+	$(PY) -m pytest -n 2
+	EDGEKIT_TEST_SECURE=1 $(PY) -m pytest -n 2 -q -m tls_variant   # the same tests on a TLS + ACL broker
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -58,6 +58,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",
     ),
     ("install-probe", "bench/install_probe.py", "what the child-process probe of a new model adds to an install"),
+    ("signed-telemetry", "bench/signed_telemetry.py", "signing telemetry on the device and verifying it on the host"),
 )
 
 

@@ -63,7 +63,7 @@ from common import BENCHMARKS, REPO, log, machine, now_utc, versions, write_sect
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from simproc import RAW_CONTROL, SimProcess
+from simproc import RAW_CONTROL, SimGroup, SimProcess
 from transfer import NAME, make_bundles
 
 from device_agent.bundle import read_unverified
@@ -88,6 +88,8 @@ DELIVERY_TARGET_S = 30.0
 
 
 def med(values: list[float]) -> float:
+    """The median of the values that are numbers (an interval with no message has NaN)."""
+    values = [v for v in values if v == v]
     return float(statistics.median(values)) if values else float("nan")
 
 
@@ -161,7 +163,7 @@ class Delivery:
 
 def deliver(
     broker: Broker,
-    sim: SimProcess,
+    sim: SimProcess | SimGroup,
     raw: SimProcess,
     bundle: Path,
     version: int,
@@ -277,7 +279,7 @@ class Ingestion:
     sim_cpu: float = 0.0
 
 
-def ingest(broker: Broker, ws: Path, folder: Path, sim: SimProcess, minutes: float) -> Ingestion:
+def ingest(broker: Broker, ws: Path, folder: Path, sim: SimProcess | SimGroup, minutes: float) -> Ingestion:
     """``serve`` and a bare subscriber on the running fleet; the first WARMUP_S are catch-up (the
     collector asks every device to resend its history since boot, as it must) and reported apart."""
     port = free_port()
@@ -288,9 +290,7 @@ def ingest(broker: Broker, ws: Path, folder: Path, sim: SimProcess, minutes: flo
         stdout=subprocess.DEVNULL,
         stderr=open(folder / "serve.log", "wb"),  # noqa: SIM115 - the process owns it
     )
-    bare = subprocess.Popen(
-        [sys.executable, "-c", BARE, str(broker.port), PREFIX], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    bare: subprocess.Popen[str] | None = None
     result = Ingestion(minutes)
     serve_rows: list[tuple[float, float, float, float]] = []
     try:
@@ -303,6 +303,13 @@ def ingest(broker: Broker, ws: Path, folder: Path, sim: SimProcess, minutes: flo
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        # Started once serve answers, so that both count their 30 s intervals from the same moment.
+        bare = subprocess.Popen(
+            [sys.executable, "-c", BARE, str(broker.port), PREFIX],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         cpu0, t_prev = cpu_seconds(serve.pid), time.monotonic()
         t_start = t_prev
         sim0 = None
@@ -325,9 +332,11 @@ def ingest(broker: Broker, ws: Path, folder: Path, sim: SimProcess, minutes: flo
             result.sim_cpu = (sim1["process_cpu_s"] - sim0["process_cpu_s"]) / (sim1["now"] - sim0["now"])
             result.offered_per_s = (sim1["telemetry_sent"] - sim0["telemetry_sent"]) / (sim1["now"] - sim0["now"])
     finally:
-        assert bare.stdin is not None
-        bare.stdin.close()
-        bare_out = json.loads(bare.stdout.read() if bare.stdout else "{}") if bare.wait(30) == 0 else {"buckets": {}}
+        bare_out: dict[str, Any] = {"buckets": {}}
+        if bare is not None and bare.stdin is not None:
+            bare.stdin.close()
+            if bare.wait(30) == 0 and bare.stdout is not None:
+                bare_out = json.loads(bare.stdout.read())
         serve.terminate()
         serve.wait(30)
     buckets = bare_out["buckets"]
@@ -358,18 +367,20 @@ class Report:
     idle_sim_cpu: float
     load: tuple[tuple[float, ...], tuple[float, ...]]
     started: str
+    processes: int = 1
 
 
 def render(r: Report) -> str:
     n = r.devices
+    where = "a process of their own" if r.processes == 1 else f"{r.processes} processes"
     lines = [
         f"## Fleet scale: {n:,} simulated devices on this machine",
         "",
         f"Measured {r.started} by `.venv/bin/python bench/fleet_scale.py`; "
         f"{machine(*r.load)}; {versions(['paho-mqtt', 'onnxruntime', 'psycopg'])}; {mosquitto()}. "
-        f"The devices are `edgekit sim` in a process of their own (the agent's core per device, one MQTT "
-        f"connection each on one epoll loop); idle — heartbeats every 5 s, a drift window every 10 s, 10 rows/s "
-        f"each — that process used {r.idle_sim_cpu:.2f} of a core.",
+        f"The devices are `edgekit sim` in {where} (the agent's core per device, one MQTT connection each on "
+        "one epoll loop per process); idle — heartbeats every 5 s, a drift window every 10 s, 10 rows/s each — "
+        f"the simulator used {r.idle_sim_cpu:.2f} of a core.",
         "",
         "| figure | edgekit | raw MQTT baseline (same run) | ratio | target |",
         "|---|---|---|---|---|",
@@ -457,7 +468,47 @@ def render(r: Report) -> str:
                 f"{iv.serve_cpu:.2f} | "
                 f"{iv.bare_msgs:.0f} | {iv.bare_lag_s:.3f} |"
             )
+    lines += ["", *NOTES.strip("\n").splitlines()]
     return "\n".join(lines) + "\n"
+
+
+NOTES = """
+### What stands in the way of the targets (found while measuring; profiles with pyinstrument)
+
+* **The machine.** Other test suites kept the load average at 8-13 on 2 cores throughout; every
+  process here got a fraction of a core (the simulator 0.2-0.5, `serve` 0.13-0.5). The raw
+  baselines suffered too: raw paho alone took 0.6-2 s to read the fleet's 3,000 retained
+  documents, against a 1 s target. Figures from a quiet machine will be far better; the ratios
+  to raw are the fairer reading.
+* **`fleet status`.** The library call stays within 1.1-1.5× of raw paho (the end-of-retained
+  marker, parsing 3,000 documents through the protocol classes, the view). The command costs
+  several seconds more: Python's start, imports, the telemetry signature verdicts and the JSON
+  of 1,000 devices. Fixed on the way: every command imported scikit-learn and skl2onnx (6-12 s
+  of imports under this load; `edgekit.cli` now imports in ~2 s here, 0.6 s when the machine is
+  quieter), and the 2-5 s cap on reading retained documents silently cut the fleet to 213 of
+  1,000 devices (`collect` now ends on the marker or on silence, capped at 60 s).
+* **Delivery.** The raw subscribers take 18-24 s to receive 1 GiB from mosquitto in one Python
+  process; the simulator spends 35-38 s of CPU per delivery against the raw process's 4 s, doing
+  what an agent does per device: a windowed pull with a subscribe/unsubscribe per few chunks, each
+  chunk hashed, the whole bundle and its model hashed again (2 MiB of SHA-256 per device), two
+  Ed25519 signatures, a 1 MiB assembly buffer, the engine's model switch (the reference
+  statistics parsed per device, the old model's partial drift window reported), lifecycle events
+  and reported documents. One process is one core (the GIL): 1,000 such devices need at least
+  two simulator processes (`--id-prefix`) to have a chance at 30 s, and a quieter machine.
+  Fixed on the way: the simulator served rows and recomputed latency percentiles every second for
+  every device (most of an idle fleet's time): now rows come in 5 s batches and the engine's
+  numbers are reused between them; an idle 1,000-device fleet costs 0.2-0.3 of a core.
+* **Ingestion.** Not met here: `serve` stored 40-315 messages/s on its 0.13-0.5 of a core while
+  the fleet offered up to 1,300/s (its steady offer is 100 drift windows/s and 200 heartbeats/s,
+  but `serve` starts with the fleet already running and asks every device for its history since
+  boot, and the simulator, starved during the deliveries, was flushing its own backlog). Its
+  backlog reached 62,000 messages and its lag grew to minutes, while the bare subscriber drained
+  the same stream (back to 8.5 s at the end). In this run the bare subscriber's intervals began
+  when it started, before `serve` answered, so its rows sit about one interval earlier than
+  `serve`'s (since fixed: it now starts once `serve` answers); read so, both saw a 30 s with
+  nothing: the simulator itself stalled, starved. To do: run `serve` from before the fleet
+  starts, profile it under this offer, and measure on a quiet machine.
+"""
 
 
 def mosquitto() -> str:
@@ -476,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-minutes", type=float, default=3.0)
     parser.add_argument("--skip", choices=("status", "delivery", "ingest"), action="append", default=[])
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing it")
+    parser.add_argument("--processes", type=int, default=1, help="simulator processes the fleet is spread over")
     args = parser.parse_args(argv)
     load0 = os.getloadavg()
     started = now_utc()
@@ -500,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                 preinstalled=bundles.paths[0],
                 trial_rows=TRIAL_ROWS,
             )
-            with SimProcess(config) as sim:
+            with SimGroup(config, args.processes) as sim:
                 log(f"starting {n} simulated devices")
                 sim.wait(
                     lambda s: s["connected"] == n and s["active"].get(f"{NAME}@{version[0]}") == n,
@@ -559,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_cpu,
         (load0, os.getloadavg()),
         started,
+        args.processes,
     )
     text = render(report)
     if args.no_write:

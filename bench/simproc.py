@@ -118,6 +118,59 @@ class SimProcess:
         self.stop()
 
 
+class SimGroup:
+    """One fleet spread over several simulator processes (``--id-prefix`` per process, as the
+    README says to run more devices than one core carries); its summary is their sum."""
+
+    def __init__(self, config: SimConfig, processes: int) -> None:
+        share = [config.devices // processes + (1 if i < config.devices % processes else 0) for i in range(processes)]
+        self.members = [
+            SimProcess(dataclasses.replace(config, devices=n, id_prefix=f"{config.id_prefix}p{i}-"))
+            for i, n in enumerate(share)
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        return merge([m.summary() for m in self.members])
+
+    def wait(self, done: Callable[[dict[str, Any]], bool], timeout: float, poll: float = 0.1) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.summary()
+            if done(s):
+                return s
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"simulated fleet not there after {timeout:.0f} s: {s}")
+            time.sleep(poll)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def __enter__(self) -> SimGroup:
+        return self
+
+    def __exit__(self, *_exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summaries of several processes as one: counts added, per-key tables added, times the latest."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict):
+                table = out.setdefault(key, {})
+                for k, v in value.items():
+                    table[k] = table.get(k, 0) + v
+            elif isinstance(value, list):
+                out.setdefault(key, []).extend(value)
+            elif key in ("now", "elapsed_s"):
+                out[key] = max(out.get(key, value), value)
+            else:
+                out[key] = out.get(key, 0) + value
+    return out
+
+
 # ── the child ─────────────────────────────────────────────────────────────────────────
 
 

@@ -45,6 +45,17 @@ class Resend:
 
 
 @dataclass(frozen=True)
+class SendSamples:
+    """Answer the verified samples request ``request``: the captured rows (at or after
+    ``since``, the newest ``max_rows``), in size-bounded parts on the device's samples topic;
+    remember the request as answered."""
+
+    request: str
+    since: float | None = None
+    max_rows: int | None = None
+
+
+@dataclass(frozen=True)
 class Subscribe:
     topics: tuple[str, ...]
 
@@ -122,6 +133,13 @@ class StageChunk:
 
 
 @dataclass(frozen=True)
+class SaveTrust:
+    """Replace the trust file on disk with these bytes (already verified), atomically."""
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class DropStaging:
     sha256: str
 
@@ -130,6 +148,7 @@ Action = (
     Publish
     | Send
     | Resend
+    | SendSamples
     | Subscribe
     | Unsubscribe
     | SaveState
@@ -141,4 +160,5 @@ Action = (
     | StageTransfer
     | StageChunk
     | DropStaging
+    | SaveTrust
 )

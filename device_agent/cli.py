@@ -53,6 +53,7 @@ FLAGS: dict[str, str] = {
     "tcp_port": "api.tcp_port",
     "log_format": "log.format",
     "log_level": "log.level",
+    "capture": "capture.mode",
 }
 
 # What `edgekit-agent health` exits with: a watchdog needs only the code.
@@ -126,6 +127,11 @@ def _help(text: str, key: str) -> str:
 @click.option("--log-format", type=click.Choice(logs.FORMATS), help=_help("Log lines on stderr.", "log.format"))
 @click.option(
     "--log-level", type=click.Choice(list(logs.LEVELS)), help=_help("Least severe level logged.", "log.level")
+)
+@click.option(
+    "--capture",
+    type=click.Choice(["bundle", "on", "off"]),
+    help=_help("Keep low-confidence rows for labelling: as the bundle says, on, or off.", "capture.mode"),
 )
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (each -v lowers the level one step).")
 @click.version_option(__version__, prog_name="edgekit-agent")

@@ -107,8 +107,23 @@ class CoreSettings:
     trial_latency_slack_s: float = _setting(0.002, "s", "... and slower by at least this much per row")
     trial_max_memory_ratio: float = _setting(3.0, "x", "a new model needing this many times the memory is reverted")
     trial_memory_slack_bytes: int = _setting(64 << 20, "bytes", "... and at least this much more")
+    max_seq_ahead_s: float = _setting(
+        86_400.0, "s", "a desired state whose sequence (µs since the epoch) is this far ahead of the clock is refused"
+    )
+    clock_valid_after: float = _setting(
+        1_700_000_000.0, "Unix s", "a clock before this is not set yet: sequences are not held to it"
+    )
+    desired_wait_s: float = _setting(
+        30.0, "s", "a device serving a model that gets no retained desired state this long after connecting says so"
+    )
     clock_tolerance_s: float = _setting(
         300.0, "s", "a clock this far behind the newest signed time seen is untrusted (expiry then uses that time)"
+    )
+    samples_max_expiry_s: float = _setting(
+        86_400.0, "s", "a samples request that expires further ahead than this is refused"
+    )
+    samples_remembered: int = _setting(
+        256, "requests", "ids of answered samples requests kept, so a repeated request is answered once"
     )
 
 
@@ -143,6 +158,22 @@ class OutboxSettings:
     history_rows: int = _setting(
         10_000, "messages", "delivered messages kept to answer the host's resend requests (0: none)"
     )
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """Captured rows for labelling (:mod:`device_agent.capture`): kept on the device, sent only
+    when a signed samples request asks."""
+
+    mode: str = _setting("bundle", "", "bundle: as the bundle's policy says; on: capture anyway; off: never")
+    below: float | None = _setting(None, "confidence", "capture rows below this confidence (unset: the bundle's)")
+    uniform_rate: float | None = _setting(
+        None, "fraction", "share of the other rows kept as a uniform sample (unset: the bundle's)"
+    )
+    max_rows: int = _setting(10_000, "rows", "captured rows kept on disk; the oldest half goes beyond")
+    max_bytes: int = _setting(16 << 20, "bytes", "disk the captured rows may use; the oldest half goes beyond")
+    max_pending_rows: int = _setting(10_000, "rows", "captured rows awaiting the worker's write; beyond, counted")
+    max_message_bytes: int = _setting(256 * 1024, "bytes", "largest message of an answer to a samples request")
 
 
 @dataclass(frozen=True)
@@ -212,6 +243,7 @@ class AgentConfig:
     core: CoreSettings = field(default_factory=CoreSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
     input: InputSettings = field(default_factory=InputSettings)
     limits: Limits = field(default_factory=Limits)
     api: ApiSettings = field(default_factory=ApiSettings)
@@ -242,6 +274,8 @@ class AgentConfig:
             if not getattr(self, name):
                 raise ConfigError(f"{name.replace('_', '-')} is not set: pass --{name.replace('_', '-')} or set it")
         _ = self.mqtt_protocols  # an unknown MQTT version is refused before anything starts
+        if self.capture.mode not in ("bundle", "on", "off"):
+            raise ConfigError(f"capture.mode {self.capture.mode!r} must be bundle, on or off")
         return self
 
     @property
@@ -296,7 +330,7 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_SECTIONS = {"mqtt", "core", "engine", "outbox", "input", "limits", "api", "log", "service"}
+_SECTIONS = {"mqtt", "core", "engine", "outbox", "capture", "input", "limits", "api", "log", "service"}
 
 
 def build(cls: type[AgentConfig], values: dict[str, Any]) -> AgentConfig:
@@ -320,14 +354,14 @@ def build(cls: type[AgentConfig], values: dict[str, Any]) -> AgentConfig:
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check a setting's value against its declared type (TOML and flags give plain values)."""
     if value is None:
-        if hint == int | None:
+        if hint in (int | None, float | None):
             return None
         raise ConfigError(f"setting {key!r} needs a value")
     if hint in (int, int | None):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"setting {key!r} must be an integer, got {value!r}")
         return value
-    if hint is float:
+    if hint in (float, float | None):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"setting {key!r} must be a number, got {value!r}")
         return float(value)

@@ -59,7 +59,9 @@ from .actions import (
     Restore,
     Revert,
     SaveState,
+    SaveTrust,
     Send,
+    SendSamples,
     StageChunk,
     StageTransfer,
     StartTrial,
@@ -74,16 +76,19 @@ from .errors import (
     ChunkRejected,
     ClockUntrusted,
     CommandRejected,
+    DesiredMissing,
     DesiredRejected,
     HashMismatch,
     InputSourceFailed,
     Lifecycle,
     ProtocolError,
+    SamplesRejected,
     TransferMismatch,
     TransferTimeout,
     TrialCrashed,
     TrialRegressed,
     TrustError,
+    TrustRejected,
     VersionRollback,
     by_code,
 )
@@ -119,16 +124,28 @@ from .protocol import (
     Progress,
     Reported,
     ResendReply,
+    SamplesRequest,
     Stats,
     Topics,
     TransferInfo,
     check_id,
+    loads_object,
     range_count,
 )
 from .state import Persisted
 from .transfer import Assembly
 from .trial import judge
-from .trust import DESIRED_DOMAIN, ROLE_BUNDLE, ROLE_DEPLOY, TRANSFER_DOMAIN, Trust, open_envelope
+from .trust import (
+    DESIRED_DOMAIN,
+    ROLE_BUNDLE,
+    ROLE_DEPLOY,
+    ROLE_ROOT,
+    SAMPLES_DOMAIN,
+    TRANSFER_DOMAIN,
+    Trust,
+    open_envelope,
+    read_envelope_unverified,
+)
 
 DETAIL_MAX = 500  # characters of a failure's detail sent to the host
 
@@ -165,6 +182,7 @@ class AgentCore:
         limits: Limits | None = None,
         trust_error: str = "",
         profile: DeviceProfile | None = None,
+        answered: tuple[str, ...] = (),
     ) -> None:
         self.device = check_id("device id", device_id)
         self.groups = tuple(check_id("group", g) for g in groups)
@@ -175,8 +193,10 @@ class AgentCore:
         self.settings = settings or CoreSettings()
         self.limits = limits or Limits()
         self.state = persisted  # the durable state as the last SaveState/Commit wrote it
+        self._trust_bytes = b""  # the last trust file accepted over the air
         self.profile = profile or DeviceProfile()  # what bundles' compat is checked against
         self.clock_untrusted = False  # the clock is behind the newest signed time seen
+        self._desired_due: float | None = None  # when a missing desired state is reported
 
         self.phase = Phase.ACTIVE if persisted.active else Phase.IDLE
         self.connected = False
@@ -205,6 +225,7 @@ class AgentCore:
         self._last_reported = -1e18
         self._reported_dirty = True
         self._phase_changed = False
+        self.answered: list[str] = list(answered)[-self.settings.samples_remembered :]  # samples requests, oldest first
 
     # ── views of the durable state ──────────────────────────────────────────────────
 
@@ -326,7 +347,9 @@ class AgentCore:
         out.append(Publish(self.topics.state(self.device), birth.encode(), retain=True))
         subs = [self.topics.desired_device(self.device), self.topics.cmd(self.device)]
         subs += [self.topics.desired_group(g) for g in self.groups]
+        subs.append(self.topics.trust())
         out.append(Subscribe(tuple(subs)))
+        self._desired_due = now + self.settings.desired_wait_s
         if self.trust is None:
             self._fail_event(out, now, TrustError(self.trust_error or "no trust file"))
         if self.goal is not None and self.phase == Phase.DOWNLOADING:
@@ -360,6 +383,9 @@ class AgentCore:
             if topic == self.topics.cmd(self.device):
                 self._on_command(msg.payload, now, out)
                 return
+            if topic == self.topics.trust():
+                self._on_trust(msg.payload, now, out)
+                return
             for g in self.groups:
                 if topic == self.topics.desired_group(g):
                     self._on_desired(f"group:{g}", msg.payload, now, out)
@@ -376,21 +402,38 @@ class AgentCore:
             self._fail_event(out, now, exc)
 
     def _on_desired(self, source: str, payload: bytes, now: float, out: list[Action]) -> None:
-        if not payload:  # retained document cleared by the host: fall back to what remains
+        self._desired_due = None  # something arrived: nothing to report as missing
+        if not payload:  # retained document cleared: fall back to what remains, and say so
             if self.desired.pop(source, None) is not None:
                 self._pursue(now, out, retry=False)
-            return
+            serving = self.active.label if self.active is not None else "nothing"
+            remaining = self._effective()
+            left = f"following {remaining.source}" if remaining is not None else "no desired state left"
+            raise DesiredMissing(f"the retained desired state was cleared; serving {serving}, {left}")
         if self.trust is None:
             raise TrustError(self.trust_error or "no trust file: desired state cannot be verified")
+        # A recovery document resets the sequence, so it needs a stronger key than a deploy:
+        # the role is chosen from what the document claims, then that role's signature checked.
+        claimed = read_envelope_unverified(payload, "desired state", self.settings.max_payload_bytes)
+        role = ROLE_ROOT if claimed.get("recover") is True else ROLE_DEPLOY
         body, _ = open_envelope(
-            self.trust, ROLE_DEPLOY, DESIRED_DOMAIN, payload, "desired state", self.settings.max_payload_bytes
+            self.trust, role, DESIRED_DOMAIN, payload, "desired state", self.settings.max_payload_bytes
         )
         doc = DesiredState.from_json(body)
         if doc.target != (f"device:{self.device}" if source == "device" else source):
             raise DesiredRejected(f"document is addressed to {doc.target!r}, not to this topic's {source!r}")
-        if doc.expires is not None and doc.expires <= self.clock(now):
+        clock = self.clock(now)
+        if doc.expires is not None and doc.expires <= clock:
             raise DesiredRejected(f"desired state seq {doc.seq} expired")
+        ahead = doc.seq / 1e6 - clock  # edgekit deploy numbers them by the microsecond
+        if now >= self.settings.clock_valid_after and ahead > self.settings.max_seq_ahead_s:
+            raise DesiredRejected(
+                f"desired state seq {doc.seq} is {ahead / 86400:.0f} days ahead of this device's clock; "
+                "a sequence that far ahead would freeze every later deploy"
+            )
         known = self.state.desired_seq.get(source, 0)
+        if doc.recover and doc.seq != known:
+            known = 0  # a root-signed recovery: the sequence starts again from this document
         if doc.seq < known:
             raise DesiredRejected(f"desired state seq {doc.seq} is older than seq {known}, already accepted")
         fresh = doc.seq > known
@@ -402,10 +445,36 @@ class AgentCore:
         self.desired[source] = Goal(source, doc.seq, doc.bundle)
         self._pursue(now, out, retry=fresh)
 
+    def _on_trust(self, payload: bytes, now: float, out: list[Action]) -> None:
+        """A newer trust file signed by the current root: keys added, revoked, rotated."""
+        if not payload:
+            return
+        if self.trust is None:
+            raise TrustRejected("no trust file: a new one cannot be checked against a root key")
+        if payload == self._trust_bytes:
+            return  # the retained copy, delivered again
+        try:
+            new = self.trust.accept_update(payload)
+        except TrustRejected:
+            raise
+        except AgentError as exc:
+            raise TrustRejected(f"trust file refused: {exc.detail}") from None
+        if new.version == self.trust.version:
+            return
+        self.trust, self._trust_bytes = new, payload
+        out.append(SaveTrust(payload))
+        names = ", ".join(sorted(k.name or k.keyid for k in new.keys.values()))
+        self._event(out, now, Lifecycle.TRUST_UPDATED, f"trust file version {new.version}: {names}")
+
     def _on_command(self, payload: bytes, now: float, out: list[Action]) -> None:
         """A resend request only makes the device publish again what it already published;
-        still, it must be for this device, bounded, and not too frequent."""
-        cmd = Command.decode(payload, self.settings.max_payload_bytes)
+        still, it must be for this device, bounded, and not too frequent. A signed envelope
+        on the same topic is a samples request."""
+        obj = loads_object(payload, self.settings.max_payload_bytes, Command.WHAT)
+        if "body" in obj and "sigs" in obj:
+            self._on_samples_request(payload, now, out)
+            return
+        cmd = Command.from_json(obj)
         if cmd.device != self.device:
             raise CommandRejected(f"command {cmd.id!r} is addressed to {cmd.device!r}")
         asked = range_count(cmd.resend.ranges)
@@ -421,6 +490,27 @@ class AgentCore:
             raise CommandRejected(f"command {cmd.id!r} is above the limit of {limit} resend commands per period")
         self._commands = (start, handled + 1)
         out.append(Resend(cmd.id, cmd.resend.boot_id, cmd.resend.ranges))
+
+    def _on_samples_request(self, payload: bytes, now: float, out: list[Action]) -> None:
+        """Captured rows leave the device only for a request signed with a deploy key, for
+        this device, not expired nor expiring far ahead; a request id is answered once."""
+        if self.trust is None:
+            raise TrustError(self.trust_error or "no trust file: a samples request cannot be verified")
+        body, _ = open_envelope(
+            self.trust, ROLE_DEPLOY, SAMPLES_DOMAIN, payload, SamplesRequest.WHAT, self.settings.max_payload_bytes
+        )
+        req = SamplesRequest.from_json(body)
+        if req.device != self.device:
+            raise SamplesRejected(f"samples request {req.id!r} is addressed to {req.device!r}")
+        if req.expires <= now:
+            raise SamplesRejected(f"samples request {req.id!r} expired")
+        if req.expires - now > self.settings.samples_max_expiry_s:
+            limit = self.settings.samples_max_expiry_s
+            raise SamplesRejected(f"samples request {req.id!r} expires more than {limit:.0f} s ahead")
+        if req.id in self.answered:
+            return  # a repeated request (a redelivery, or a replay): answered once
+        self.answered = [*self.answered, req.id][-self.settings.samples_remembered :]
+        out.append(SendSamples(req.id, req.since, req.max_rows))
 
     def _on_resend_done(self, event: ResendDone, now: float, out: list[Action]) -> None:
         if not self.connected:
@@ -739,6 +829,16 @@ class AgentCore:
 
     def _on_tick(self, event: Tick, now: float, out: list[Action]) -> None:
         self._check_clock(now, out)
+        if self._desired_due is not None and now >= self._desired_due and self.connected:
+            self._desired_due = None
+            if self.active is not None and not self.desired:
+                self._fail_event(
+                    out,
+                    now,
+                    DesiredMissing(
+                        f"no desired state is retained for this device or its groups; serving {self.active.label}"
+                    ),
+                )
         if self.phase == Phase.TRIAL and event.stats.trial != self.stats.trial:
             self._reported_dirty = True  # a deploy that waits shows the trial's rows
         self.stats = event.stats

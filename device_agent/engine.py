@@ -11,6 +11,7 @@ thresholds shipped in the bundle were calibrated for.
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from .bundle import REFERENCE
-from .config import EngineSettings
+from .capture import LOW, UNIFORM, CapturePolicy, record
+from .config import CaptureSettings, EngineSettings
 from .drift import DriftWindow, Reference
 from .errors import InferenceFailed, NoModel, ProtocolError, RowError, TrialFailed
 from .events import DriftReady, Event, RowRejected, TrialDone
-from .protocol import Latency, Progress, Stats
+from .protocol import Latency, Progress, SampleRow, Stats
 from .runtime import Columns, LoadedModel, Prediction
 from .trial import TrialReport
 
@@ -110,9 +112,21 @@ class _DriftBudget:
 
 
 class InferenceEngine:
-    def __init__(self, notify: Callable[[Event], None], settings: EngineSettings | None = None) -> None:
+    def __init__(
+        self,
+        notify: Callable[[Event], None],
+        settings: EngineSettings | None = None,
+        capture: CaptureSettings | None = None,
+    ) -> None:
         self._notify = notify
         self.settings = settings = settings or EngineSettings()
+        self.capture_settings = capture or CaptureSettings()
+        self.capture: CapturePolicy | None = None  # the serving model's; None: nothing is captured
+        self._capture_label = ""
+        self._captured: list[tuple[float, str, str, Any, float, Sequence[Any]]] = []
+        self._rng = random.Random()
+        self.captured = 0
+        self.capture_dropped = 0  # rows to capture while the worker's write fell behind
         self._lock = threading.Lock()  # the serving state; held briefly on every row
         self._account_lock = threading.Lock()  # drift windows: the worker's tick and a shutdown's close
         self._window_override = settings.drift_window_rows
@@ -178,6 +192,12 @@ class InferenceEngine:
     def _revert_locked(self, trial: _Trial) -> None:
         self.model, self._window = trial.fallback
         self._low_conf_threshold = self._window.low_confidence if self._window else 0.0
+        if self.model is not None:
+            policy = self.model.bundle.manifest.get("policy") or {}
+            self.capture = CapturePolicy.resolve(policy, self.capture_settings, self.model.spec.task)
+            self._capture_label = f"{self.model.bundle.name}@{self.model.bundle.version}"
+        else:
+            self.capture = None
         self._rows, self._labels, self._scores = [], [], []  # rows served by the failed model are not drift data
         self._trial = None
         self._mark = (self.served, self.model_rejected)
@@ -191,7 +211,10 @@ class InferenceEngine:
         rows = self._window_override or int(policy.get("drift_window", 200))
         threshold = float(policy.get("low_confidence", 0.0))
         window = _Window(model, reference, rows, threshold)
+        capture = CapturePolicy.resolve(policy, self.capture_settings, model.spec.task)
         with self._lock:
+            self.capture = capture
+            self._capture_label = f"{model.bundle.name}@{model.bundle.version}"
             pending = self._take_locked()
             old = self._window
             self.model = model
@@ -245,7 +268,7 @@ class InferenceEngine:
                 raise
             self._latency[self._lat_n % len(self._latency)] = time.perf_counter_ns() - t0
             self._lat_n += 1
-            self._served_locked(inputs, pred)
+            self._served_locked(inputs, pred, raw=row)
             return pred
 
     def serve_many(self, rows: Sequence[Sequence[Any]]) -> tuple[LoadedModel | None, list[Prediction | RowError]]:
@@ -262,14 +285,14 @@ class InferenceEngine:
             inputs, results = model.predict_rows(rows)
             per_row = (time.perf_counter_ns() - t0) / max(1, len(rows))
             sampled = self._budget.spread(len(rows))
-            for i, (row, result) in enumerate(zip(inputs, results, strict=True)):
+            for i, (raw, row, result) in enumerate(zip(rows, inputs, results, strict=True)):
                 if isinstance(result, RowError):
                     self._failed_locked(result)
                     continue
                 self._latency[self._lat_n % len(self._latency)] = per_row
                 self._lat_n += 1
                 if self.model is model and row is not None:
-                    self._served_locked(row, result, sampled is None or bool(sampled[i]))
+                    self._served_locked(row, result, sampled is None or bool(sampled[i]), raw)
                 else:
                     self.served += 1
             return model, results
@@ -319,6 +342,8 @@ class InferenceEngine:
             self.unaccounted += len(rows) - kept
             if model.spec.task == "classification":  # its score is the confidence
                 self.low_confidence += int(np.count_nonzero(cols.score < self._low_conf_threshold))
+            if self.capture is not None:
+                self._capture_matrix_locked(x, cols, model)
             trial = self._trial
             if trial is not None and not trial.decided:
                 trial.ok += n
@@ -350,8 +375,43 @@ class InferenceEngine:
         if trial.ok + trial.rejected >= trial.rows:
             self._decide_locked(trial)
 
-    def _served_locked(self, inputs: Sequence[Any], pred: Prediction, sampled: bool | None = None) -> None:
+    def _capture_matrix_locked(self, x: np.ndarray, cols: Columns, model: LoadedModel) -> None:
+        """A tensor batch's rows to capture, chosen column-wise."""
+        cap = self.capture
+        assert cap is not None
+        n = len(x)
+        score = cols.score
+        low = score < cap.below if model.spec.task == "classification" else np.zeros(n, dtype=bool)
+        keep = low | (np.array([self._rng.random() for _ in range(n)]) < cap.uniform) if cap.uniform else low
+        classes = model.spec.classes
+        for i in np.nonzero(keep)[0].tolist():
+            label = classes[int(cols.class_index[i])] if classes else float(score[i])
+            conf = float(score[i]) if classes else math.nan
+            self._capture_locked(x[i], label, conf, LOW if low[i] else UNIFORM)
+
+    def _capture_locked(self, row: Sequence[Any], label: Any, confidence: float, kind: str) -> None:
+        if len(self._captured) >= self.capture_settings.max_pending_rows:
+            self.capture_dropped += 1
+            return
+        self._captured.append((time.time(), self._capture_label, kind, label, confidence, row))
+        self.captured += 1
+
+    def take_captured(self) -> list[SampleRow]:
+        """The rows captured since the last call, for the worker to write."""
+        with self._lock:
+            taken, self._captured = self._captured, []
+        return [record(ts, bundle, kind, label, conf, row) for ts, bundle, kind, label, conf, row in taken]
+
+    def _served_locked(
+        self, inputs: Sequence[Any], pred: Prediction, sampled: bool | None = None, raw: Sequence[Any] | None = None
+    ) -> None:
         self.served += 1
+        cap = self.capture
+        if cap is not None:
+            if pred.confidence < cap.below:
+                self._capture_locked(inputs if raw is None else raw, pred.label, pred.confidence, LOW)
+            elif cap.uniform and self._rng.random() < cap.uniform:
+                self._capture_locked(inputs if raw is None else raw, pred.label, pred.confidence, UNIFORM)
         if not (self._budget.take(1) == 1 if sampled is None else sampled):
             self.sampled_out += 1
         elif len(self._rows) < self.settings.max_pending_rows:
@@ -453,6 +513,9 @@ class InferenceEngine:
             "drift_unaccounted": self.unaccounted,
             "drift_sampled_out": self.sampled_out,
         }
+        if self.capture is not None or self.captured:
+            counters["captured"] = self.captured
+            counters["capture_dropped"] = self.capture_dropped
         trial = self._trial
         progress = Progress(min(trial.ok, trial.rows), trial.rows) if trial is not None and not trial.decided else None
         return Stats(counters=counters, latency=latency, trial=progress)

@@ -52,6 +52,14 @@ class TrustError(AgentError):
     action = "Install a valid trust file (edgekit keys trust -o trust.json) at the agent's --trust path."
 
 
+class TrustRejected(TrustError):
+    """A new trust file was refused: not signed by enough of the current root keys, not newer
+    than the current one, or malformed. The current trust file stays."""
+
+    code = "trust.rejected"
+    action = "Publish trust files with edgekit keys trust publish, signed by the current root key (or keys)."
+
+
 # ── the bundle's bytes ────────────────────────────────────────────────────────────────
 
 
@@ -334,12 +342,29 @@ class DesiredRejected(ProtocolError):
     action = "Deploy again with edgekit deploy; replayed or misaddressed documents are refused."
 
 
+class DesiredMissing(ProtocolError):
+    """No desired state is retained for this device or its groups (the retained document was
+    cleared, or none arrived after connecting): the device keeps what it serves, and nothing
+    tells it what to run."""
+
+    code = "desired.missing"
+    action = "Deploy again (edgekit deploy); find who cleared the retained desired topic (only edgekit should)."
+
+
 class CommandRejected(ProtocolError):
     """A command on this device's command topic was refused: addressed to another device,
     asking for more than one command may, or above the rate limit for commands."""
 
     code = "command.rejected"
     action = "Find who publishes on dev/<id>/cmd; edgekit serve asks only for what it is missing, a few times."
+
+
+class SamplesRejected(ProtocolError):
+    """A samples request was refused: addressed to another device, expired, or expiring
+    further ahead than core.samples_max_expiry_s. (A bad signature is reported as such.)"""
+
+    code = "samples.rejected"
+    action = "Ask again with edgekit fleet samples pull; check the host's and the device's clocks."
 
 
 class TransferError(AgentError):
@@ -393,7 +418,7 @@ class TooManyClients(ClientError):
 class DeviceError(AgentError):
     """Something about the device itself, not a bundle or a message, needs attention."""
 
-    code = "device.error"
+    code = "environment.error"
     action = "Read the event's detail and the agent's log on the device."
 
 
@@ -452,6 +477,7 @@ class Lifecycle(StrEnum):
     TRIAL = "lifecycle.trial"
     ACTIVATED = "lifecycle.activated"
     SUPPRESSED = "lifecycle.suppressed"
+    TRUST_UPDATED = "lifecycle.trust_updated"
 
     @property
     def meaning(self) -> str:
@@ -462,6 +488,7 @@ _LIFECYCLE_MEANING = {
     Lifecycle.TRIAL: "The new bundle loaded, reproduced its health samples and serves live rows on trial.",
     Lifecycle.ACTIVATED: "The new bundle passed its trial and is committed as the active one.",
     Lifecycle.SUPPRESSED: "More failures of one code arrived than the rate limit sends; this says how many.",
+    Lifecycle.TRUST_UPDATED: "A newer trust file signed by the current root replaced the device's trust file.",
 }
 
 

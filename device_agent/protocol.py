@@ -13,6 +13,8 @@ topic strings or reading payloads by string keys. Each document is a frozen data
     DriftMessage     D→  outbox: one window of drift statistics
     Command          →D  a request to one device (``resend``: publish again what was sent)
     ResendReply      D→  what a device did with a resend request: requeued, still queued, gone
+    SamplesRequest   →D  signed (deploy role): send the captured rows (``dev/{d}/cmd``)
+    SamplesReply     D→  captured rows, in size-bounded parts (``dev/{d}/samples``)
 
 Parsing is strict where it matters: every payload from outside goes through
 :func:`loads_strict` (no duplicate keys, no NaN/Infinity, bounded size), every field the
@@ -100,6 +102,10 @@ class Topics:
     def state(self, device: str) -> str:
         return self.dev(device, "state")
 
+    def trust(self) -> str:
+        """The fleet's signed trust file, retained (``edgekit keys trust publish``)."""
+        return f"{self.prefix}/trust"
+
     def hb(self, device: str) -> str:
         return self.dev(device, "hb")
 
@@ -120,6 +126,9 @@ class Topics:
 
     def resent(self, device: str) -> str:
         return self.dev(device, "resent")
+
+    def samples(self, device: str) -> str:
+        return self.dev(device, "samples")
 
     def desired_group(self, group: str) -> str:
         return f"{self.prefix}/group/{group}/desired"
@@ -316,6 +325,13 @@ class DesiredBundle:
         return BundleRef(self.name, self.version, self.sha256)
 
 
+def _opt_bool(obj: Mapping[str, Any], key: str, what: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what}: '{key}' must be true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class DesiredState(Document):
     """Which bundle a device (``device:<id>``) or a group (``group:<g>``) should run.
@@ -330,6 +346,7 @@ class DesiredState(Document):
     bundle: DesiredBundle
     issued: float | None = None
     expires: float | None = None
+    recover: bool = False  # signed by a root key: resets the device's sequence for this target
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -347,6 +364,8 @@ class DesiredState(Document):
             doc["issued"] = self.issued
         if self.expires is not None:
             doc["expires"] = self.expires
+        if self.recover:  # written only when set: a reader that does not know it never sees it
+            doc["recover"] = True
         return doc
 
     @classmethod
@@ -370,6 +389,7 @@ class DesiredState(Document):
             ),
             issued=opt_num(obj, "issued", what),
             expires=opt_num(obj, "expires", what),
+            recover=_opt_bool(obj, "recover", what),
         )
 
 
@@ -1031,4 +1051,164 @@ class ResendReply(Document):
             requeued=_ranges(obj, "requeued", what),
             queued=_ranges(obj, "queued", what),
             missing=_ranges(obj, "missing", what),
+        )
+
+
+# ── captured rows: the signed request and the device's answer ──────────────────────────
+
+SAMPLE_KINDS = ("low", "uniform")
+MAX_SAMPLE_VALUES = 4096  # values in one captured row
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One captured row: when, which bundle (``name@version``) answered, why it was kept
+    (``low`` confidence or the ``uniform`` sample), the answer, and the row as served."""
+
+    ts: float
+    bundle: str
+    kind: str
+    prediction: Any
+    confidence: float | None
+    row: tuple[Any, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "t": self.ts,
+            "b": self.bundle,
+            "k": self.kind,
+            "p": self.prediction,
+            "c": self.confidence,
+            "x": list(self.row),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], what: str = "sample row") -> SampleRow:
+        kind = req_str(obj, "k", what)
+        if kind not in SAMPLE_KINDS:
+            raise ProtocolError(f"{what}: kind {kind!r} must be one of {list(SAMPLE_KINDS)}")
+        row = req_list(obj, "x", what)
+        if len(row) > MAX_SAMPLE_VALUES or not all(v is None or isinstance(v, (str, int, float)) for v in row):
+            raise ProtocolError(f"{what}: field 'x' must be a list of numbers, strings or nulls")
+        prediction = obj.get("p")
+        if not (prediction is None or isinstance(prediction, (str, int, float))):
+            raise ProtocolError(f"{what}: field 'p' must be a number or a string")
+        return cls(
+            ts=req_num(obj, "t", what),
+            bundle=req_str(obj, "b", what),
+            kind=kind,
+            prediction=prediction,
+            confidence=opt_num(obj, "c", what),
+            row=tuple(row),
+        )
+
+
+@dataclass(frozen=True)
+class SamplesRequest(Document):
+    """Ask one device for its captured rows (signed with a deploy key, domain
+    ``edgekit-samples-v1``, on ``dev/{d}/cmd``). ``id`` makes it answered once; ``expires``
+    (Unix seconds) bounds its life; ``since`` (Unix seconds) leaves older rows out;
+    ``max_rows`` keeps the newest that many."""
+
+    WHAT = "samples request"
+
+    id: str
+    device: str
+    issued: float
+    expires: float
+    since: float | None = None
+    max_rows: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "samples"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "id": self.id,
+            "device": self.device,
+            "issued": self.issued,
+            "expires": self.expires,
+        }
+        if self.since is not None:
+            doc["since"] = self.since
+        if self.max_rows is not None:
+            doc["max_rows"] = self.max_rows
+        return doc
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        what = cls.WHAT
+        check_format(obj, what)
+        if obj.get("kind") != "samples":
+            raise ProtocolError(f"{what}: kind must be 'samples'")
+        return cls(
+            id=check_id("request id", req_str(obj, "id", what)),
+            device=check_id("device id", req_str(obj, "device", what)),
+            issued=req_num(obj, "issued", what),
+            expires=req_num(obj, "expires", what),
+            since=opt_num(obj, "since", what),
+            max_rows=opt_int(obj, "max_rows", what, 1),
+        )
+
+
+@dataclass(frozen=True)
+class SamplesReply(Document):
+    """One part of a device's answer to a samples request, on ``dev/{d}/samples`` (QoS 1,
+    not retained). ``parts`` says how many to wait for; ``bundles`` names, per
+    ``name@version`` the rows cite, the bundle's hash and feature names; ``capturing`` says
+    whether the device captures at all (an empty answer from a device that does not is no
+    evidence of confident predictions)."""
+
+    WHAT = "samples reply"
+
+    request: str
+    ts: float
+    device: str
+    part: int
+    parts: int
+    total: int
+    rows: tuple[SampleRow, ...] = ()
+    bundles: Mapping[str, Any] = field(default_factory=dict)
+    skipped: int = 0  # rows larger than a whole message, left out
+    capturing: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "request": self.request,
+            "ts": self.ts,
+            "device": self.device,
+            "part": self.part,
+            "parts": self.parts,
+            "total": self.total,
+            "skipped": self.skipped,
+            "capturing": self.capturing,
+            "bundles": dict(self.bundles),
+            "rows": [r.to_json() for r in self.rows],
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Self:
+        what = cls.WHAT
+        check_format(obj, what)
+        part, parts = req_int(obj, "part", what, 1), req_int(obj, "parts", what, 1)
+        if part > parts:
+            raise ProtocolError(f"{what}: part {part} of {parts}")
+        rows = req_list(obj, "rows", what)
+        if not all(isinstance(r, dict) for r in rows):
+            raise ProtocolError(f"{what}: rows must be objects")
+        return cls(
+            request=req_str(obj, "request", what),
+            ts=req_num(obj, "ts", what),
+            device=check_id("device id", req_str(obj, "device", what)),
+            part=part,
+            parts=parts,
+            total=req_int(obj, "total", what),
+            rows=tuple(SampleRow.from_json(r, f"{what}: row") for r in rows),
+            bundles=req_obj(obj, "bundles", what),
+            skipped=req_int(obj, "skipped", what),
+            capturing=req_bool(obj, "capturing", what),
         )

@@ -18,16 +18,20 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import BadSignature, MissingSignature, ProtocolError, TrustError, UnknownKey
+from .errors import AgentError, BadSignature, MissingSignature, ProtocolError, TrustError, TrustRejected, UnknownKey
 from .protocol import dumps, loads_object, loads_strict
 
 MANIFEST_DOMAIN = b"edgekit-manifest-v1\n"
 TRANSFER_DOMAIN = b"edgekit-transfer-v1\n"
 DESIRED_DOMAIN = b"edgekit-desired-v1\n"
+TRUST_DOMAIN = b"edgekit-trust-v1\n"
+SAMPLES_DOMAIN = b"edgekit-samples-v1\n"  # a request for a device's captured rows
 
 ROLE_BUNDLE = "bundle"  # may sign bundles and their transfer documents
-ROLE_DEPLOY = "deploy"  # may sign desired-state documents
-ROLES = (ROLE_BUNDLE, ROLE_DEPLOY)
+ROLE_DEPLOY = "deploy"  # may sign desired-state documents and samples requests
+ROLE_ROOT = "root"  # may sign recovery desired states (they reset a device's sequence); kept offline
+ROLES = (ROLE_BUNDLE, ROLE_DEPLOY, ROLE_ROOT)
+DEFAULT_ROLES = (ROLE_BUNDLE, ROLE_DEPLOY)  # what a new key gets unless told: never root
 
 MAX_TRUST_BYTES = 64 * 1024
 MAX_SIGNATURES = 8
@@ -60,7 +64,15 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class Trust:
+    """The keys a device trusts, by role. Format 1 is a plain list (provisioned once, never
+    changed over the air); format 2 is signed by the root keys it lists, has a ``version`` and
+    per-role ``thresholds`` (distinct keys whose signatures a document needs), and can be
+    replaced by a newer version that the *current* root signs (:meth:`accept_update`)."""
+
     keys: dict[str, TrustedKey] = field(default_factory=dict)
+    version: int = 0
+    thresholds: dict[str, int] = field(default_factory=dict)  # role -> signatures needed (default 1)
+    signed: bool = False  # format 2: signed by its root keys
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trust:
@@ -75,6 +87,8 @@ class Trust:
     def from_bytes(cls, data: bytes) -> Trust:
         try:
             doc = loads_object(data, MAX_TRUST_BYTES, "trust file")
+            if doc.get("format") == 2:
+                return cls._signed(doc)
             entries = doc.get("keys")
             fmt = doc.get("format")
             if type(fmt) is not int or fmt != 1 or not isinstance(entries, list) or not entries:
@@ -99,6 +113,58 @@ class Trust:
             raise TrustError(f"trust file is invalid: {exc}") from None
         return cls(keys)
 
+    @classmethod
+    def _signed(cls, outer: dict[str, Any]) -> Trust:
+        """Format 2: ``{"format": 2, "body": "<exact JSON>", "sigs": [...]}``, the body listing
+        the keys, the version and the thresholds; it must carry enough signatures of the root
+        keys it lists itself."""
+        body_text = outer.get("body")
+        if not isinstance(body_text, str):
+            raise ProtocolError("signed trust file: missing 'body'")
+        body_bytes = body_text.encode("utf-8")
+        body = loads_object(body_bytes, MAX_TRUST_BYTES, "trust file body")
+        version, thresholds = body.get("version"), body.get("thresholds", {})
+        if type(version) is not int or version < 1:
+            raise ProtocolError("signed trust file: 'version' must be a positive integer")
+        if not isinstance(thresholds, dict) or any(
+            r not in ROLES or type(n) is not int or n < 1 for r, n in thresholds.items()
+        ):
+            raise ProtocolError("signed trust file: 'thresholds' maps roles to positive integers")
+        plain = cls.from_bytes(dumps({"format": 1, "keys": body.get("keys")}))
+        trust = cls(plain.keys, version, dict(thresholds), True)
+        if not any(ROLE_ROOT in k.roles for k in trust.keys.values()):
+            raise ProtocolError("signed trust file lists no root key")
+        try:
+            trust.verify(ROLE_ROOT, TRUST_DOMAIN, body_bytes, outer.get("sigs"))
+        except AgentError as exc:
+            raise ProtocolError(f"signed trust file is not signed by its own root keys: {exc.detail}") from None
+        return trust
+
+    def accept_update(self, data: bytes) -> Trust:
+        """A new trust file, accepted only when the current root keys sign it (enough of them)
+        and its version is higher: how keys are added, revoked and rotated — the root too, since
+        a new root is accepted on the old root's signature (and its own)."""
+        if not self.signed:
+            raise TrustRejected("this device's trust file is not signed by a root key: it cannot be replaced remotely")
+        try:
+            new = Trust.from_bytes(data)
+        except TrustRejected:
+            raise
+        except TrustError as exc:
+            raise TrustRejected(exc.detail) from None
+        if not new.signed:
+            raise TrustRejected("a replacement trust file must be signed (format 2)")
+        if new.version <= self.version:
+            raise TrustRejected(f"trust file version {new.version} is not newer than version {self.version}")
+        outer = loads_object(data, MAX_TRUST_BYTES, "trust file")
+        try:
+            self.verify(ROLE_ROOT, TRUST_DOMAIN, str(outer["body"]).encode("utf-8"), outer.get("sigs"))
+        except AgentError as exc:
+            raise TrustRejected(
+                f"trust file version {new.version} is not signed by the current root: {exc.detail}"
+            ) from None
+        return new
+
     def to_json(self) -> bytes:
         return dumps(
             {
@@ -116,7 +182,8 @@ class Trust:
         )
 
     def verify(self, role: str, domain: bytes, message: bytes, signatures: Any) -> str:
-        """Return the id of a trusted key with ``role`` whose signature over the bytes is valid."""
+        """Return the id of a trusted key with ``role`` whose signature over the bytes is valid;
+        with a threshold above one for the role, that many distinct keys must have signed."""
         if isinstance(signatures, (bytes, str)):
             try:
                 signatures = loads_strict(signatures, 16 * 1024, "signature list")
@@ -125,6 +192,8 @@ class Trust:
         if not isinstance(signatures, list) or not signatures:
             raise MissingSignature("no signature present")
         seen_unknown: list[str] = []
+        needed = self.thresholds.get(role, 1)
+        valid: list[str] = []
         for entry in signatures[:MAX_SIGNATURES]:
             if not isinstance(entry, dict):
                 continue
@@ -139,10 +208,23 @@ class Trust:
                 key.public.verify(base64.b64decode(sig_b64, validate=True), domain + message)
             except (InvalidSignature, binascii.Error, ValueError):
                 raise BadSignature(f"signature by key {kid} does not match the signed bytes") from None
-            return kid
+            if kid not in valid:
+                valid.append(kid)
+            if len(valid) >= needed:
+                return valid[0]
+        if valid:
+            raise MissingSignature(f"'{role}' needs {needed} signatures of distinct keys; {len(valid)} present")
         if seen_unknown:
             raise UnknownKey(f"signed only by keys not trusted for '{role}': {', '.join(seen_unknown[:3])}")
         raise MissingSignature("no well-formed signature present")
+
+
+def seal_trust(
+    roots: list[Ed25519PrivateKey], version: int, keys: list[dict[str, Any]], thresholds: dict[str, int] | None = None
+) -> bytes:
+    """A signed trust file (format 2): ``keys`` as in format 1, signed by every key in ``roots``."""
+    body = dumps({"format": 2, "version": version, "keys": keys, "thresholds": thresholds or {}})
+    return dumps({"format": 2, "body": body.decode("utf-8"), "sigs": [sign(k, TRUST_DOMAIN, body) for k in roots]})
 
 
 def seal(private: Ed25519PrivateKey, domain: bytes, body: dict[str, Any]) -> bytes:

@@ -35,7 +35,9 @@ from .actions import (
     Restore,
     Revert,
     SaveState,
+    SaveTrust,
     Send,
+    SendSamples,
     StageChunk,
     StageTransfer,
     StartTrial,
@@ -43,10 +45,11 @@ from .actions import (
     Unsubscribe,
 )
 from .bundle import VerifiedBundle, verify
+from .capture import SampleStore, replies
 from .config import AgentConfig
 from .core import AgentCore
 from .engine import InferenceEngine
-from .errors import AgentError, InstallFailed, Lifecycle, ProtocolError, TrustError
+from .errors import AgentError, InstallFailed, Lifecycle, ProtocolError, StorageError, TrustError
 from .events import (
     Committed,
     Connected,
@@ -137,7 +140,8 @@ class Worker:
         self.outbox = outbox
         self.trust = trust
         self.queue: queue.Queue[Item] = queue.Queue()
-        self.engine = InferenceEngine(self.queue.put, config.engine)
+        self.engine = InferenceEngine(self.queue.put, config.engine, config.capture)
+        self.samples = SampleStore(Path(config.state_dir) / "samples", config.capture)
         self.link: Link | None = None
         self.connected = False
         self.outbox_errors = 0
@@ -159,6 +163,7 @@ class Worker:
     def stop(self, drain_s: float) -> None:
         """Report the last partial drift window, say goodbye, drain what can be drained."""
         self.engine.close()
+        self._write_captured()
         self.queue.put(Tick(self.stats()))
         self.queue.put(Stopping())
         deadline = time.monotonic() + drain_s
@@ -194,6 +199,7 @@ class Worker:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.config.tick_interval_s
                     self.engine.tick()
+                    self._write_captured()
                     self.handle(Tick(self.stats()))
                 self._drain()
             except Exception:  # the worker must survive anything one message can do
@@ -223,6 +229,8 @@ class Worker:
             self._send(action)
         elif isinstance(action, Resend):
             self._resend(action)
+        elif isinstance(action, SendSamples):
+            self._send_samples(action)
         elif isinstance(action, Publish):
             if link is not None and self.connected:
                 link.publish(action.topic, action.payload, action.qos, action.retain)
@@ -250,6 +258,19 @@ class Worker:
             self._stage(lambda: self.slots.stage_chunk(action.sha256, action.offset, action.data))
         elif isinstance(action, DropStaging):
             self.slots.drop_staging(action.sha256)
+        elif isinstance(action, SaveTrust):
+            self._storage(lambda: self._save_trust(action.data))
+
+    def _save_trust(self, data: bytes) -> None:
+        """The core accepted a newer trust file: it replaces the one on disk, atomically, so a
+        restart starts from it."""
+        from .slots import atomic_write
+
+        try:
+            atomic_write(Path(self.config.trust), data)
+        except OSError as exc:
+            raise StorageError(f"cannot write the trust file {self.config.trust}: {exc.strerror}") from None
+        self.trust = self.core.trust
 
     def _send(self, action: Send) -> None:
         if action.topic.endswith("/events"):
@@ -270,6 +291,60 @@ class Worker:
             log.error("resend of %s from the outbox history failed: %s", action.command, exc)
             return  # the host asks again
         self.queue.put(ResendDone(action.command, action.boot_id, requeued, queued, missing))
+
+    def _write_captured(self) -> None:
+        """Captured rows go to disk on the worker's tick, never on the serving path."""
+        rows = self.engine.take_captured()
+        if not rows:
+            return
+        try:
+            self.samples.append(rows)
+        except OSError as exc:  # a full disk costs the sample, never the serving
+            self.samples.errors += 1
+            log.warning("captured rows not written: %s", exc)
+
+    def _note_bundle(self, model: LoadedModel) -> None:
+        """What the host needs to read captured rows of this bundle: its features, in order."""
+        if self.engine.capture is None:
+            return
+        b = model.bundle
+        info = {
+            "name": b.name,
+            "version": b.version,
+            "sha256": b.sha256,
+            "features": [f.name for f in model.spec.features],
+        }
+        try:
+            self.samples.note_bundle(f"{b.name}@{b.version}", info)
+        except OSError as exc:
+            log.warning("captured rows' bundle not noted: %s", exc)
+
+    def _send_samples(self, action: SendSamples) -> None:
+        """Answer a verified samples request in size-bounded parts, once."""
+        self._write_captured()
+        try:
+            rows = list(self.samples.rows(action.since))
+            if action.max_rows is not None:
+                rows = rows[-action.max_rows :]
+            docs = replies(
+                action.request,
+                self.core.device,
+                time.time(),
+                rows,
+                self.samples.bundles(),
+                self.config.capture.max_message_bytes,
+                self.engine.capture is not None,
+            )
+            self.samples.mark_answered(action.request, self.config.core.samples_remembered)
+        except OSError as exc:
+            log.error("samples request %s not answered: %s", action.request, exc)
+            return
+        log.info("answering samples request %s: %d rows in %d parts", action.request, len(rows), len(docs))
+        if self.link is None or not self.connected:
+            return  # the host asks again, with a new id
+        topic = self.core.topics.samples(self.core.device)
+        for doc in docs:
+            self.link.publish(topic, doc.encode(), 1, False)
 
     def _storage(self, write: Callable[[], None]) -> None:
         """A state write that failed is reported; the model that serves keeps serving."""
@@ -306,6 +381,7 @@ class Worker:
             model = self._load(bundle)
             model.health_check()
             self.engine.activate(model)
+            self._note_bundle(model)
             log.info("serving %s from the state dir", ref.label)
         except AgentError as exc:
             log.error("cannot restore the active bundle %s: %s", ref.label, exc.detail)
@@ -387,6 +463,7 @@ class Worker:
         except AgentError as exc:
             self.queue.put(TrialDone(action.sha256, exc))
             return
+        self._note_bundle(model)
         fault("after_trial_start")
         log.info("%s is on trial", model.bundle.ref.label)
 
@@ -456,6 +533,7 @@ class Agent:
             profile=device_profile(config.device_class),
         )
         self.worker = Worker(config, self.core, slots, outbox, trust)
+        self.core.answered = self.worker.samples.answered()
         self.engine = self.worker.engine
         # +1 per boot and per connection: a late Will from an older connection never wins.
         self.link = MqttLink(

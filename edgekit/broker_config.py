@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,16 @@ from device_agent.protocol import check_id
 
 from . import devices as devices_mod
 from .errors import UsageError
-from .pki import FleetCA, write_secret
+from .fleet.capabilities import PROBE_PREFIX
+from .pki import FleetCA
 from .workspace import Workspace
 
 DEVICE_WRITES = ("state", "hb", "reported", "events", "drift", "samples", "resent")
 DEVICE_READS = ("desired", "cmd")
 SYNC_TOPIC = "edgekit-sync/#"  # the CLI's end-of-retained marker (edgekit.fleet.client.collect)
+PROBE_TOPIC = f"{PROBE_PREFIX}/#"  # edgekit broker check's throw-away topics
 AUTH_MODES = (devices_mod.AUTH_CERT, devices_mod.AUTH_PASSWORD)
+HOST_CA_NAME = "edgekit host CA"  # signs the host roles' certificates, and nothing a device holds
 
 
 def role_name(role: str, name: str = "") -> str:
@@ -63,10 +65,12 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic readwrite {p}/bundle/#",
             f"topic readwrite {p}/dev/+/desired",
             f"topic readwrite {p}/group/+/desired",
+            f"topic readwrite {p}/trust",  # the signed trust file (edgekit keys trust --publish)
             *read_telemetry,
             # fleet forget clears a departed device's retained documents (empty payloads)
             *(f"topic write {p}/dev/+/{leaf}" for leaf in ("state", "hb", "reported")),
             f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
         ]
     if role == "serve":
         return [
@@ -74,17 +78,24 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic write {p}/dev/+/cmd",  # resend requests
             f"topic readwrite {p}/alerts/#",
             f"topic read {p}/bundle/+/+/manifest",
-            f"topic readwrite {SYNC_TOPIC}",
-            # the rollouts it runs (docs/rollouts.md): each phase's desired states, an abort's
-            # re-signed bundle, the group's desired state at the end, and the rollout's record.
-            # Devices still take only what the deploy and bundle keys signed.
-            f"topic readwrite {p}/bundle/#",
+            # edgekit serve --resign-every re-signs the retained desired states before they expire
             f"topic readwrite {p}/dev/+/desired",
             f"topic readwrite {p}/group/+/desired",
+            f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
+            # the rollouts it runs (docs/rollouts.md): each phase's desired states, an abort's
+            # re-signed bundle, and the rollout's record. Devices still take only what the deploy
+            # and bundle keys signed.
+            f"topic readwrite {p}/bundle/#",
             f"topic readwrite {p}/rollouts/#",
         ]
     if role == "reader":
-        return [*read_telemetry, f"topic read {p}/alerts/#", f"topic readwrite {SYNC_TOPIC}"]
+        return [
+            *read_telemetry,
+            f"topic read {p}/alerts/#",
+            f"topic readwrite {SYNC_TOPIC}",
+            f"topic readwrite {PROBE_TOPIC}",
+        ]
     raise UsageError(f"unknown host role {role!r}")
 
 
@@ -97,6 +108,7 @@ def acl_text(prefix: str, registry: devices_mod.Registry, roles: list[tuple[str,
         *(f"pattern write {p}/dev/%u/{leaf}" for leaf in DEVICE_WRITES),
         *(f"pattern read {p}/dev/%u/{leaf}" for leaf in DEVICE_READS),
         f"pattern read {p}/bundle/#",
+        f"pattern read {p}/trust",
         "",
     ]
     for device in sorted(registry.active(), key=lambda d: d.device):
@@ -117,6 +129,7 @@ class BrokerFiles:
     acl: Path
     auth: str
     port: int
+    host_port: int
     hosts: tuple[str, ...]
     roles: dict[str, dict[str, str]]  # identity -> files on the host
     devices: int
@@ -129,6 +142,7 @@ class BrokerFiles:
             "acl": str(self.acl),
             "auth": self.auth,
             "port": self.port,
+            "host_port": self.host_port,
             "hosts": list(self.hosts),
             "roles": self.roles,
             "devices": self.devices,
@@ -151,23 +165,15 @@ def _crl(ca: FleetCA, serials: list[int]) -> bytes:
     return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-def _role_credentials(
-    ws: Workspace, ca: FleetCA, identity: str, auth: str, passwords: dict[str, str]
-) -> dict[str, str]:
-    """The host's credentials for a role, made once and kept in .edgekit/pki/hosts/."""
+def _role_credentials(ws: Workspace, host_ca: FleetCA, identity: str) -> dict[str, str]:
+    """The host's certificate for a role, from the host CA, made once and kept in .edgekit/pki/hosts/."""
     folder = devices_mod.pki_dir(ws) / "hosts"
     folder.mkdir(parents=True, exist_ok=True)
     stem = identity.lstrip("@")
-    if auth == devices_mod.AUTH_CERT:
-        cert, key = folder / f"{stem}.pem", folder / f"{stem}.key"
-        if not cert.exists():
-            ca.issue(identity).write(cert, key)
-        return {"cert": str(cert), "key": str(key)}
-    secret_path = folder / f"{stem}.password"
-    if not secret_path.exists():
-        write_secret(secret_path, secrets.token_urlsafe(24).encode() + b"\n")
-    passwords[identity] = devices_mod.mosquitto_hash(secret_path.read_text().strip())
-    return {"username": identity, "password_file": str(secret_path)}
+    cert, key = folder / f"{stem}.pem", folder / f"{stem}.key"
+    if not cert.exists() or x509.load_pem_x509_certificate(cert.read_bytes()).issuer != host_ca.cert.subject:
+        host_ca.issue(identity).write(cert, key)
+    return {"cert": str(cert), "key": str(key)}
 
 
 def _hand_to_broker(path: Path) -> None:
@@ -189,6 +195,7 @@ def write(
     *,
     hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
     port: int = 8883,
+    host_port: int | None = None,
     bind: str = "",
     auth: str = devices_mod.AUTH_CERT,
     collectors: tuple[str, ...] = ("main",),
@@ -208,33 +215,50 @@ def write(
             f"and this broker takes {auth}s only",
             "re-enrol it: edgekit devices add --force" + (" --password" if auth == "password" else ""),
         )
+    host_port = host_port or port + 1
+    if host_port == port:
+        raise UsageError(f"the host roles' port {host_port} is the devices' port", "give --host-port another port")
     ca = FleetCA.ensure(devices_mod.pki_dir(ws))
+    host_ca = FleetCA.ensure(devices_mod.pki_dir(ws) / "host-ca", HOST_CA_NAME)
     out_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(out_dir, 0o755)  # mosquitto reads it as its own user
     (out_dir / "ca.pem").write_bytes(ca.cert_pem)
+    (out_dir / "host-ca.pem").write_bytes(host_ca.cert_pem)
     server = ca.issue("broker", server=True, hosts=hosts)
     server.write(out_dir / "broker.pem", out_dir / "broker.key")
     _hand_to_broker(out_dir / "broker.key")
 
-    passwords: dict[str, str] = {}
     roles = [("deploy", role_name("deploy")), ("reader", role_name("reader"))]
     roles += [("serve", role_name("serve", name)) for name in collectors]
-    role_files = {identity: _role_credentials(ws, ca, identity, auth, passwords) for _, identity in roles}
+    role_files = {identity: _role_credentials(ws, host_ca, identity) for _, identity in roles}
     acl = out_dir / "acl"
     acl.write_text(acl_text(ws.prefix, registry, roles))
     os.chmod(acl, 0o644)
 
-    lines = [
-        "# written by edgekit broker config (docs: README, 'A secured fleet')",
-        "per_listener_settings false",
-        f"listener {port}{' ' + bind if bind else ''}",
-        f"cafile {out_dir / 'ca.pem'}",
+    tls = [
         f"certfile {out_dir / 'broker.pem'}",
         f"keyfile {out_dir / 'broker.key'}",
         "tls_version tlsv1.2",
+    ]
+    lines = [
+        "# written by edgekit broker config (docs: README, 'A secured fleet')",
+        "per_listener_settings false",
         "allow_anonymous false",
-        "use_username_as_clientid true",
         f"acl_file {acl}",
+    ]
+    if auth == devices_mod.AUTH_PASSWORD:
+        passwords = {d.device: d.password_hash for d in registry.active() if d.password_hash}
+        passwd = out_dir / "passwd"
+        passwd.write_text("".join(f"{user}:{digest}\n" for user, digest in sorted(passwords.items())))
+        os.chmod(passwd, 0o644)
+        lines.append(f"password_file {passwd}")
+    lines += [
+        "",
+        "# Devices: the client id is replaced by the identity, so no one can take a device's session over.",
+        f"listener {port}{' ' + bind if bind else ''}",
+        f"cafile {out_dir / 'ca.pem'}",
+        *tls,
+        "use_username_as_clientid true",
     ]
     serials = registry.revoked_serials()
     if auth == devices_mod.AUTH_CERT:
@@ -242,14 +266,17 @@ def write(
         if serials:
             (out_dir / "crl.pem").write_bytes(_crl(ca, serials))
             lines.append(f"crlfile {out_dir / 'crl.pem'}")
-    else:
-        for device in registry.active():
-            if device.password_hash:
-                passwords[device.device] = device.password_hash
-        passwd = out_dir / "passwd"
-        passwd.write_text("".join(f"{user}:{digest}\n" for user, digest in sorted(passwords.items())))
-        os.chmod(passwd, 0o644)
-        lines.append(f"password_file {passwd}")
+    lines += [
+        "",
+        "# Host roles (@deploy, @reader, @serve-NAME): certificates from the host CA only, client ids",
+        "# free, so several host commands may run at once under one role.",
+        f"listener {host_port}{' ' + bind if bind else ''}",
+        f"cafile {out_dir / 'host-ca.pem'}",
+        *tls,
+        "require_certificate true",
+        "use_identity_as_username true",
+        "",
+    ]
     lines += [
         "persistence true",
         f"persistence_location {persistence_dir}",
@@ -264,6 +291,7 @@ def write(
         acl,
         auth,
         port,
+        host_port,
         hosts,
         role_files,
         len(registry.active()),

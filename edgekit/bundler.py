@@ -36,6 +36,7 @@ from device_agent.trust import MANIFEST_DOMAIN, ROLE_BUNDLE, Trust, sign
 from . import registry
 from .errors import BundleBuildError
 from .explain import manifest_section
+from .field.policy import capture_section
 from .keys import key_roles, load_private, trust_file
 from .progress import SILENT, Progress
 from .runs import REFERENCE_FILE, Run, code_version, environment, load_run
@@ -135,6 +136,7 @@ def _manifest(
     explain: dict[str, Any] | None,
     expires_days: int | None = None,
     rollback_of: Any = None,
+    capture: dict[str, Any] | None = None,
 ) -> bytes:
     created = datetime.now(UTC)
     manifest: dict[str, Any] = {
@@ -153,6 +155,8 @@ def _manifest(
         },
         "lineage": lineage,
     }
+    if capture is not None:
+        manifest["policy"]["capture"] = capture
     section = manifest_section(explain)
     if section is not None:
         manifest["explain"] = section
@@ -200,6 +204,7 @@ def manifest_for(run: Run, name: str, version: int, files: dict[str, bytes], ws:
         rec.get("explain"),
         expires_days=extra.get("expires_days"),
         rollback_of=extra.get("rollback_of"),
+        capture=capture_section(ws, rec, extra.get("capture"), extra.get("capture_below")),
     )
 
 
@@ -275,8 +280,12 @@ def build(
     out_dir: Path | None = None,
     expires_days: int | None = None,
     progress: Progress = SILENT,
+    *,
+    capture: bool | None = None,
+    capture_below: str | None = None,
 ) -> BuiltBundle:
-    """Pack a run into the next version of bundle ``name``, signed with key ``key_name``."""
+    """Pack a run into the next version of bundle ``name``, signed with key ``key_name``.
+    ``capture``/``capture_below`` set the devices' capture policy (:mod:`edgekit.field.policy`)."""
     check_id("bundle name", name)
     _check_key(ws, key_name)
     run = load_run(ws, run_id)
@@ -290,6 +299,7 @@ def build(
     model_bytes = run.shipped_model.read_bytes()
     X, _ = run.holdout()
     model = model_section(run.record)
+    capture_section(ws, run.record, capture, capture_below)  # a bad threshold fails before any work
     progress.stage(f"computing health samples of run {run.id} through the device runtime")
     rows = run.holdout_rows()
     if rows is None and any(f.get("type") == "datetime" for f in model["features"]):
@@ -311,7 +321,9 @@ def build(
         name,
         key_name,
         files,
-        lambda version: manifest_for(run, name, version, files, ws, expires_days=expires_days),
+        lambda version: manifest_for(
+            run, name, version, files, ws, expires_days=expires_days, capture=capture, capture_below=capture_below
+        ),
         source="run",
         run_id=run.id,
         reason=f"built from run {run.id}",

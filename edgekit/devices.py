@@ -208,7 +208,7 @@ def enrol(
         )
     if old is not None and not groups:
         groups = tuple(old.groups)  # re-issued credentials keep the device's groups unless new ones are named
-    url = broker or ws.broker
+    url = broker or str(ws.setting("fleet", "device_broker", "") or ws.broker)  # devices may use another port
     if not password and not url.startswith(("mqtts://", "ssl://", "tls://")):
         raise UsageError(
             f"a device certificate needs a TLS broker, and {url!r} is not one",

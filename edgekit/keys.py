@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from device_agent.protocol import check_id
-from device_agent.trust import ROLES, Trust, TrustedKey, key_id, public_raw
+from device_agent.trust import DEFAULT_ROLES, ROLES, Trust, TrustedKey, key_id, public_raw
 
 from .errors import WorkspaceError
 from .workspace import Workspace
@@ -29,9 +29,18 @@ class KeyInfo:
     keyid: str
     roles: tuple[str, ...]
     public: str  # base64 raw
+    revoked: bool = False  # left out of every trust file from now on; never picked to sign
+    encrypted: bool = False  # the private key is encrypted with a passphrase
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "keyid": self.keyid, "roles": list(self.roles), "public": self.public}
+        return {
+            "name": self.name,
+            "keyid": self.keyid,
+            "roles": list(self.roles),
+            "public": self.public,
+            "revoked": self.revoked,
+            "encrypted": self.encrypted,
+        }
 
 
 def _paths(ws: Workspace, name: str) -> tuple[Path, Path]:
@@ -39,7 +48,9 @@ def _paths(ws: Workspace, name: str) -> tuple[Path, Path]:
     return ws.keys_dir / f"{name}.key", ws.keys_dir / f"{name}.json"
 
 
-def generate(ws: Workspace, name: str, roles: tuple[str, ...] = ROLES, passphrase: bytes | None = None) -> KeyInfo:
+def generate(
+    ws: Workspace, name: str, roles: tuple[str, ...] = DEFAULT_ROLES, passphrase: bytes | None = None
+) -> KeyInfo:
     bad = [r for r in roles if r not in ROLES]
     if bad or not roles:
         raise WorkspaceError(f"unknown role(s) {bad}", f"roles are {', '.join(ROLES)}")
@@ -56,7 +67,7 @@ def generate(ws: Workspace, name: str, roles: tuple[str, ...] = ROLES, passphras
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     raw = public_raw(private)
-    info = KeyInfo(name, key_id(raw), tuple(roles), base64.b64encode(raw).decode("ascii"))
+    info = KeyInfo(name, key_id(raw), tuple(roles), base64.b64encode(raw).decode("ascii"), encrypted=bool(passphrase))
     meta_path.write_text(json.dumps(info.to_dict(), indent=1))
     return info
 
@@ -65,8 +76,63 @@ def list_keys(ws: Workspace) -> list[KeyInfo]:
     out = []
     for meta in sorted(ws.keys_dir.glob("*.json")):
         doc = json.loads(meta.read_text())
-        out.append(KeyInfo(doc["name"], doc["keyid"], tuple(doc["roles"]), doc["public"]))
+        out.append(
+            KeyInfo(
+                doc["name"],
+                doc["keyid"],
+                tuple(doc["roles"]),
+                doc["public"],
+                bool(doc.get("revoked", False)),
+                bool(doc.get("encrypted", False)),
+            )
+        )
     return out
+
+
+def revoke(ws: Workspace, name: str) -> KeyInfo:
+    """Mark a key revoked: no trust file lists it from now on, and nothing picks it to sign.
+    Devices stop trusting it once they receive a newer signed trust file (``keys trust --publish``)."""
+    _, meta_path = _paths(ws, name)
+    if not meta_path.exists():
+        raise WorkspaceError(f"no key named {name!r}", "see 'edgekit keys list'")
+    doc = json.loads(meta_path.read_text())
+    doc["revoked"] = True
+    meta_path.write_text(json.dumps(doc, indent=1))
+    return next(k for k in list_keys(ws) if k.name == name)
+
+
+def rotate(ws: Workspace, name: str, new_name: str, passphrase: bytes | None = None) -> KeyInfo:
+    """A new key with the old one's roles, and the old one revoked."""
+    old = next((k for k in list_keys(ws) if k.name == name), None)
+    if old is None:
+        raise WorkspaceError(f"no key named {name!r}", "see 'edgekit keys list'")
+    info = generate(ws, new_name, old.roles, passphrase)
+    revoke(ws, name)
+    return info
+
+
+def signed_trust(ws: Workspace, roots: tuple[str, ...], thresholds: dict[str, int] | None = None) -> bytes:
+    """A trust file of every key not revoked, signed by the root keys ``roots`` (format 2), one
+    version above the last one this workspace signed. Devices replace theirs with it only if
+    their current root signed it: to rotate the root, sign with the old root and the new one."""
+    from device_agent.trust import ROLE_ROOT, seal_trust
+
+    entries = [
+        {"keyid": k.keyid, "name": k.name, "public": k.public, "roles": list(k.roles)}
+        for k in list_keys(ws)
+        if not k.revoked
+    ]
+    signers = []
+    for name in roots:
+        info = next((k for k in list_keys(ws) if k.name == name), None)
+        if info is None or ROLE_ROOT not in info.roles:
+            raise WorkspaceError(f"{name!r} is not a root key", "edgekit keys generate --name root --role root")
+        signers.append(load_private(ws, name))
+    counter = ws.keys_dir / "trust-version"
+    version = (int(counter.read_text()) if counter.exists() else 0) + 1
+    data = seal_trust(signers, version, entries, thresholds)
+    counter.write_text(str(version))
+    return data
 
 
 def load_private(ws: Workspace, name: str, passphrase: bytes | None = None) -> Ed25519PrivateKey:
@@ -94,7 +160,7 @@ def key_roles(ws: Workspace, name: str) -> tuple[str, ...]:
 
 
 def trust_file(ws: Workspace, names: tuple[str, ...] = ()) -> Trust:
-    infos = [k for k in list_keys(ws) if not names or k.name in names]
+    infos = [k for k in list_keys(ws) if (not names or k.name in names) and not k.revoked]
     if not infos:
         raise WorkspaceError("no keys to trust", "create one with 'edgekit keys generate --name release'")
     keys = {
@@ -109,10 +175,12 @@ def trust_file(ws: Workspace, names: tuple[str, ...] = ()) -> Trust:
 def pick_key(ws: Workspace, role: str, name: str | None = None) -> Ed25519PrivateKey:
     """The named key, or the workspace's only key with ``role``."""
     if name:
+        if any(k.name == name and k.revoked for k in list_keys(ws)):
+            raise WorkspaceError(f"key {name!r} is revoked", "sign with its successor (edgekit keys list)")
         if role not in key_roles(ws, name):
             raise WorkspaceError(f"key {name!r} lacks the '{role}' role", "see 'edgekit keys list'")
         return load_private(ws, name)
-    candidates = [k.name for k in list_keys(ws) if role in k.roles]
+    candidates = [k.name for k in list_keys(ws) if role in k.roles and not k.revoked]
     if len(candidates) != 1:
         found = ", ".join(candidates) or "none"
         raise WorkspaceError(f"cannot choose a '{role}' key (found: {found})", "name one with --key")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ import numpy as np
 from .convert import convert_checked
 from .data import MAX_CATEGORIES, load_table
 from .explain import permutation
+from .field import oof
+from .field.added import load_added
 from .onnx_model import OnnxModel
 from .progress import SILENT, Progress
 from .reference import build_reference
@@ -69,6 +71,7 @@ def train_run(
     drop: list[str] | tuple[str, ...] = (),
     datetimes: dict[str, list[str] | None] | None = None,
     max_categories: int | None = None,
+    add: Sequence[str] = (),
 ) -> Run:
     """Load, train (or search, ``model="auto"``), convert, check parity, compute reference
     statistics; record it all.
@@ -82,6 +85,8 @@ def train_run(
     budget); ``search_progress`` also gets one dict per evaluated search candidate. The
     record's ``inputs`` hold what :func:`reproduce` needs: for ``auto`` the chosen family and
     parameters, so a reproduction refits that model rather than re-running a time-bound search.
+    ``add`` names labelled rows that join the training split only: CSV files, or
+    ``dataset:NAME@V`` (:mod:`edgekit.field.added`).
     """
     started = time.monotonic()
     seed = int(ws.setting("train", "seed", 0) if seed is None else seed)
@@ -94,6 +99,8 @@ def train_run(
     table = load_table(data_path, target, **table_options(options))
     for warning in table.warnings:
         progress.warn(warning)
+    added = load_added(ws, table, list(add))
+    extra = None if added is None else (added[0], added[1])
     shape = f"({table.task}) on {table.X.shape[0]} rows x {table.X.shape[1]} inputs"
     if model == "auto":
         with progress.task(f"searching models {shape}", time_budget, unit="s") as searching:
@@ -112,11 +119,11 @@ def train_run(
 
             result = train(
                 table, model=model, seed=seed, test_size=test_size, params=params, metric=metric,
-                time_budget=time_budget, progress=on_candidate,
+                time_budget=time_budget, progress=on_candidate, extra=extra,
             )  # fmt: skip
     else:
         progress.stage(f"training {model} {shape}: {CV_FOLDS}-fold cross-validation, then the final fit")
-        result = train(table, model=model, seed=seed, test_size=test_size, params=params, metric=metric)
+        result = train(table, model=model, seed=seed, test_size=test_size, params=params, metric=metric, extra=extra)
     progress.stage("converting to ONNX and checking parity (holdout and boundary rows)")
     onnx_model, parity = convert_checked(result)
     progress.stage("computing reference statistics")
@@ -147,12 +154,13 @@ def train_run(
     else:
         X_test = np.asarray(result.X_test, dtype=np.float64)
     np.savez(path / HOLDOUT_FILE, X=X_test, y=y_test)
+    confidence = oof.save(path, result.X_train, result.y_train, result.oof_proba, result.task, result.train_index)
     if result.rows_test is not None:  # date/time features: the rows a device receives differ from X
         (path / HOLDOUT_ROWS_FILE).write_text(json.dumps([_json_row(r) for r in result.rows_test.tolist()]))
     record = {
         "id": run_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data": {**table.fingerprint, "path": str(data_path)},
+        "data": {**table.fingerprint, "path": str(data_path), **({"added": added[2]} if added else {})},
         "task": result.task,
         # The manifest's model section (docs/contract-model-spec.md) plus family and opset.
         "model": {
@@ -183,8 +191,10 @@ def train_run(
             "drop": list(drop) or None,
             "datetimes": {k: list(v) if v else None for k, v in (datetimes or {}).items()} or None,
             "max_categories": cap,
+            "add": list(add) or None,
         },
         "parity": parity.to_dict(),
+        "confidence": confidence or None,
         "quantization": None,
         "code_version": code_version(ws.root),
         "environment": environment(),

@@ -123,11 +123,11 @@ class FleetCA:
         return cls(cert, key)
 
     @classmethod
-    def ensure(cls, folder: Path) -> FleetCA:
+    def ensure(cls, folder: Path, name: str = "edgekit fleet CA") -> FleetCA:
         """The CA in ``folder``, made on first use."""
         if (folder / "ca.pem").exists():
             return cls.load(folder)
-        ca = cls.create()
+        ca = cls.create(name)
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
         write_secret(folder / "ca.key", _key_pem(ca.key))

@@ -93,6 +93,8 @@ class TrainResult:
     # Holdout rows as a device receives them (date/time values as text); None when that is X_test.
     rows_test: np.ndarray | None = None
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # capped categorical columns
+    # Each training row's position in the table (-1: an added row), for finding it again.
+    train_index: np.ndarray | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -116,8 +118,13 @@ def train(
     metric: str | None = None,
     time_budget: float | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Split, cross-validate on the training split, fit on it, score on the holdout.
+
+    ``extra`` (X, y) are rows added to the training split only (labelled field rows): the
+    holdout stays the base table's, so a challenger's holdout metrics compare with its
+    champion's.
 
     ``model`` is a family (``logreg``/``linear``, ``rf``, ``hgb``, ``mlp``) or ``auto``: a
     cross-validated search over families and hyperparameters (:mod:`edgekit.search`) within
@@ -138,14 +145,27 @@ def train(
         stratify = None
     # The row indices ride along (the split depends only on the row count and stratify), so the
     # holdout's raw rows can be kept for a device's health samples.
-    X_train, X_test, y_train, y_test, _, test_idx = train_test_split(
+    X_train, X_test, y_train, y_test, train_idx, test_idx = train_test_split(
         table.X, table.y, np.arange(len(table.y)), test_size=test_size, random_state=seed, stratify=stratify
     )
+    relabelled = 0
+    if extra is not None and len(extra[1]):
+        # An added row with exactly a training row's features is a person's label for that row
+        # (a correction from `edgekit review`): it replaces the row, never sits beside it.
+        X_extra = np.asarray(extra[0], dtype=X_train.dtype)
+        added = {_row_key(r) for r in X_extra}
+        keep = np.array([_row_key(r) not in added for r in X_train], dtype=bool)
+        relabelled = int(np.count_nonzero(~keep))
+        X_train = np.concatenate([X_train[keep], X_extra])
+        y_train = np.concatenate([y_train[keep], np.asarray(extra[1]).astype(y_train.dtype)])
+        train_idx = np.concatenate([train_idx[keep], np.full(len(X_extra), -1)])
     if task == "classification":
         _check_class_counts(y_train, test_size, after_split=True)
     n_classes = len(np.unique(table.y)) if task == "classification" else 0
     declared = check_metric(metric, task, n_classes)
     warnings = list(table.warnings) + unseen_categories(table.features, X_train, X_test)
+    if relabelled:
+        warnings.append(f"{relabelled} training rows were relabelled by added rows with the same features")
     features = list(table.features)
 
     leaderboard: list[dict[str, Any]] | None = None
@@ -225,7 +245,12 @@ def train(
         search=search_info,
         rows_test=None if table.rows is None else table.rows[test_idx],
         categories=category_caps(estimator, features),
+        train_index=np.asarray(train_idx),
     )
+
+
+def _row_key(row: np.ndarray) -> tuple[str, ...]:
+    return tuple(repr(v) for v in np.asarray(row).tolist())
 
 
 def unseen_categories(features: Sequence[FeatureInfo], X_train: np.ndarray, X_test: np.ndarray) -> list[str]:

@@ -21,12 +21,14 @@ STATE = ".edgekit"
 
 _TEMPLATE = """# edgekit workspace
 [fleet]
-broker = "{broker}"   # MQTT broker the CLI talks to (deploy, fleet status); mqtts://HOST:8883 for TLS
+broker = "{broker}"   # the broker the CLI talks to; a secured fleet: mqtts://HOST:8884 (host listener)
 prefix = "{prefix}"        # topic prefix: one prefix per fleet
 # ca = ".edgekit/pki/ca.pem"            # mqtts://: the fleet CA the broker's certificate is checked against
 # cert = ".edgekit/pki/hosts/deploy.pem" # this host's client certificate on the broker (edgekit broker config)
 # key = ".edgekit/pki/hosts/deploy.key"
 # username = "deploy"                    # or a password: password_file = "…", or EDGEKIT_MQTT_PASSWORD
+# device_broker = "mqtts://broker.example:8883"   # the URL devices get at enrolment (edgekit broker config:
+#                                                  # devices on 8883, host roles on 8884)
 
 [train]
 seed = 0
@@ -35,7 +37,10 @@ max_categories = 30         # categories kept per categorical column; the rest b
 
 [policy]
 drift_window = 200          # rows per drift window reported by devices
-low_confidence = 0.6        # predictions below this confidence are counted (and later captured)
+low_confidence = 0.6        # predictions below this confidence are counted
+capture = false             # devices keep low-confidence rows for labelling (edgekit bundle --capture)
+capture_below = "p5"        # ... below this: pN of the out-of-fold confidence, or a number
+capture_uniform = 0.01      # ... plus this share of the other rows, for calibration
 
 [serve]                     # edgekit serve, the telemetry collector
 # store = "postgresql://edgekit@db-host/telemetry"   # default: SQLite in .edgekit/telemetry.db

@@ -87,9 +87,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import bundles, delivery, fleet, history, keys, registry, report, rollout, runs, serve, workspace
+    from . import bundles, delivery, field, fleet, history, keys, registry, report, rollout, runs, serve, workspace
 
-    for module in (workspace, keys, runs, bundles, registry, fleet, history, delivery, serve, report, rollout):
+    for module in (workspace, keys, runs, bundles, registry, fleet, history, delivery, serve, report, rollout, field):
         for command in module.COMMANDS:
             main.add_command(command)
     from . import devices  # a secured fleet: enrolment (the broker's configuration: broker config)
@@ -104,6 +104,11 @@ def _register() -> None:
     from . import broker
 
     for command in broker.COMMANDS:
+        main.add_command(command)
+
+    from . import desired
+
+    for command in desired.COMMANDS:
         main.add_command(command)
 
 

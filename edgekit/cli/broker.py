@@ -74,7 +74,10 @@ def bridge_config(
     help="Directory for mosquitto.conf, acl, certificates (default: .edgekit/broker/).",
 )
 @click.option("--host", "hosts", multiple=True, help="Name or IP devices reach the broker by; repeatable.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True, help="TLS listener port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True, help="The devices' TLS port.")
+@click.option(
+    "--host-port", type=click.IntRange(1, 65535), default=None, help="The host roles' TLS port (default: --port + 1)."
+)
 @click.option("--bind", default="", help="Address the listener binds to (default: all).")
 @click.option(
     "--auth",
@@ -95,6 +98,7 @@ def config_cmd(
     output: Path | None,
     hosts: tuple[str, ...],
     port: int,
+    host_port: int | None,
     bind: str,
     auth: str,
     collectors: tuple[str, ...],
@@ -116,6 +120,7 @@ def config_cmd(
         (output or ws.state / "broker").resolve(),
         hosts=hosts or ("localhost", "127.0.0.1"),
         port=port,
+        host_port=host_port,
         bind=bind,
         auth=auth,
         collectors=collectors or ("main",),
@@ -124,9 +129,11 @@ def config_cmd(
 
     def text(d: dict[str, Any]) -> str:
         lines = [
-            f"wrote {d['config']} ({d['auth']}s, port {d['port']}, {d['devices']} device(s), {d['revoked']} revoked)",
+            f"wrote {d['config']} ({d['auth']}s, {d['devices']} device(s), {d['revoked']} revoked)",
+            f'  devices connect to port {d["port"]} ([fleet] device_broker = "mqtts://HOST:{d["port"]}"), '
+            f'host commands to port {d["host_port"]} ([fleet] broker = "mqtts://HOST:{d["host_port"]}")',
             f"  run: mosquitto -c {d['config']}   (reload after changes: kill -HUP $(pidof mosquitto))",
-            "  host roles (put one in [fleet] of edgekit.toml, with ca = the fleet CA):",
+            "  host roles (put one in [fleet] of edgekit.toml, with ca = .edgekit/pki/ca.pem):",
         ]
         for identity, creds in sorted(d["roles"].items()):
             lines.append(f"    {identity}: " + ", ".join(f"{k} = {v}" for k, v in creds.items()))

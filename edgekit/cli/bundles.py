@@ -50,6 +50,16 @@ def _built_text(d: dict[str, Any]) -> str:
     default=None,
     help="With --model: class labels in the order of the probability columns (default: sorted target values).",
 )
+@click.option(
+    "--capture/--no-capture",
+    default=None,
+    help="Devices keep low-confidence rows for labelling (default: edgekit.toml [policy] capture, off).",
+)
+@click.option(
+    "--capture-below",
+    default=None,
+    help="Capture rows below this confidence: pN, a percentile of the out-of-fold confidence (default p5), or 0.7.",
+)
 @json_option
 def bundle_cmd(
     run_id: str | None,
@@ -61,6 +71,8 @@ def bundle_cmd(
     reference_csv: Path | None,
     target: str | None,
     classes: str | None,
+    capture: bool | None,
+    capture_below: str | None,
     as_json: bool,
 ) -> None:
     """Pack a run, or your own ONNX model, into a signed bundle NAME-vN.ekb (registered as staging).
@@ -95,7 +107,17 @@ def bundle_cmd(
         )
     else:
         assert run_id is not None
-        built = bundler.build(ws, run_id, name, key_name, out_dir, expires_days, progress=progress.for_cli(as_json))
+        built = bundler.build(
+            ws,
+            run_id,
+            name,
+            key_name,
+            out_dir,
+            expires_days,
+            progress=progress.for_cli(as_json),
+            capture=capture,
+            capture_below=capture_below,
+        )
     emit(built.to_dict(), as_json, _built_text, "bundle")
 
 

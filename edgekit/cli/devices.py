@@ -21,7 +21,7 @@ def devices_group() -> None:
 @click.argument("device_id")
 @click.option("--group", "groups", multiple=True, help="Group(s) the device belongs to; repeatable.")
 @click.option("--password", is_flag=True, help="A username and password on the broker instead of a certificate.")
-@click.option("--broker", default=None, help="The broker URL the device uses (default: edgekit.toml).")
+@click.option("--broker", default=None, help="The device's broker URL (default: [fleet] device_broker, else broker).")
 @click.option(
     "-o",
     "--output",

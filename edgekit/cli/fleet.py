@@ -155,7 +155,14 @@ def _status_text(devices: list[dict[str, Any]]) -> str:
         for row, d in zip(rows, devices, strict=True):
             bad = ", ".join(f"{k}: {v}" for k, v in sorted((d.get("unverified") or {}).items()))
             row.append(f"{d['trust'].upper()} ({bad})" if bad else d["trust"])
-    return table(rows, header)
+    text = table(rows, header)
+    missing = [d["device"] for d in devices if d.get("desired_missing")]
+    if missing:
+        text += (
+            f"\nno desired state is retained for {', '.join(missing)}: they keep what they run, "
+            "but nothing tells them what to run (edgekit deploy … --device/--group)"
+        )
+    return text
 
 
 @click.group("fleet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -115,16 +116,35 @@ def show_cmd(name: str, as_json: bool) -> None:
     show_default=True,
     help="Target stage; promoting to production archives the previous production version.",
 )
-@click.option("--reason", required=True, help="Why (recorded in the history; required).")
+@click.option("--reason", default=None, help="Why (recorded in the history; required without --evidence).")
+@click.option(
+    "--evidence",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The output of 'edgekit compare … --json' for this version: its verdict becomes the reason, kept with it.",
+)
 @json_option
-def promote_cmd(name: str, version: int, stage: str, reason: str, as_json: bool) -> None:
+def promote_cmd(name: str, version: int, stage: str, reason: str | None, evidence: Path | None, as_json: bool) -> None:
     """Promote a version; 'deploy NAME' then ships the production version.
 
     \b
     Example: edgekit registry promote pump 3 --to production --reason "beats v2 on the March holdout"
+    Example: edgekit compare pump@2 pump@3 --on holdout.csv --on field.csv --json > cmp.json
+             edgekit registry promote pump 3 --evidence cmp.json
     """
-    changes = reg.promote(workspace.find(), name, version, stage, reason)
-    emit({"changes": [c.to_dict() for c in changes]}, as_json, _move_text, "stage_changes")
+    if evidence is None and not (reason or "").strip():
+        raise click.UsageError("Missing option '--reason' (or --evidence): every stage change says why")
+    ws = workspace.find()
+    kept = None
+    if evidence is not None:
+        from ..field.challenge import attach_evidence
+
+        reason, kept = attach_evidence(ws, name, version, stage, evidence, reason)
+    changes = reg.promote(ws, name, version, stage, reason or "")
+    doc: dict[str, Any] = {"changes": [c.to_dict() for c in changes]}
+    if kept is not None:
+        doc["evidence"] = str(kept)
+    emit(doc, as_json, _move_text, "stage_changes")
 
 
 @registry_group.command("archive")

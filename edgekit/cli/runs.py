@@ -174,6 +174,20 @@ def _datetime_columns(specs: tuple[str, ...]) -> dict[str, list[str] | None]:
 )
 @click.option("--seed", type=int, default=None, help="Random seed (default: edgekit.toml).")
 @click.option("--test-size", type=float, default=None, help="Holdout fraction (default: edgekit.toml).")
+@click.option(
+    "--add",
+    "add_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Labelled rows (a CSV from fleet samples pull, labels filled in) added to the training split (repeatable).",
+)
+@click.option(
+    "--add-dataset",
+    "add_datasets",
+    multiple=True,
+    metavar="NAME[@V]",
+    help="A dataset version from edgekit label import, added to the training split (repeatable).",
+)
 @json_option
 def train_cmd(
     data: Path,
@@ -188,6 +202,8 @@ def train_cmd(
     max_categories: int | None,
     seed: int | None,
     test_size: float | None,
+    add_files: tuple[str, ...],
+    add_datasets: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Train a model from a CSV or Parquet file, convert it to ONNX, check parity; prints the run.
@@ -212,6 +228,7 @@ def train_cmd(
         drop=drop,
         datetimes=_datetime_columns(datetimes),
         max_categories=max_categories,
+        add=[*add_files, *(f"dataset:{d}" for d in add_datasets)],
     )
     emit(run.record, as_json, _train_text, "run")
     if not run.record["parity"]["ok"]:

@@ -69,6 +69,13 @@ def _setup_logging(json_log: bool) -> None:
 )
 @click.option("--no-alerts", is_flag=True, help="Store telemetry only; evaluate no alert rules.")
 @click.option("--json-log", is_flag=True, help="Log JSON lines on stderr.")
+@click.option(
+    "--resign-every",
+    default=None,
+    metavar="DURATION",
+    help="Also re-sign the retained desired states this often (e.g. 6h), so they never expire (needs a deploy key).",
+)
+@click.option("--key", "key_name", default=None, help="Deploy key for --resign-every (default: the only one).")
 def serve_cmd(
     store_url: str | None,
     broker: BrokerChoice,
@@ -80,6 +87,8 @@ def serve_cmd(
     on_alert: str | None,
     no_alerts: bool,
     json_log: bool,
+    resign_every: str | None,
+    key_name: str | None,
 ) -> None:
     """Collect the fleet's telemetry into a store, losing none of it, until stopped.
 
@@ -153,6 +162,8 @@ def serve_cmd(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if resign_every is not None:
+        _resign_periodically(ws, broker.resolve(ws), settings.prefix, resign_every, key_name, stop)
     collector.start()
     backend, who = collector.store.backend, collector.client_id
     log.info("collecting %s/… from %s into %s as %s", settings.prefix, collector.broker, backend, who)
@@ -165,6 +176,38 @@ def serve_cmd(
         if server is not None:
             server.shutdown()
         log.info("stopped")
+
+
+def _resign_periodically(
+    ws: Any, broker: Any, prefix: str, every: str, key_name: str | None, stop: threading.Event
+) -> None:
+    """Re-sign the retained desired states now and then every ``every``, on a thread of its
+    own: a broker that is away costs a log line, never the collector."""
+    from device_agent.trust import ROLE_DEPLOY
+
+    from .. import keys
+    from ..fleet.freshness import refresh
+    from .fleet import parse_duration
+
+    if ws is None:
+        raise WorkspaceError("--resign-every needs the workspace's deploy key", "run edgekit serve in a workspace")
+    period = parse_duration(every)
+    key, trust = keys.pick_key(ws, ROLE_DEPLOY, key_name), keys.trust_file(ws)
+    log = logging.getLogger("edgekit.serve")
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                done = refresh(broker, prefix, key, trust, ttl_s=max(4 * period, 86400.0))
+                log.info("re-signed %d desired state(s)", sum(r.problem is None for r in done))
+                for r in done:
+                    if r.problem:
+                        log.warning("not re-signed: %s (%s)", r.topic, r.problem)
+            except Exception as exc:  # the next round tries again
+                log.warning("re-signing desired states failed: %s", exc)
+            stop.wait(period)
+
+    threading.Thread(target=run, name="edgekit-resign", daemon=True).start()
 
 
 COMMANDS = [serve_cmd]

@@ -211,7 +211,7 @@ def publish_all(
 
 
 def collect(
-    conn: Connection, topics: list[str], settle: float = 0.4, max_wait: float = 5.0
+    conn: Connection, topics: list[str], settle: float = 0.4, max_wait: float = 60.0
 ) -> list[tuple[str, bytes, bool]]:
     """Subscribe and gather the retained messages (and whatever else arrives meanwhile).
 
@@ -222,6 +222,8 @@ def collect(
     SUBACK: a marker ended a read of 50 documents after 1 to 13 of them, measured). So the
     marker is trusted over MQTT 5 only (``Connection.ordered``); otherwise, and on a broker
     that orders differently, the wait ends by silence: no retained message for ``settle`` s.
+    ``max_wait`` only bounds a stream of retained messages that never ends: a fixed few seconds
+    cut a thousand devices' documents short on a busy machine, and the fleet looked smaller.
     """
     subscribed = threading.Event()
     marker_seen = threading.Event()
@@ -239,7 +241,7 @@ def collect(
     try:
         conn.client.subscribe([(t, 1) for t in [*topics, marker]])
         started = time.monotonic()
-        subscribed.wait(max_wait)
+        subscribed.wait(min(max_wait, 10.0))
         conn.client.publish(marker, b"", qos=1)
         conn.last_message = time.monotonic()
         while time.monotonic() - started < max_wait and not (marker_seen.is_set() and conn.ordered):

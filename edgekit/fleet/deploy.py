@@ -167,16 +167,26 @@ def publish_bundle(
 
 
 def desired_message(
-    topics: Topics, target: Target, info: TransferInfo, deploy_key: Ed25519PrivateKey, now_ns: int | None = None
+    topics: Topics,
+    target: Target,
+    info: TransferInfo,
+    deploy_key: Ed25519PrivateKey,
+    now_ns: int | None = None,
+    ttl_s: float | None = None,
 ) -> tuple[Item, DesiredState]:
     """A signed desired state pointing ``target`` at a published bundle. Its sequence number
-    is the time in microseconds: it increases across hosts without shared state."""
+    is the time in microseconds: it increases across hosts without shared state. It expires
+    ``ttl_s`` after it is issued (default: ``freshness.DEFAULT_TTL_S``; the host re-signs it
+    before then, see :mod:`edgekit.fleet.freshness`)."""
+    from .freshness import DEFAULT_TTL_S
+
     now_ns = time.time_ns() if now_ns is None else now_ns
     doc = DesiredState(
         seq=now_ns // 1000,
         target=target.label,
         bundle=DesiredBundle(info.name, info.version, info.sha256, info.size),
         issued=now_ns / 1e9,
+        expires=now_ns / 1e9 + (DEFAULT_TTL_S if ttl_s is None else ttl_s),
     )
     return (target.topic(topics), seal(deploy_key, DESIRED_DOMAIN, doc.to_json()), True), doc
 
@@ -256,10 +266,10 @@ def wait_for(
     deadline = time.monotonic() + timeout
     outcome: dict[str, str] = {}
     while time.monotonic() < deadline:
-        state_msgs = collect(conn, [topics.all_devices("state")], settle=0.2, max_wait=2.0)
+        state_msgs = collect(conn, [topics.all_devices("state")], settle=0.2)
         states, _ = _docs(state_msgs, topics, DeviceState, check)
         members = target_members(target, states)
-        reported_msgs = collect(conn, [topics.all_devices("reported")], settle=0.3, max_wait=2.0)
+        reported_msgs = collect(conn, [topics.all_devices("reported")], settle=0.3)
         reported, verdicts = _docs(reported_msgs, topics, Reported, check)
         outcome = deployment_outcome(members, reported, sha)
         for device in members:

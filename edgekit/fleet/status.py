@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from device_agent.errors import ProtocolError
-from device_agent.protocol import DeviceState, Document, ErrorRecord, Heartbeat, Reported, Topics
+from device_agent.protocol import DesiredState, DeviceState, Document, ErrorRecord, Heartbeat, Reported, Topics
 
 from .client import Broker, collect, connect
 from .verify import OPEN, UNENROLLED, UNVERIFIED, VERIFIED, TelemetryCheck
@@ -32,6 +32,8 @@ class DeviceStatus:
     reported: Reported | None = None
     hb: Heartbeat | None = None
     unreadable: dict[str, str] = field(default_factory=dict)  # leaf -> why its document was refused
+    desired: dict[str, Any] | None = None  # the retained desired state that applies (unverified: a view)
+    desired_known: bool = False  # the desired topics were read (fleet_status reads them)
     verdicts: dict[str, str] = field(default_factory=dict)  # leaf -> open, verified, unenrolled, unverified: why
 
     def trust(self) -> str:
@@ -98,6 +100,7 @@ class DeviceStatus:
             "progress": jsn(rep.progress if rep is not None else None),
             "served": counters.get("served", 0),
             "rejected": counters.get("rejected", 0),
+            "captured": counters.get("captured"),  # rows kept for labelling; None: capture is off
             "errors": int(sum(failures.values())),
             "failures": failures,
             "latency": jsn(hb.stats.latency if hb is not None else None),
@@ -107,6 +110,10 @@ class DeviceStatus:
             "last_failure": jsn(failure),  # the one to show a person
             "outbox": jsn(hb.stats.outbox if hb is not None else None),
             "unreadable": dict(self.unreadable),
+            "desired": self.desired,
+            # Nothing retained tells this device what to run (cleared, or never deployed):
+            # it keeps serving what it has, but no deploy reaches it until one is published.
+            "desired_missing": self.desired_known and self.desired is None,
             "trust": self.trust(),
             "unverified": {leaf: v.split(": ", 1)[1] for leaf, v in self.verdicts.items() if v.startswith(UNVERIFIED)},
         }
@@ -158,10 +165,45 @@ def read_devices(
     return devices
 
 
+def read_desired(messages: Iterable[tuple[str, bytes, bool]], topics: Topics) -> dict[str, dict[str, Any]]:
+    """The retained desired states by target (``device:<id>``, ``group:<g>``), read without
+    verifying their signatures: this is a view for people, devices verify for themselves."""
+    from device_agent.trust import read_envelope_unverified
+
+    out: dict[str, dict[str, Any]] = {}
+    for topic, payload, _ in messages:
+        if not payload or not topic.endswith("/desired"):
+            continue
+        try:
+            doc = DesiredState.from_json(read_envelope_unverified(payload, "desired state"))
+        except ProtocolError:
+            continue
+        out[doc.target] = {
+            "target": doc.target,
+            "seq": doc.seq,
+            "bundle": f"{doc.bundle.name}@{doc.bundle.version}",
+            "issued": iso(doc.issued),
+            "expires": iso(doc.expires),
+        }
+    return out
+
+
 def status_view(
-    messages: Iterable[tuple[str, bytes, bool]], topics: Topics, now: float, check: TelemetryCheck | None = None
+    messages: Iterable[tuple[str, bytes, bool]],
+    topics: Topics,
+    now: float,
+    check: TelemetryCheck | None = None,
+    with_desired: bool = False,
 ) -> list[dict[str, Any]]:
+    messages = list(messages)
     devices = read_devices(messages, topics, check)
+    if with_desired:
+        desired = read_desired(messages, topics)
+        for name, entry in devices.items():
+            groups = entry.state.groups if entry.state is not None else ()
+            found = [desired.get(f"device:{name}")] + [desired.get(f"group:{g}") for g in groups]
+            entry.desired = next((d for d in found if d is not None), None)
+            entry.desired_known = True
     return [devices[d].to_dict(now) for d in sorted(devices)]
 
 
@@ -193,8 +235,12 @@ def fleet_status(
 ) -> list[dict[str, Any]]:
     topics = Topics(prefix)
     with connect(broker, purpose="status") as conn:
-        messages = collect(conn, [topics.all_devices(leaf) for leaf in LEAVES], settle=settle)
-    return status_view(messages, topics, time.time(), check)
+        wanted = [topics.all_devices(leaf) for leaf in LEAVES] + [
+            topics.all_devices("desired"),
+            f"{topics.prefix}/group/+/desired",
+        ]
+        messages = collect(conn, wanted, settle=settle)
+    return status_view(messages, topics, time.time(), check, with_desired=True)
 
 
 def fleet_view(

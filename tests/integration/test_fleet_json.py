@@ -57,10 +57,23 @@ def test_fleet_commands_print_their_documents(host: HostSetup, broker: Broker, t
         status = run(("fleet", "status"))
         [j1] = status["devices"]
         assert j1["status"] == "online" and j1["active"]["version"] == 2 and j1["last_seen"].endswith("+00:00")
+        assert j1["desired"]["target"] == "group:jg" and j1["desired_missing"] is False
+        refreshed = {r["target"]: r for r in run(("desired", "refresh"), "--ttl", "60d")["refreshed"]}
+        fresh = refreshed["group:jg"]  # and group:nobody, deployed to above
+        assert fresh["problem"] is None and fresh["expires"] > j1["desired"]["expires"]
+        from edgekit import keys, workspace
+
+        keys.generate(workspace.load(root), "root", ("root",))
+        [recovery] = run(("desired", "recover"), "--group", "jg", "--key", "root")["refreshed"]
+        assert recovery["target"] == "group:jg" and recovery["seq"] > fresh["seq"]
 
         run(("bundles", "gc"), "--dry-run")
         caps = run(("broker", "check"), broker.url)
         assert caps["ok"] is True and caps["protocol"] == ("5" if broker.kind == "mosquitto" else "3.1.1")
+        pulled = run(("fleet", "samples", "pull"), "--group", "jg", "-o", str(tmp_path / "s.csv"), "--wait", "10")
+        assert pulled["devices"] == [
+            {"device": "j1", "answered": True, "parts": 1, "rows": 0, "capturing": False, "skipped": 0}
+        ]
         online = run(("fleet", "forget"), "j1", code=ExitCode.USAGE)
         assert "online" in online["detail"]
     finally:

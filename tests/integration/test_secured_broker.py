@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from device_agent.broker import BrokerEndpoint
+from device_agent.broker import endpoint as endpoint_of
+from device_agent.config import AgentConfig
 from device_agent.protocol import Topics
-from edgekit import devices, workspace
+from edgekit import broker_config, devices, workspace
 from edgekit.fleet.client import collect, connect, resolve
+from edgekit.fleet.collector import Collector, ServeSettings
+from edgekit.fleet.status import DeviceStatus
+from edgekit.fleet.verify import TelemetryCheck
 from edgekit.pki import FleetCA
+from edgekit.telemetry import open_store
 from tests.conftest import HostSetup
 from tests.support.agent import AgentProcess, wait_until
-from tests.support.broker import Broker
+from tests.support.broker import Broker, free_port
 from tests.support.json_contract import Cli
 from tests.support.secured import Client, SecuredFleet, secure_variant, secured_fleet
 
@@ -47,14 +55,17 @@ def test_a_device_is_confined_to_its_own_topics_and_cannot_be_taken_over(host: H
             done = cli("deploy", str(host.bundles[1]), "--group", "g1", "--wait", "30", *deploy)
             assert done["succeeded"] is True and done["outcome"] == {"s1": "active"}
 
-            # Anonymous, and a certificate from another CA: refused at the door.
-            assert not Client(BrokerEndpoint("127.0.0.1", fleet.broker.port, True, ca=str(fleet.ca))).connect()
+            # Anonymous (on either listener), and a certificate from another CA: refused at the door.
+            for port in (fleet.device_port, fleet.broker.port):
+                assert not Client(BrokerEndpoint("127.0.0.1", port, True, ca=str(fleet.ca))).connect()
+            # A device's certificate on the host roles' listener (where client ids are free): refused.
+            assert not Client(replace(fleet.device("s2"), port=fleet.broker.port), client_id="edgekit-s1").connect()
             stranger = FleetCA.create("not the fleet").issue("s1")
             (tmp_path / "x.pem").write_bytes(stranger.cert_pem)
             (tmp_path / "x.key").write_bytes(stranger.key_pem)
             forged_id = BrokerEndpoint(
                 "127.0.0.1",
-                fleet.broker.port,
+                fleet.device_port,
                 True,
                 ca=str(fleet.ca),
                 cert=str(tmp_path / "x.pem"),
@@ -99,6 +110,24 @@ def test_a_device_is_confined_to_its_own_topics_and_cannot_be_taken_over(host: H
             assert s1["status"] == "online" and s1["active"]["version"] == 1
             assert "disconnected" not in agent.stderr().lower().replace("reconnect", "")
             assert agent.ask(host.rows[0])["bundle"] == "wine@1"
+
+            # The collector, as @serve-main: its shared subscriptions pass the ACL, and it stores
+            # what s1 signed.
+            url = f"sqlite:///{tmp_path / 'telemetry.db'}"
+            check = TelemetryCheck.from_workspace(workspace.load(root))
+            collector = Collector(
+                lambda: open_store(url), fleet.role("@serve-main"), ServeSettings(name="main"), check=check
+            )
+            collector.start()
+            try:
+                store = open_store(url)
+                wait_until(
+                    lambda: (store.latest().get("s1") or DeviceStatus("s1")).reported is not None, what="s1 stored"
+                )
+                assert store.latest()["s1"].reported.active.version == 1  # type: ignore[union-attr]
+                store.close()
+            finally:
+                collector.stop()
         finally:
             agent.stop()
 
@@ -126,3 +155,54 @@ def test_the_tls_variant_runs_on_the_secured_broker(broker: Broker) -> None:
     host = Client(resolve(broker.url))  # the environment's @deploy identity
     assert host.connect()
     host.close()
+
+
+def test_password_identities_on_a_real_mosquitto(host: HostSetup, tmp_path: Path) -> None:
+    """--password enrolment and --auth password: mosquitto takes the hashes edgekit wrote."""
+    root = tmp_path / "ws"
+    shutil.copytree(host.root, root)
+    ws = workspace.load(root)
+    port, host_port = free_port(), free_port()
+    prov = devices.enrol(
+        ws,
+        "p1",
+        password=True,
+        broker=f"mqtts://127.0.0.1:{port}",
+        out_dir=root / "prov",
+        install_dir=str(root / "prov/p1"),
+    )
+    folder = Path(tempfile.mkdtemp(prefix="ek-secure-"))
+    os.chmod(folder, 0o755)
+    (folder / "data").mkdir(mode=0o777)
+    os.chmod(folder / "data", 0o777)
+    files = broker_config.write(
+        ws,
+        folder / "conf",
+        port=port,
+        host_port=host_port,
+        auth="password",
+        persistence_dir=f"{folder}/data/",
+        hosts=("127.0.0.1",),
+    )
+    mosquitto = Broker(port=host_port, config_file=files.config, scheme="mqtts")
+    mosquitto.start()
+    try:
+        config = AgentConfig.load(prov.directory / "agent.toml")
+        endpoint = config.broker_endpoint()
+        assert endpoint.username == "p1" and endpoint.password
+        device = Client(endpoint, client_id="edgekit-p1")
+        assert device.connect()
+        wrong = replace(endpoint, password="guess")
+        assert not Client(wrong).connect()
+        creds = files.roles["@deploy"]  # host roles keep certificates, on their own listener
+        deployer = endpoint_of(mosquitto.url, ca=str(files.directory / "ca.pem"), cert=creds["cert"], key=creds["key"])
+        first, second = Client(deployer), Client(deployer)
+        assert first.connect() and second.connect()  # two host commands at once under one role
+        time.sleep(0.5)
+        assert not first.closed.is_set()
+        first.close()
+        second.close()
+        device.close()
+    finally:
+        mosquitto.close()
+        shutil.rmtree(folder, ignore_errors=True)

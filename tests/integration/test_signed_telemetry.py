@@ -78,6 +78,14 @@ def test_forged_telemetry_fools_neither_status_nor_deploy(host: HostSetup, broke
         check("deployment", done)
         assert done["succeeded"] is False and done["outcome"] == {"s2": "unverified: unsigned"}
         assert "did not sign" in done["note"]
+
+        # A live device made to look dead: an unsigned Will on s1's state topic is set aside.
+        will = json.loads(unsigned["state"])
+        will.update(online=False, bdseq=will["bdseq"] + 1)
+        with connect(broker.url) as conn:
+            publish_all(conn, [(T.state("s1"), json.dumps(will).encode(), True)])
+        s1 = {d["device"]: d for d in cli("fleet", "status")["devices"]}["s1"]
+        assert s1["status"] != "offline" and s1["unverified"] == {"state": "unsigned"}
     finally:
         agent.stop()
 

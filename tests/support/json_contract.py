@@ -19,9 +19,12 @@ FLEET_KIND = {
     ("deploy",): "deployment",
     ("fleet", "status"): "fleet",
     ("fleet", "forget"): "forgotten",
+    ("desired", "refresh"): "refreshed",
+    ("desired", "recover"): "refreshed",
     ("bundles", "gc"): "gc",
     ("rollback",): "bundle",
     ("broker", "check"): "broker",
+    ("fleet", "samples", "pull"): "samples",
 }
 # The commands that read the telemetry store (checked in tests/unit/host/test_history_cli.py), and their kinds.
 STORE_KIND = {

@@ -32,9 +32,11 @@ class SecuredFleet:
     files: broker_config.BrokerFiles
     provision: dict[str, Path] = field(default_factory=dict)
 
+    device_port: int = 0  # the devices' listener; self.broker.port is the host roles'
+
     @property
     def url(self) -> str:
-        return self.broker.url
+        return self.broker.url  # what host commands connect to
 
     @property
     def ca(self) -> Path:
@@ -54,7 +56,7 @@ class SecuredFleet:
         folder = self.provision[device]
         return BrokerEndpoint(
             "127.0.0.1",
-            self.broker.port,
+            self.device_port,
             True,
             ca=str(folder / "ca.pem"),
             cert=str(folder / "device.pem"),
@@ -63,17 +65,22 @@ class SecuredFleet:
 
     def reconfigure(self) -> None:
         """Write the broker's configuration again (after enrolling or revoking) and restart it."""
-        self.files = _write(self.root, self.folder, self.broker.port)
+        self.files = _write(self.root, self.folder, self.device_port, self.broker.port)
         self.broker.stop()
         self.broker.start()
 
 
-def _write(root: Path, folder: Path, port: int) -> broker_config.BrokerFiles:
+def _write(root: Path, folder: Path, port: int, host_port: int) -> broker_config.BrokerFiles:
     data = folder / "data"
     data.mkdir(exist_ok=True)
     os.chmod(data, 0o777)
     return broker_config.write(
-        workspace.load(root), folder / "conf", port=port, persistence_dir=f"{data}/", hosts=("127.0.0.1",)
+        workspace.load(root),
+        folder / "conf",
+        port=port,
+        host_port=host_port,
+        persistence_dir=f"{data}/",
+        hosts=("127.0.0.1",),
     )
 
 
@@ -82,7 +89,7 @@ def secured_fleet(root: Path, enrol: dict[str, tuple[str, ...]]) -> Iterator[Sec
     """Enrol ``{device: groups}`` in the workspace at ``root``, write and start its broker."""
     folder = Path(tempfile.mkdtemp(prefix="ek-secure-"))
     os.chmod(folder, 0o755)
-    port = free_port()
+    port, host_port = free_port(), free_port()
     ws = workspace.load(root)
     provision = {}
     for device, groups in enrol.items():
@@ -97,11 +104,11 @@ def secured_fleet(root: Path, enrol: dict[str, tuple[str, ...]]) -> Iterator[Sec
             state_dir=str(root / "state" / device),
         )
         provision[device] = done.directory
-    files = _write(root, folder, port)
-    broker = Broker(port=port, config_file=files.config, scheme="mqtts")
+    files = _write(root, folder, port, host_port)
+    broker = Broker(port=host_port, config_file=files.config, scheme="mqtts")
     broker.start()
     try:
-        yield SecuredFleet(root, broker, folder, files, provision)
+        yield SecuredFleet(root, broker, folder, files, provision, port)
     finally:
         broker.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -182,9 +189,9 @@ class SecureTestBroker(Broker):
         keys.generate(self.ws, "scratch")  # enrolment writes a trust file; the tests' agents get theirs
         self.folder = Path(tempfile.mkdtemp(prefix="ek-secure-"))
         os.chmod(self.folder, 0o755)
-        port = free_port()
+        self.device_port, port = free_port(), free_port()
         self.files = self._write(port)
-        super().__init__(port=port, config_file=self.files.config, scheme="mqtts")
+        super().__init__(port=port, config_file=self.files.config, scheme="mqtts")  # the host roles' port
         self.enrolled: dict[str, tuple[str, ...]] = {}
 
     @property
@@ -192,10 +199,14 @@ class SecureTestBroker(Broker):
         return self.folder / "data" / "mosquitto.log"  # data/: the one directory mosquitto may write
 
     def _write(self, port: int) -> broker_config.BrokerFiles:
-        files = _write(self.ws.root, self.folder, port)
+        files = _write(self.ws.root, self.folder, self.device_port, port)
         with open(files.config, "a") as fh:  # the test's own log, to see reloads
             fh.write(f"log_dest file {self.log}\nlog_type all\nautosave_interval 1\n")
         return files
+
+    @property
+    def device_url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.device_port}"
 
     def host_env(self) -> dict[str, str]:
         creds = self.files.roles["@deploy"]
@@ -210,12 +221,16 @@ class SecureTestBroker(Broker):
         flags that give the agent its identity."""
         out = self.scratch / "provision"
         if self.enrolled.get(device) != groups:
-            devices.enrol(self.ws, device, groups=groups, broker=self.url, out_dir=out, force=device in self.enrolled)
+            devices.enrol(
+                self.ws, device, groups=groups, broker=self.device_url, out_dir=out, force=device in self.enrolled
+            )
             self.enrolled[device] = groups
             self._write(self.port)
             self.reload()
         folder = out / device
         return [
+            "--broker",  # the last --broker wins: the devices' listener
+            self.device_url,
             "--broker-ca",
             str(folder / "ca.pem"),
             "--broker-cert",

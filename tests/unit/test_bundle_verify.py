@@ -257,7 +257,7 @@ def _pub(key: Ed25519PrivateKey = BUNDLE_KEY) -> str:
         b'{"format": 1, "keys": ["x"]}',
         b'{"format": 1, "keys": [{"public": "!!!", "roles": ["bundle"]}]}',
         b'{"format": 1, "keys": [{"public": "AAAA", "roles": ["bundle"]}]}',
-        b'{"format": 1, "keys": [{"public": "' + _pub().encode() + b'", "roles": ["root"]}]}',
+        b'{"format": 1, "keys": [{"public": "' + _pub().encode() + b'", "roles": ["admin"]}]}',
         b'{"format": 1, "keys": [{"public": "' + _pub().encode() + b'", "roles": []}]}',
         b'{"format": 1, "keys": [{"public": "' + _pub().encode() + b'", "roles": ["bundle"], "keyid": "00"}]}',
         b'{"format": 1, "format": 1, "keys": [{"public": "' + _pub().encode() + b'", "roles": ["bundle"]}]}',

@@ -90,6 +90,7 @@ def test_no_setting_default_is_written_twice_in_the_agent() -> None:
         ("protocol.py", "FORMAT"),
         ("protocol.py", "MAX_CHUNKS"),
         ("protocol.py", "MAX_RANGES"),
+        ("protocol.py", "MAX_SAMPLE_VALUES"),
         ("bundle.py", "FORMAT"),
         ("trust.py", "MAX_TRUST_BYTES"),
         ("trust.py", "MAX_SIGNATURES"),

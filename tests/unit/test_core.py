@@ -268,7 +268,7 @@ def test_connected_publishes_birth_and_subscribes_to_desired() -> None:
     assert doc.boot_id == "boot-1"
     assert doc.groups == (GROUP,)
     assert doc.active is None
-    assert set(subscribed(out)) == {T.desired_device(DEV), T.cmd(DEV), T.desired_group(GROUP)}
+    assert set(subscribed(out)) == {T.desired_device(DEV), T.cmd(DEV), T.desired_group(GROUP), T.trust()}
     assert events(out) == []
     assert published(out, T.reported(DEV))[-1].retain and reported(out).phase == IDLE
 
@@ -634,12 +634,12 @@ def test_oversized_message_is_refused_unread() -> None:
     assert codes(out) == ["protocol.bad_message"]
 
 
-def test_cleared_desired_is_forgotten() -> None:
+def test_cleared_desired_is_forgotten_and_reported() -> None:
     core = new_core()
     core.handle(Connected(), NOW)
     desire(core, V1)
     out = core.handle(Message(T.desired_device(DEV), b"", True), NOW)
-    assert events(out) == []
+    assert codes(out) == ["desired.missing"]  # it used to pass in silence
     assert "device" not in core.desired
 
 

@@ -118,7 +118,8 @@ def test_password_enrolment_writes_a_mosquitto_hash(ws_root: Path, tmp_path: Pat
     assert "enrolled with a password" in refused["detail"]
     conf = cli("broker", "config", "-o", str(tmp_path / "b"), "--auth", "password")
     assert "pump-8:$7$101$" in (tmp_path / "b" / "passwd").read_text()
-    assert conf["roles"]["@deploy"]["username"] == "@deploy"
+    assert set(conf["roles"]["@deploy"]) == {"cert", "key"}  # host roles: certificates, on their own listener
+    assert conf["host_port"] == conf["port"] + 1
 
 
 def test_a_certificate_needs_a_tls_broker(tmp_path: Path) -> None:
@@ -128,3 +129,12 @@ def test_a_certificate_needs_a_tls_broker(tmp_path: Path) -> None:
     assert "needs a TLS broker" in refused["detail"] and "mqtts://" in refused["hint"]
     with pytest.raises(ConfigError):
         AgentConfig.load(None, {"mqtt.broker": "mqtt://10.0.0.2", "mqtt.cert": "x.pem"}).broker_endpoint()
+
+
+def test_devices_get_the_device_broker_host_commands_the_host_listener(ws_root: Path, tmp_path: Path) -> None:
+    cfg = ws_root / "edgekit.toml"
+    cfg.write_text(cfg.read_text().replace("[fleet]\n", '[fleet]\ndevice_broker = "mqtts://broker.example:8883"\n', 1))
+    cfg.write_text(cfg.read_text().replace('mqtts://broker.example:8883"   #', 'mqtts://broker.example:8884"   #', 1))
+    added = Cli(ws_root)("devices", "add", "pump-9", "-o", str(tmp_path))
+    assert added["broker"] == "mqtts://broker.example:8883"
+    assert 'broker = "mqtts://broker.example:8883"' in (Path(added["directory"]) / "agent.toml").read_text()

@@ -29,6 +29,8 @@ KIND = {
     ("init",): "workspace",
     ("keys", "generate"): "key",
     ("keys", "list"): "keys",
+    ("keys", "rotate"): "key",
+    ("keys", "revoke"): "key",
     ("train",): "run",
     ("runs", "show"): "run",
     ("runs", "list"): "runs",
@@ -42,6 +44,9 @@ KIND = {
     ("registry", "show"): "model",
     ("registry", "promote"): "stage_changes",
     ("registry", "archive"): "stage_changes",
+    ("label", "import"): "dataset",
+    ("compare",): "model_comparison",
+    ("review",): "review",
 }
 
 
@@ -68,6 +73,9 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], l
 
     run(("init",), str(root))
     run(("keys", "generate"), "--name", "release")
+    run(("keys", "generate"), "--name", "spare")
+    assert run(("keys", "rotate"), "spare", "--new", "spare-2")["revoked"] is False
+    assert run(("keys", "revoke"), "spare-2")["revoked"] is True
     run(("keys", "list"))
     wine = _csv(root / "wine.csv", load_wine(), "label", int)
     diabetes = _csv(root / "diabetes.csv", load_diabetes(), "progression", float)
@@ -93,6 +101,13 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], l
     run(("registry", "archive"), "diabetes", "1", "--reason", "not needed")
     run(("registry", "list"))
     run(("registry", "show"), "wine")
+    labelled = root / "labelled.csv"
+    with wine.open() as src, labelled.open("w") as dst:
+        lines = src.read().splitlines()
+        dst.write("\n".join([lines[0].rsplit(",", 1)[0] + ",label", *lines[1:60]]) + "\n")
+    run(("label", "import"), str(labelled), "--into", "wine-field", "--run", a["id"])
+    run(("compare",), a["id"], b["id"], "--on", str(labelled))
+    run(("review",), a["id"], "-o", str(root / "review.csv"))
     out[("_cli",)] = [cli]
     return out
 
@@ -103,8 +118,8 @@ def test_every_documented_kind_is_a_valid_schema_and_used() -> None:
         *FLEET_KIND.values(),
         *STORE_KIND.values(),
         *SECURITY_KIND.values(),
-        *ROLLOUT_KIND.values(),
         *SIM_KIND.values(),
+        *ROLLOUT_KIND.values(),
         "error",
     }
 
