@@ -48,6 +48,11 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "1,000 simulated devices: fleet status, a 1 MiB bundle to all, serve ingesting their telemetry, vs raw MQTT",
     ),
     (
+        "rollout-scale",
+        "bench/rollout_scale.py",
+        "a phased rollout to 1,000 simulated devices aborted at its first phase, against a plain deploy",
+    ),
+    (
         "small-device",
         "bench/small_device.py",
         "the agent under a 128 MiB memory limit on one CPU: memory, CPU, start and install times",

@@ -127,7 +127,8 @@ def test_every_documented_kind_is_a_valid_schema_and_used() -> None:
 def test_every_command_with_json_is_documented() -> None:
     """The fleet commands' documents are checked against a real broker and agent in
     tests/integration/test_fleet_json.py; those reading the telemetry store in
-    tests/unit/host/test_history_cli.py; the simulator's in tests/integration/test_sim.py."""
+    tests/unit/host/test_history_cli.py; the simulator's in tests/integration/test_sim.py; the rollout
+    commands' in tests/unit/host/test_rollout_cli.py and tests/integration/test_rollout.py."""
     assert set(json_commands(main)) == (
         set(KIND) | set(FLEET_KIND) | set(STORE_KIND) | set(SECURITY_KIND) | set(SIM_KIND) | set(ROLLOUT_KIND)
     )
