@@ -67,6 +67,8 @@ def role_rules(prefix: str, role: str) -> list[str]:
             f"topic readwrite {p}/group/+/desired",
             f"topic readwrite {p}/trust",  # the signed trust file (edgekit keys trust --publish)
             *read_telemetry,
+            f"topic write {p}/dev/+/cmd",  # fleet samples pull: the signed request ...
+            f"topic read {p}/dev/+/samples",  # ... and the device's answer
             # fleet forget clears a departed device's retained documents (empty payloads)
             *(f"topic write {p}/dev/+/{leaf}" for leaf in ("state", "hb", "reported")),
             f"topic readwrite {SYNC_TOPIC}",
