@@ -49,7 +49,11 @@ def review(ws: Workspace, run_id: str, out: Path, limit: int | None = None) -> d
     index = {str(c): i for i, c in enumerate(classes)}
     labels = np.array([index[str(v)] for v in y.tolist()], dtype=np.int64)
     ranked = find_label_issues(
-        labels, proba, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence"
+        labels,
+        proba,
+        filter_by="prune_by_noise_rate",
+        return_indices_ranked_by="self_confidence",
+        n_jobs=1,  # no process pool: forking a process that runs threads (MQTT clients, say) can deadlock
     )
     ranked = [int(i) for i in ranked][: limit or None]
     names = [str(f["name"]) for f in run.record["model"]["features"]]

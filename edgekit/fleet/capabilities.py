@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import FleetError
-from .client import Broker, Connection, collect, connect, publish_all, resolve
+from .client import Broker, Connection, connect, publish_all, resolve
 
 PROBE_PREFIX = "edgekit-probe"
 
@@ -90,17 +90,42 @@ def shared_subscriptions(conn: Connection, timeout: float = 2.0) -> bool:
         conn.client.message_callback_remove(f"{base}/s")
 
 
-def _retained(conn: Connection) -> tuple[bool, bool]:
-    """Whether a retained message comes back to an exact subscription, and to a wildcard one."""
+def _retained(conn: Connection, timeout: float = 5.0) -> tuple[bool, bool]:
+    """Whether a retained message comes back to an exact subscription, and to a wildcard one.
+    The probe knows the message it waits for, so it waits for that one (up to ``timeout``),
+    not for a silence: a broker may stream its retained messages slowly after the SUBACK."""
     topic = f"{PROBE_PREFIX}/{uuid.uuid4().hex[:12]}/r"
     publish_all(conn, [(topic, b"probe", True)], timeout=5.0)
     try:
-        exact = any(t == topic and r and p for t, p, r in collect(conn, [topic], settle=0.5, max_wait=3.0))
-        wild = topic.rsplit("/", 1)[0] + "/+"
-        wildcard = any(t == topic and r and p for t, p, r in collect(conn, [wild], settle=0.5, max_wait=3.0))
+        exact = _comes_back(conn, topic, topic, timeout)
+        wildcard = _comes_back(conn, topic.rsplit("/", 1)[0] + "/+", topic, timeout)
     finally:
         publish_all(conn, [(topic, b"", True)], timeout=5.0)
     return exact, wildcard
+
+
+def _comes_back(conn: Connection, subscription: str, topic: str, timeout: float) -> bool:
+    got = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        if msg.topic == topic and msg.retain and msg.payload:
+            got.set()
+
+    conn.client.message_callback_add(subscription, on_message)
+    deadline = time.monotonic() + timeout
+    try:
+        # A broker may store a retained message after acknowledging it (aedes does): a
+        # subscription made at once can miss it, so subscribe again until it comes or time is up.
+        while True:
+            conn.client.subscribe(subscription, 1)
+            if got.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            conn.client.unsubscribe(subscription)
+    finally:
+        conn.client.unsubscribe(subscription)
+        conn.client.message_callback_remove(subscription)
 
 
 def probe(broker: Broker, timeout: float = 5.0) -> BrokerReport:

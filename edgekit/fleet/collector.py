@@ -169,6 +169,7 @@ class Collector:
         self._refused_version = threading.Event()
         self._client = self._make_client()
         self._snapshot_mid: int | None = None
+        self._live_mid: int | None = None  # start() returns once the broker acknowledged this subscription
         self.alerts = alerts
         self._next_alerts = 0.0
         if alerts is not None:
@@ -298,14 +299,15 @@ class Collector:
             if isinstance(sock, socket.socket):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         group = f"$share/{self.settings.share_group}/" if self.shared else ""
-        client.subscribe([(f"{group}{self.topics.all_devices(leaf)}", 1) for leaf in LIVE])
+        _, self._live_mid = client.subscribe([(f"{group}{self.topics.all_devices(leaf)}", 1) for leaf in LIVE])
         if self.shared:  # a plain subscription to the same filters already brings the retained documents
             _, self._snapshot_mid = client.subscribe([(self.topics.all_devices(leaf), 1) for leaf in RETAINED])
         self.metrics.connected.set(1)
         log.info("connected as %s (session %s)", self.client_id, "resumed" if flags.session_present else "new")
-        self._connected.set()
 
     def _on_subscribe(self, client: paho.Client, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+        if mid == self._live_mid:  # receiving: on a first connection nothing published from now on is missed
+            self._connected.set()
         if mid == self._snapshot_mid:  # the retained documents are queued: the plain subscription has done its job
             self._snapshot_mid = None
             client.unsubscribe([self.topics.all_devices(leaf) for leaf in RETAINED])
