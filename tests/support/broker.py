@@ -30,7 +30,33 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"the broker did not start listening on 127.0.0.1:{port}")
 
 
-class Broker:
+class _BrokerProcess:
+    """What every test broker does with its process: stop it (gently, or by ``kill``), and
+    remove its temporary directory on close."""
+
+    proc: subprocess.Popen[bytes] | None
+    dir: Path
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Broker(_BrokerProcess):
     """mosquitto with a temporary config; ``stop``/``start`` keep the same port and store."""
 
     kind = "mosquitto"
@@ -82,30 +108,12 @@ class Broker:
         )
         _wait_port(self.port)
 
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 AEDES_DIR = Path(os.environ.get("EDGEKIT_AEDES_DIR", Path.home() / ".cache" / "edgekit" / "aedes"))
 AEDES_SERVER = Path(__file__).resolve().parent / "aedes" / "server.mjs"
 
 
-class AedesBroker:
+class AedesBroker(_BrokerProcess):
     """aedes (MQTT 3.1.1 only, no shared subscriptions) with its sessions, subscriptions and
     retained messages in LevelDB under a temporary directory: ``stop``/``start`` keep the same
     port and store, like :class:`Broker` with persistence. Installed by scripts/ensure-aedes.sh."""
@@ -138,24 +146,6 @@ class AedesBroker:
                 env=env,
             )
         _wait_port(self.port)
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def make_broker(kind: str = "mosquitto") -> Broker | AedesBroker:
